@@ -1,0 +1,92 @@
+"""The application factory: API, operation runner, VM monitor and driver in one process."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from vpsd import __version__
+from vpsd.api.deps import Services
+from vpsd.api.errors import install_error_handlers
+from vpsd.api.routes import servers, snapshots
+from vpsd.api.strict_json import BodySizeLimit
+from vpsd.config import Settings, get_settings
+from vpsd.db import migrate
+from vpsd.db.session import Database
+from vpsd.hypervisor.base import Driver
+from vpsd.hypervisor.registry import make_driver
+from vpsd.operations.context import OperationContext
+from vpsd.operations.monitor import VmMonitor, reconcile_power_states
+from vpsd.operations.recovery import recover
+from vpsd.operations.runner import InProcessRunner
+from vpsd.services.servers import ServerService
+from vpsd.services.snapshots import SnapshotService
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Point-in-time snapshots of virtual private servers. Every server is a QEMU virtual machine
+with qcow2 disks; a snapshot is an internal qcow2 snapshot of all of them, taken copy-on-write
+in milliseconds. Authenticate with `Authorization: Bearer <token>`.
+
+Errors share one shape: `{"detail": "...", "errors": [{"field": "...", "message": "..."}]}`.
+"""
+
+
+def create_app(settings: Settings | None = None, driver: Driver | None = None) -> FastAPI:
+    """Build the app. Its lifespan migrates the database, recovers unfinished operations,
+    and runs the operation runner and the VM monitor until shutdown."""
+    settings = settings or get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.servers_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.effective_database_url)
+    driver = driver or make_driver(settings)
+    ctx = OperationContext(db=db, driver=driver, settings=settings)
+    runner = InProcessRunner(ctx, threads=settings.runner_threads)
+    monitor = VmMonitor(ctx, settings.monitor_interval)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        migrate.upgrade(db)
+        recover(ctx)
+        reconcile_power_states(ctx)
+        runner.start()
+        runner.notify()
+        monitor.start()
+        log.info("vpsd %s ready (data dir %s, %s)", __version__, settings.data_dir, driver)
+        try:
+            yield
+        finally:
+            monitor.stop()
+            runner.stop()
+            db.dispose()
+
+    app = FastAPI(
+        title="vpsd",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+        openapi_url="/api/v1/openapi.json",
+    )
+    app.state.services = Services(
+        settings=settings,
+        db=db,
+        servers=ServerService(db, settings, runner),
+        snapshots=SnapshotService(db, settings, runner),
+    )
+    app.state.runner = runner
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(servers.router, prefix="/api/v1")
+    app.include_router(snapshots.router, prefix="/api/v1")
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

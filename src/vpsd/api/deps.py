@@ -1,0 +1,73 @@
+"""Injected dependencies: the caller's account, the services, settings, paging."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from vpsd.config import Settings
+from vpsd.db.session import Database
+from vpsd.services.common import PageRequest
+from vpsd.services.servers import ServerService
+from vpsd.services.snapshots import SnapshotService
+from vpsd.services.tokens import Principal, authenticate
+
+MAX_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the app builds once at start-up and every request shares."""
+
+    settings: Settings
+    db: Database
+    servers: ServerService
+    snapshots: SnapshotService
+
+
+def get_services(request: Request) -> Services:
+    """The app's services (set by ``vpsd.api.app.create_app``)."""
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+# auto_error=False: the scheme appears in the OpenAPI document, the 401 is ours.
+_bearer = HTTPBearer(auto_error=False, description="an API token from `vpsd token create`")
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def get_principal(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The account behind the request's bearer token, or 401."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise _unauthorized("authentication required: send 'Authorization: Bearer <token>'")
+    principal = authenticate(services.db, credentials.credentials)
+    if principal is None:
+        raise _unauthorized("invalid or revoked token")
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def get_page(
+    page: Annotated[int, Query(ge=1, le=1_000_000, description="1-based page number")] = 1,
+    page_size: Annotated[
+        int, Query(ge=1, le=MAX_PAGE_SIZE, description="results per page (default 100)")
+    ] = 100,
+) -> PageRequest:
+    """Paging parameters, shared by every list."""
+    return PageRequest(page=page, page_size=page_size)
+
+
+PageDep = Annotated[PageRequest, Depends(get_page)]

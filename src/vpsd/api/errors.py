@@ -1,0 +1,94 @@
+"""Every error answer in one shape (``ErrorBody``), and domain errors mapped in one place.
+
+``400`` for invalid parameters (never FastAPI's default 422), ``401`` with
+``WWW-Authenticate: Bearer``, ``404`` for what does not exist or is not the caller's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from vpsd.schemas import ErrorBody, FieldError
+from vpsd.services.errors import DomainError, Invalid, InvalidState, LimitReached, NotFound
+
+log = logging.getLogger(__name__)
+
+STATUS_OF: dict[type[DomainError], int] = {
+    NotFound: 404,
+    InvalidState: 400,
+    LimitReached: 400,
+    Invalid: 400,
+}
+
+
+def error_response(
+    status: int,
+    detail: str,
+    errors: Sequence[FieldError] = (),
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """A JSON error answer in the one documented shape."""
+    body = ErrorBody(detail=detail, errors=list(errors))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def _field_name(location: Sequence[Any]) -> str:
+    return ".".join(str(part) for part in location) or "body"
+
+
+def _message(error: dict[str, Any]) -> str:
+    kind = error.get("type", "")
+    if kind == "json_invalid":
+        reason = error.get("ctx", {}).get("error", "")
+        return f"malformed JSON: {reason}" if reason else "malformed JSON"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "this field is required"
+    if kind == "string_pattern_mismatch":
+        return "only letters A-Z a-z, digits, '-' and '_' are allowed"
+    return str(error.get("msg", "invalid value"))
+
+
+def validation_errors(exc: RequestValidationError) -> list[FieldError]:
+    """FastAPI's validation errors as ``FieldError``s (``body.name``, ``query.server_id``)."""
+    errors = []
+    for error in exc.errors():
+        location = list(error.get("loc", ()))
+        if error.get("type") == "json_invalid":
+            location = ["body"]
+        errors.append(FieldError(field=_field_name(location), message=_message(error)))
+    return errors
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that give every error the documented shape and status."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = validation_errors(exc)
+        summary = "; ".join(f"{e.field}: {e.message}" for e in errors)
+        return error_response(400, f"invalid parameters: {summary}", errors)
+
+    @app.exception_handler(DomainError)
+    async def _domain(_: Request, exc: DomainError) -> JSONResponse:
+        status = STATUS_OF.get(type(exc), 400)
+        errors = [FieldError(field=exc.field, message=str(exc))] if isinstance(exc, Invalid) else []
+        return error_response(status, str(exc), errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers) if exc.headers else None
+        return error_response(exc.status_code, str(exc.detail), headers=headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(500, "internal error; the service log has the details")

@@ -1,0 +1,61 @@
+"""``/api/v1/servers/``: create, list, show, start, stop, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
+
+from vpsd.api.deps import PageDep, PrincipalDep, ServicesDep
+from vpsd.api.pagination import page_links
+from vpsd.api.presenters import server_out
+from vpsd.api.responses import responses
+from vpsd.api.strict_json import StrictJSONRoute
+from vpsd.schemas import MAX_ID, Page, ServerCreate, ServerOut
+
+router = APIRouter(prefix="/servers", tags=["servers"], route_class=StrictJSONRoute)
+ServerId = Annotated[int, Path(ge=1, le=MAX_ID, description="the server's id")]
+
+
+@router.get("/", responses=responses(401))
+def list_servers(
+    request: Request, principal: PrincipalDep, services: ServicesDep, page: PageDep
+) -> Page[ServerOut]:
+    """The account's servers, newest first."""
+    count, rows = services.servers.list(principal.account_id, page)
+    next_url, previous_url = page_links(request, page, count)
+    return Page[ServerOut](
+        count=count, next=next_url, previous=previous_url, results=[server_out(s) for s in rows]
+    )
+
+
+@router.post("/", status_code=201, responses=responses(400, 401))
+def create_server(body: ServerCreate, principal: PrincipalDep, services: ServicesDep) -> ServerOut:
+    """Create a server: its disk is made and its VM boots (status ``starting``→``running``)."""
+    return server_out(services.servers.create(principal.account_id, body))
+
+
+@router.get("/{server_id}/", responses=responses(400, 401, 404))
+def get_server(server_id: ServerId, principal: PrincipalDep, services: ServicesDep) -> ServerOut:
+    """One server."""
+    return server_out(services.servers.get(principal.account_id, server_id))
+
+
+@router.post("/{server_id}/stop/", responses=responses(400, 401, 404))
+def stop_server(server_id: ServerId, principal: PrincipalDep, services: ServicesDep) -> ServerOut:
+    """Power the server down: ACPI first, forced after the configured timeout."""
+    return server_out(services.servers.stop(principal.account_id, server_id))
+
+
+@router.post("/{server_id}/start/", responses=responses(400, 401, 404))
+def start_server(server_id: ServerId, principal: PrincipalDep, services: ServicesDep) -> ServerOut:
+    """Boot a stopped server (or retry one in ``error``)."""
+    return server_out(services.servers.start(principal.account_id, server_id))
+
+
+@router.delete(
+    "/{server_id}/", status_code=204, response_class=Response, responses=responses(400, 401, 404)
+)
+def delete_server(server_id: ServerId, principal: PrincipalDep, services: ServicesDep) -> None:
+    """Delete the server: its VM is killed, its disks and snapshots removed."""
+    services.servers.delete(principal.account_id, server_id)

@@ -1,0 +1,107 @@
+"""``/api/v1/snapshots/``: the seed page's list, create, restore and delete, plus show."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response
+
+from vpsd.api.deps import PageDep, PrincipalDep, ServicesDep
+from vpsd.api.pagination import page_links
+from vpsd.api.presenters import snapshot_out
+from vpsd.api.responses import responses
+from vpsd.api.strict_json import StrictJSONRoute
+from vpsd.schemas import (
+    MAX_ID,
+    Page,
+    RestoreServerRef,
+    RestoreSnapshotRef,
+    RestoreStarted,
+    SnapshotCreate,
+    SnapshotCreated,
+    SnapshotOut,
+)
+
+router = APIRouter(prefix="/snapshots", tags=["snapshots"], route_class=StrictJSONRoute)
+SnapshotId = Annotated[int, Path(ge=1, le=MAX_ID, description="the snapshot's id")]
+
+CREATE_MESSAGE = (
+    "Snapshot is being created. qcow2 snapshots are copy-on-write, so this usually takes "
+    "well under a second whatever the server's size; poll GET /api/v1/snapshots/{id}/ "
+    "until its status is completed."
+)
+RESTORE_MESSAGE = (
+    "Server is being restored from snapshot. It is stopped at once, its disks are reverted "
+    "to the snapshot, and it {after}; this usually takes a few seconds. Poll "
+    "GET /api/v1/servers/{server_id}/ until its status is {final}."
+)
+
+
+@router.get("/", responses=responses(400, 401))
+def list_snapshots(
+    request: Request,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    page: PageDep,
+    server_id: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="only the snapshots of this server")
+    ] = None,
+) -> Page[SnapshotOut]:
+    """All snapshots on your servers, newest first."""
+    count, rows = services.snapshots.list(principal.account_id, page, server_id)
+    next_url, previous_url = page_links(request, page, count)
+    return Page[SnapshotOut](
+        count=count,
+        next=next_url,
+        previous=previous_url,
+        results=[snapshot_out(s) for s in rows],
+    )
+
+
+@router.post("/", status_code=201, responses=responses(400, 401, 404))
+def create_snapshot(
+    body: SnapshotCreate, principal: PrincipalDep, services: ServicesDep
+) -> SnapshotCreated:
+    """Take a point-in-time snapshot of all of a server's disks (at most 5 per server)."""
+    snapshot = services.snapshots.create(principal.account_id, body)
+    shown = snapshot_out(snapshot)
+    return SnapshotCreated(
+        **shown.model_dump(), message=CREATE_MESSAGE.replace("{id}", str(snapshot.id))
+    )
+
+
+@router.get("/{snapshot_id}/", responses=responses(400, 401, 404))
+def get_snapshot(
+    snapshot_id: SnapshotId, principal: PrincipalDep, services: ServicesDep
+) -> SnapshotOut:
+    """One snapshot: poll it until its status is ``completed`` or ``failed``."""
+    return snapshot_out(services.snapshots.get(principal.account_id, snapshot_id))
+
+
+@router.post("/{snapshot_id}/restore/", responses=responses(400, 401, 404))
+def restore_snapshot(
+    snapshot_id: SnapshotId, principal: PrincipalDep, services: ServicesDep
+) -> RestoreStarted:
+    """Overwrite the server's disks with the snapshot; the server is stopped first."""
+    snapshot, prior = services.snapshots.restore(principal.account_id, snapshot_id)
+    server = snapshot.server
+    after, final = (
+        ("is started again", "running") if prior == "running" else ("stays stopped", "stopped")
+    )
+    return RestoreStarted(
+        message=RESTORE_MESSAGE.format(after=after, server_id=server.id, final=final),
+        snapshot=RestoreSnapshotRef(
+            id=snapshot.id, name=snapshot.name, created_at=snapshot.created_at
+        ),
+        server=RestoreServerRef(id=server.id, name=server.name, status="restoring"),
+    )
+
+
+@router.delete(
+    "/{snapshot_id}/", status_code=204, response_class=Response, responses=responses(401, 404)
+)
+def delete_snapshot(
+    snapshot_id: SnapshotId, principal: PrincipalDep, services: ServicesDep
+) -> None:
+    """Permanently delete a snapshot; it is gone from the API at once."""
+    services.snapshots.delete(principal.account_id, snapshot_id)

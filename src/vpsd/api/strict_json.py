@@ -1,0 +1,114 @@
+"""Request parsing stricter than FastAPI's: JSON only, no duplicate keys, no NaN, size-capped."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vpsd.api.errors import error_response
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            # FastAPI turns a JSONDecodeError into a 400 "malformed JSON" answer.
+            raise json.JSONDecodeError(f"duplicate key {key!r}", "", 0)
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not valid JSON", "", 0)
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a request body as strict JSON: duplicate keys and NaN/Infinity are errors."""
+    return json.loads(body, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+
+
+class StrictJSONRequest(Request):
+    """A request whose ``json()`` is ``parse_json``."""
+
+    async def json(self) -> Any:
+        """The body as strict JSON."""
+        if not hasattr(self, "_json"):
+            self._json = parse_json(await self.body())
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    """Routes that parse bodies with ``StrictJSONRequest`` and refuse non-JSON bodies (415)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict_handler(request: Request) -> Response:
+            strict = StrictJSONRequest(request.scope, request.receive)
+            if self.body_field is not None:
+                try:
+                    body = await strict.body()  # cached on ``strict`` for the handler
+                except BodyTooLarge:
+                    return error_response(413, "request body too large")
+                content_type = strict.headers.get("content-type", "")
+                media_type = content_type.split(";")[0].strip().lower()
+                if body and not (media_type == "application/json" or media_type.endswith("+json")):
+                    return error_response(
+                        415, "the request body must be JSON (Content-Type: application/json)"
+                    )
+            return await handler(strict)
+
+        return strict_handler
+
+
+class BodyTooLarge(Exception):
+    """The request body passed the configured limit."""
+
+
+class BodySizeLimit:
+    """ASGI middleware answering ``413`` to bodies over ``max_bytes`` (declared or streamed)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        too_large = error_response(413, f"request body larger than {self.max_bytes} bytes")
+        if declared is not None and not declared.isdigit():
+            await error_response(400, "invalid Content-Length header")(scope, receive, send)
+            return
+        if declared is not None and int(declared) > self.max_bytes:
+            await too_large(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await too_large(scope, receive, send)

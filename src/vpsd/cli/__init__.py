@@ -1,0 +1,1 @@
+"""Command-line entry points: ``vpsd`` (service and admin); ``vpsctl`` (client) comes later."""

@@ -1,0 +1,155 @@
+"""``vpsd``: run the service, manage API tokens, migrate the database."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from vpsd import __version__
+from vpsd.config import Settings
+from vpsd.db import migrate
+from vpsd.db.session import Database
+from vpsd.services import tokens
+from vpsd.services.errors import DomainError
+
+app = typer.Typer(help="vpsd: snapshots of QEMU virtual private servers.", no_args_is_help=True)
+token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
+db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+app.add_typer(db_app, name="db")
+err = Console(stderr=True)
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="where disks and the default SQLite database live "
+        "[env: VPSD_DATA_DIR; default /var/lib/vpsd as root, else ~/.local/share/vpsd]",
+        show_default=False,
+    ),
+]
+
+
+def _settings(data_dir: Path | None) -> Settings:
+    overrides = {"data_dir": data_dir} if data_dir is not None else {}
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        for problem in error.errors():
+            field = ".".join(str(part) for part in problem["loc"])
+            err.print(f"[red]error:[/red] invalid setting {field}: {problem['msg']}")
+        raise typer.Exit(2) from None
+
+
+def _database(settings: Settings) -> Database:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database = Database(settings.effective_database_url)
+    migrate.upgrade(database)
+    return database
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    data_dir: DataDirOption = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Run the API, the operation runner and the QEMU driver in one process."""
+    import uvicorn
+
+    from vpsd.api.app import create_app
+
+    settings = _settings(data_dir)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    application = create_app(settings)
+    err.print(
+        f"vpsd {__version__}: http://{host}:{port}/api/v1/ "
+        f"(data dir {settings.data_dir}, driver {settings.driver})"
+    )
+    uvicorn.run(application, host=host, port=port, log_level=log_level.lower())
+
+
+@token_app.command("create")
+def token_create(
+    account: Annotated[str, typer.Option(help="account name; created if new")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Create an API token; the token alone is printed on the last line of stdout."""
+    database = _database(_settings(data_dir))
+    try:
+        info, secret = tokens.create_token(database, account)
+    except DomainError as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    err.print(f"token {info.id} ({info.prefix}…) for account {info.account!r}; it is shown once:")
+    print(secret)
+
+
+@token_app.command("list")
+def token_list(
+    account: Annotated[str | None, typer.Option(help="only this account's tokens")] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """List tokens (id, account, prefix, created, revoked); secrets are never shown."""
+    database = _database(_settings(data_dir))
+    table = Table("id", "account", "prefix", "created", "revoked")
+    for info in tokens.list_tokens(database, account):
+        table.add_row(
+            str(info.id),
+            info.account,
+            info.prefix + "…",
+            info.created_at.isoformat(),
+            info.revoked_at.isoformat() if info.revoked_at else "",
+        )
+    Console().print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[int, typer.Argument(help="the token's id, from `vpsd token list`")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Revoke a token: requests with it get 401 from now on."""
+    database = _database(_settings(data_dir))
+    try:
+        info = tokens.revoke_token(database, token_id)
+    except DomainError as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+    err.print(f"token {info.id} ({info.prefix}…) of {info.account!r} is revoked")
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDirOption = None) -> None:
+    """Apply pending migrations (``vpsd serve`` does this at start too)."""
+    _database(_settings(data_dir))
+    err.print("database is up to date")
+
+
+@db_app.command("check")
+def db_check(data_dir: DataDirOption = None) -> None:
+    """Fail if the models have changes no migration describes (run in CI)."""
+    migrate.check(_database(_settings(data_dir)))
+    err.print("models and migrations agree")
+
+
+@app.command()
+def version() -> None:
+    """Print vpsd's version."""
+    print(__version__)
+
+
+def main() -> None:
+    """Entry point of the ``vpsd`` command."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()

@@ -1,0 +1,165 @@
+"""The tables: accounts and their API tokens, servers, snapshots and durable operations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from vpsd.db.base import Base, UTCDateTime, utcnow
+
+# BIGINT on PostgreSQL, INTEGER (the rowid alias) on SQLite.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class ServerStatus(StrEnum):
+    """A server's lifecycle state; allowed transitions live in ``vpsd.services.states``."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    RESTORING = "restoring"
+    DELETING = "deleting"
+    DELETED = "deleted"
+    ERROR = "error"
+
+
+class SnapshotStatus(StrEnum):
+    """``deleting`` snapshots are already gone from the API; a worker reclaims their space."""
+
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DELETING = "deleting"
+
+
+class OperationStatus(StrEnum):
+    """An operation is ``pending`` until a runner claims it, then ``running`` until it ends."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class OperationKind(StrEnum):
+    """The slow work a runner executes, one handler each (``vpsd.operations.handlers``)."""
+
+    SERVER_CREATE = "server.create"
+    SERVER_START = "server.start"
+    SERVER_STOP = "server.stop"
+    SERVER_DELETE = "server.delete"
+    SNAPSHOT_CREATE = "snapshot.create"
+    SNAPSHOT_RESTORE = "snapshot.restore"
+    SNAPSHOT_DELETE = "snapshot.delete"
+
+
+class Account(Base):
+    """A customer: owns servers and API tokens."""
+
+    __tablename__ = "accounts"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ApiToken(Base):
+    """A bearer token; only its SHA-256 is stored, ``prefix`` identifies it to people."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    prefix: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    account: Mapped[Account] = relationship()
+
+
+class Server(Base):
+    """A VPS: one QEMU VM on the host. Deleted servers stay as rows (status ``deleted``)."""
+
+    __tablename__ = "servers"
+    __table_args__ = (
+        Index("ix_servers_account_id_id", "account_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    status: Mapped[ServerStatus] = mapped_column(String(16))
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    vcpus: Mapped[int] = mapped_column(Integer)
+    disk_gb: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class Snapshot(Base):
+    """A point-in-time copy of all of a server's disks: an internal qcow2 snapshot."""
+
+    __tablename__ = "snapshots"
+    __table_args__ = (
+        Index("ix_snapshots_server_id_status", "server_id", "status"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[SnapshotStatus] = mapped_column(String(16))
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    size_mb: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    server: Mapped[Server] = relationship()
+
+    @property
+    def tag(self) -> str:
+        """The internal snapshot's name on disk: derived from the id, never the user's name."""
+        return snapshot_tag(self.id)
+
+
+def snapshot_tag(snapshot_id: int) -> str:
+    """The qcow2 internal snapshot tag of snapshot ``snapshot_id``."""
+    return f"vpsd-snap-{snapshot_id}"
+
+
+class Operation(Base):
+    """Durable slow work: written with the state change, executed after commit, resumable."""
+
+    __tablename__ = "operations"
+    __table_args__ = (
+        Index("ix_operations_status_id", "status", "id"),
+        Index("ix_operations_server_id_status", "server_id", "status"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    kind: Mapped[OperationKind] = mapped_column(String(32))
+    server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
+    snapshot_id: Mapped[int | None] = mapped_column(Id)
+    status: Mapped[OperationStatus] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+PowerStateName = Literal["running", "stopped"]
+"""The power state a restore returns a server to (stored in the operation's payload)."""

@@ -1,0 +1,98 @@
+"""The hypervisor driver contract.
+
+A driver knows files, processes and QMP; it never sees the database. Services hand it a
+``VmSpec`` (what to run) or a server id (what to act on), and every method is idempotent so
+that an operation interrupted by a crash can simply be executed again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+
+class DriverError(Exception):
+    """A hypervisor action failed; ``str(error)`` is a reason fit to show a user."""
+
+
+class PowerState(StrEnum):
+    """What the hypervisor says about a VM, independent of what the database believes."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class VmSpec:
+    """Everything a driver needs to create and boot one server's VM."""
+
+    server_id: int
+    memory_mb: int
+    vcpus: int
+    disk_gb: int
+
+
+@dataclass(frozen=True, slots=True)
+class StopResult:
+    """How a VM stopped: ``forced`` is true when the graceful power-down timed out."""
+
+    forced: bool
+
+
+@dataclass(frozen=True, slots=True)
+class VmInfo:
+    """A VM's live state, for reconciliation and for tests."""
+
+    power_state: PowerState
+    pid: int | None
+    reason: str | None = None
+
+
+class Driver(Protocol):
+    """Operations on one host's VMs and their disks. All methods are idempotent."""
+
+    def create_disks(self, spec: VmSpec) -> None:
+        """Create the server's disks if they do not exist yet (never overwrites)."""
+        ...
+
+    def start(self, spec: VmSpec) -> None:
+        """Boot the VM if it is not running; return once QEMU reports it running."""
+        ...
+
+    def stop(self, server_id: int, timeout: float) -> StopResult:
+        """Power the VM down gracefully, forcing it off after ``timeout`` seconds."""
+        ...
+
+    def kill(self, server_id: int) -> None:
+        """Stop the VM at once (no guest shutdown). No-op when it is not running."""
+        ...
+
+    def info(self, server_id: int) -> VmInfo:
+        """Report whether the VM's process is alive, from its pidfile and /proc."""
+        ...
+
+    def destroy(self, server_id: int) -> None:
+        """Kill the VM and remove all of its files. No-op when nothing is left."""
+        ...
+
+    def snapshot_create(self, server_id: int, tag: str) -> int:
+        """Take an internal snapshot ``tag`` of all the server's disks, atomically.
+
+        Uses one QMP transaction while the VM runs, ``qemu-img snapshot -c`` when it is
+        stopped. If ``tag`` already exists on every disk (an earlier attempt got that far),
+        nothing is taken again. Returns the bytes of guest data the snapshot captured.
+        """
+        ...
+
+    def snapshot_restore(self, server_id: int, tag: str) -> None:
+        """Revert every disk of a stopped VM to ``tag``; raises if the VM is running."""
+        ...
+
+    def snapshot_delete(self, server_id: int, tag: str) -> None:
+        """Delete ``tag`` from every disk that has it (running or stopped VM)."""
+        ...
+
+    def snapshot_tags(self, server_id: int) -> set[str]:
+        """The internal snapshot tags present on all of the server's disks."""
+        ...

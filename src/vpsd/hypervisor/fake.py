@@ -1,0 +1,189 @@
+"""``FakeDriver``: the ``Driver`` contract in memory, for fast unit tests.
+
+Each server has one "disk" (bytes) and a dict of snapshot tag -> disk bytes, so tests can
+write data, snapshot, overwrite, restore and read the old bytes back. Faults and delays can
+be injected per method name.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+
+from vpsd.hypervisor.base import DriverError, PowerState, StopResult, VmInfo, VmSpec
+
+_METHODS = frozenset(
+    {
+        "create_disks",
+        "start",
+        "stop",
+        "kill",
+        "info",
+        "destroy",
+        "snapshot_create",
+        "snapshot_restore",
+        "snapshot_delete",
+        "snapshot_tags",
+    }
+)
+
+
+@dataclass
+class _FakeVm:
+    spec: VmSpec
+    disk: bytes = b""
+    snapshots: dict[str, bytes] = field(default_factory=dict)
+    pid: int | None = None
+
+
+class FakeDriver:
+    """An in-memory, thread-safe driver. ``stop`` is graceful unless ``force_stops`` is set."""
+
+    def __init__(self, *, force_stops: bool = False) -> None:
+        self.force_stops = force_stops
+        self.calls: list[tuple[str, int | None]] = []
+        """Every driver call as (method, server_id), in order, for assertions."""
+        self._vms: dict[int, _FakeVm] = {}
+        self._faults: dict[str, list[str]] = {}
+        self._delays: dict[str, float] = {}
+        self._pids = itertools.count(10_000)
+        self._lock = threading.RLock()
+
+    # -- test hooks --------------------------------------------------------------------------
+
+    def fail_next(self, method_name: str, reason: str) -> None:
+        """Make the next call of ``method_name`` raise ``DriverError(reason)`` (queued)."""
+        self._check_method(method_name)
+        with self._lock:
+            self._faults.setdefault(method_name, []).append(reason)
+
+    def delay(self, method_name: str, seconds: float) -> None:
+        """Make every later call of ``method_name`` sleep ``seconds`` first (0 to clear)."""
+        self._check_method(method_name)
+        with self._lock:
+            self._delays[method_name] = seconds
+
+    def write(self, server_id: int, data: bytes) -> None:
+        """Replace the server's disk content, as a guest (or an admin) writing would."""
+        with self._lock:
+            self._vm(server_id).disk = bytes(data)
+
+    def read(self, server_id: int) -> bytes:
+        """The server's current disk content."""
+        with self._lock:
+            return self._vm(server_id).disk
+
+    def exists(self, server_id: int) -> bool:
+        """True while the server has disks (between ``create_disks`` and ``destroy``)."""
+        with self._lock:
+            return server_id in self._vms
+
+    # -- Driver ------------------------------------------------------------------------------
+
+    def create_disks(self, spec: VmSpec) -> None:
+        """Create an empty disk if missing (never overwrites)."""
+        self._enter("create_disks", spec.server_id)
+        with self._lock:
+            self._vms.setdefault(spec.server_id, _FakeVm(spec))
+
+    def start(self, spec: VmSpec) -> None:
+        """Mark the VM running (creating its disk if needed)."""
+        self._enter("start", spec.server_id)
+        with self._lock:
+            vm = self._vms.setdefault(spec.server_id, _FakeVm(spec))
+            if vm.pid is None:
+                vm.pid = next(self._pids)
+
+    def stop(self, server_id: int, timeout: float) -> StopResult:
+        """Mark the VM stopped; ``forced`` follows ``force_stops`` (False if not running)."""
+        self._enter("stop", server_id)
+        with self._lock:
+            vm = self._vms.get(server_id)
+            if vm is None or vm.pid is None:
+                return StopResult(forced=False)
+            vm.pid = None
+            return StopResult(forced=self.force_stops)
+
+    def kill(self, server_id: int) -> None:
+        """Mark the VM stopped at once."""
+        self._enter("kill", server_id)
+        with self._lock:
+            vm = self._vms.get(server_id)
+            if vm is not None:
+                vm.pid = None
+
+    def info(self, server_id: int) -> VmInfo:
+        """Running with a fake pid, or stopped."""
+        self._enter("info", server_id)
+        with self._lock:
+            vm = self._vms.get(server_id)
+            if vm is None or vm.pid is None:
+                return VmInfo(PowerState.STOPPED, None)
+            return VmInfo(PowerState.RUNNING, vm.pid)
+
+    def destroy(self, server_id: int) -> None:
+        """Forget the server, its disk and snapshots."""
+        self._enter("destroy", server_id)
+        with self._lock:
+            self._vms.pop(server_id, None)
+
+    def snapshot_create(self, server_id: int, tag: str) -> int:
+        """Copy the disk under ``tag`` (unless it exists); returns the captured length."""
+        self._enter("snapshot_create", server_id)
+        with self._lock:
+            vm = self._vm(server_id)
+            captured = vm.snapshots.setdefault(tag, vm.disk)
+            return len(captured)
+
+    def snapshot_restore(self, server_id: int, tag: str) -> None:
+        """Put the bytes of ``tag`` back; raises if running or if ``tag`` is unknown."""
+        self._enter("snapshot_restore", server_id)
+        with self._lock:
+            vm = self._vm(server_id)
+            if vm.pid is not None:
+                raise DriverError(f"server {server_id} is running; stop it before restoring")
+            if tag not in vm.snapshots:
+                raise DriverError(f"snapshot {tag!r} not found on disk0.qcow2")
+            vm.disk = vm.snapshots[tag]
+
+    def snapshot_delete(self, server_id: int, tag: str) -> None:
+        """Drop ``tag`` if present."""
+        self._enter("snapshot_delete", server_id)
+        with self._lock:
+            vm = self._vms.get(server_id)
+            if vm is not None:
+                vm.snapshots.pop(tag, None)
+
+    def snapshot_tags(self, server_id: int) -> set[str]:
+        """The server's snapshot tags (empty when it has no disks)."""
+        self._enter("snapshot_tags", server_id)
+        with self._lock:
+            vm = self._vms.get(server_id)
+            return set(vm.snapshots) if vm is not None else set()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _check_method(self, method_name: str) -> None:
+        if method_name not in _METHODS:
+            raise ValueError(f"FakeDriver has no driver method {method_name!r}")
+
+    def _enter(self, method_name: str, server_id: int) -> None:
+        """Record the call, apply its delay (outside the lock), then any queued fault."""
+        with self._lock:
+            self.calls.append((method_name, server_id))
+            delay = self._delays.get(method_name, 0.0)
+        if delay > 0:
+            time.sleep(delay)
+        with self._lock:
+            queued = self._faults.get(method_name)
+            reason = queued.pop(0) if queued else None
+        if reason is not None:
+            raise DriverError(reason)
+
+    def _vm(self, server_id: int) -> _FakeVm:
+        vm = self._vms.get(server_id)
+        if vm is None:
+            raise DriverError(f"server {server_id} has no disks")
+        return vm

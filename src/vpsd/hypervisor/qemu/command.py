@@ -1,0 +1,118 @@
+"""The one chokepoint through which vpsd runs external programs (qemu-img, qemu-system...).
+
+No shell is ever involved, every call has a timeout, and every failure becomes a
+``CommandError`` whose message names the program and quotes its stderr, so the reason can be
+shown to a user as is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from vpsd.hypervisor.base import DriverError
+
+# Commands run with a fixed, C locale so error messages are stable English text, while
+# keeping PATH (tests and packagers rely on it to find the qemu binaries).
+_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "LANG": "C"}
+
+
+class CommandError(DriverError):
+    """An external command failed or timed out.
+
+    ``command`` is the argument vector (named so because ``BaseException.args`` is taken:
+    it holds the one-line reason), ``returncode`` is ``None`` when the command timed out or
+    could not be started, ``stderr`` is the program's full error output.
+    """
+
+    def __init__(self, args: list[str], returncode: int | None, stderr: str, reason: str) -> None:
+        super().__init__(reason)
+        self.command = list(args)
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+def _name(args: list[str]) -> str:
+    """``qemu-img snapshot`` style short name: the program plus its sub-command, if any."""
+    program = Path(args[0]).name
+    if len(args) > 1 and not args[1].startswith("-") and program == "qemu-img":
+        return f"{program} {args[1]}"
+    return program
+
+
+def _one_line(text: str) -> str:
+    """Squash multi-line stderr into one line, keeping every message."""
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def run(
+    args: list[str], *, timeout: float, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``args`` (no shell) and return the completed process with captured text output.
+
+    Raises ``CommandError`` if the program is missing, exits non-zero, or runs longer than
+    ``timeout`` seconds (it is killed then). stdin is /dev/null so a command can never wait
+    for input, and no file descriptor of ours leaks into the child.
+    """
+    if not args:
+        raise ValueError("run() needs a command")
+    name = _name(args)
+    try:
+        result = subprocess.run(
+            args,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            cwd=cwd,
+            env=_ENV,
+            close_fds=True,
+            # Own session: a Ctrl-C aimed at vpsd must not kill a qemu-img halfway through a
+            # snapshot, and a daemonizing QEMU starts detached from our terminal.
+            start_new_session=True,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise CommandError(args, None, "", f"{name} failed: program not found ({exc})") from exc
+    except subprocess.TimeoutExpired as exc:
+        stderr = _decode(exc.stderr)
+        detail = f": {_one_line(stderr)}" if stderr.strip() else ""
+        raise CommandError(
+            args, None, stderr, f"{name} timed out after {timeout:g}s{detail}"
+        ) from exc
+    if result.returncode != 0:
+        detail = _one_line(result.stderr) or _one_line(result.stdout) or "no error output"
+        raise CommandError(
+            args,
+            result.returncode,
+            result.stderr,
+            f"{name} failed (exit {result.returncode}): {detail}",
+        )
+    return result
+
+
+def run_json(args: list[str], *, timeout: float, cwd: Path | None = None) -> Any:
+    """Run a command that prints ``--output=json`` and return the parsed document.
+
+    ``args`` must already contain ``--output=json``. Unparseable output raises
+    ``CommandError`` too.
+    """
+    result = run(args, timeout=timeout, cwd=cwd)
+    try:
+        return json.loads(result.stdout)
+    except json.JSONDecodeError as exc:
+        raise CommandError(
+            args, result.returncode, result.stderr, f"{_name(args)} printed invalid JSON: {exc}"
+        ) from exc
+
+
+def _decode(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    if isinstance(data, bytes):
+        return data.decode(errors="replace")
+    return data

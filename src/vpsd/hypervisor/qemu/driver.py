@@ -1,0 +1,290 @@
+"""``QemuDriver``: the ``Driver`` contract on real QEMU processes and qcow2 internal snapshots.
+
+A running VM's disks are only ever changed by QEMU itself (over QMP); a stopped VM's disks
+by ``qemu-img``. Calls for one server are serialized by a per-server lock; different servers
+proceed in parallel.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from vpsd.hypervisor.base import DriverError, PowerState, StopResult, VmInfo, VmSpec
+from vpsd.hypervisor.qemu import img, process
+from vpsd.hypervisor.qemu.qmp import QmpError, QmpSession
+
+GIB = 1024**3
+QMP_TIMEOUT = 30.0
+START_TIMEOUT = 60.0
+KILL_TIMEOUT = 10.0
+
+
+class QemuDriver:
+    """Runs each server as a daemonized qemu-system-x86_64 below ``servers_dir``."""
+
+    def __init__(self, servers_dir: Path, accel: str = "auto", command_timeout: float = 600.0):
+        self.servers_dir = servers_dir.absolute()
+        self.accel = accel
+        self.command_timeout = command_timeout
+        self._locks: dict[int, threading.RLock] = {}
+        self._locks_guard = threading.Lock()
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def qmp_socket_path(self, server_id: int) -> Path:
+        """The QMP unix socket of the server's VM (present while it runs)."""
+        return self._paths(server_id).qmp_socket
+
+    def disk_paths(self, server_id: int) -> list[Path]:
+        """The server's existing qcow2 disks, in node-name order (disk0, disk1, ...)."""
+        return self._paths(server_id).disks()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def create_disks(self, spec: VmSpec) -> None:
+        """Create ``disk0.qcow2`` of ``spec.disk_gb`` GiB if missing (never overwrites)."""
+        with self._lock(spec.server_id):
+            paths = self._paths(spec.server_id)
+            paths.folder.mkdir(parents=True, exist_ok=True)
+            if not paths.disk(0).exists():
+                img.create(paths.disk(0), spec.disk_gb * GIB, timeout=self.command_timeout)
+
+    def start(self, spec: VmSpec) -> None:
+        """Boot the VM unless it runs; return once QMP ``query-status`` says running."""
+        with self._lock(spec.server_id):
+            paths = self._paths(spec.server_id)
+            if process.alive_pid(paths, spec.server_id) is None:
+                self.create_disks(spec)
+                accel = process.resolve_accel(self.accel)
+                process.launch(spec, paths, paths.disks(), accel, timeout=START_TIMEOUT)
+            self._wait_running(spec.server_id, paths)
+
+    def stop(self, server_id: int, timeout: float) -> StopResult:
+        """ACPI power-down; after ``timeout`` seconds (or if refused) force the VM off.
+
+        A VM without a guest OS ignores the power button, so ``forced=True`` is normal here.
+        """
+        with self._lock(server_id):
+            paths = self._paths(server_id)
+            pid = process.alive_pid(paths, server_id)
+            if pid is None:
+                return StopResult(forced=False)
+            try:
+                with QmpSession(paths.qmp_socket, timeout=QMP_TIMEOUT) as qmp:
+                    qmp.execute("system_powerdown")
+            except QmpError:
+                pass  # the monitor is wedged or gone: the forced path below handles both
+            if process.wait_gone(paths, server_id, pid, timeout):
+                return StopResult(forced=False)
+            self._kill(server_id, paths, pid)
+            return StopResult(forced=True)
+
+    def kill(self, server_id: int) -> None:
+        """Stop the VM at once (QMP ``quit``, SIGKILL if needed); wait until it is gone."""
+        with self._lock(server_id):
+            paths = self._paths(server_id)
+            pid = process.alive_pid(paths, server_id)
+            if pid is not None:
+                self._kill(server_id, paths, pid)
+
+    def info(self, server_id: int) -> VmInfo:
+        """Running with its pid if our QEMU process is alive, else stopped."""
+        paths = self._paths(server_id)
+        pid = process.alive_pid(paths, server_id)
+        if pid is not None:
+            return VmInfo(PowerState.RUNNING, pid)
+        stale = process.read_pidfile(paths)
+        reason = f"stale pidfile (process {stale} is not this VM)" if stale is not None else None
+        return VmInfo(PowerState.STOPPED, None, reason)
+
+    def destroy(self, server_id: int) -> None:
+        """Kill the VM and delete the server's folder (disks included)."""
+        with self._lock(server_id):
+            self.kill(server_id)
+            folder = self._paths(server_id).folder
+            if folder.exists():
+                shutil.rmtree(folder)
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def snapshot_create(self, server_id: int, tag: str) -> int:
+        """Snapshot all disks as ``tag`` (one QMP transaction if running, qemu-img if not).
+
+        Idempotent: when every disk already has ``tag`` nothing is taken. A failure leaves
+        no disk with ``tag`` (stale partial tags from a crash are replaced). Returns the
+        allocated guest bytes captured, summed over the disks.
+        """
+        img.check_tag(tag)
+        with self._lock(server_id):
+            paths = self._paths(server_id)
+            disks = self._require_disks(server_id, paths)
+            running = process.alive_pid(paths, server_id) is not None
+            tags = self._tags_per_disk(paths, disks, running)
+            if not all(tag in names for names in tags):
+                # Some disks only: a leftover of an interrupted attempt; start over cleanly.
+                self._delete(paths, disks, tag, tags, running)
+                if running:
+                    self._create_running(paths, disks, tag)
+                else:
+                    self._create_stopped(disks, tag)
+            return sum(
+                img.captured_bytes(d, tag, force_share=running, timeout=self.command_timeout)
+                for d in disks
+            )
+
+    def snapshot_restore(self, server_id: int, tag: str) -> None:
+        """Revert every disk to ``tag``; the VM must be stopped and every disk have ``tag``."""
+        img.check_tag(tag)
+        with self._lock(server_id):
+            paths = self._paths(server_id)
+            if process.alive_pid(paths, server_id) is not None:
+                raise DriverError(f"server {server_id} is running; stop it before restoring")
+            disks = self._require_disks(server_id, paths)
+            tags = self._tags_per_disk(paths, disks, running=False)
+            missing = [d.name for d, names in zip(disks, tags, strict=True) if tag not in names]
+            if missing:
+                raise DriverError(f"snapshot {tag!r} not found on {', '.join(missing)}")
+            for disk in disks:
+                # Not atomic across disks, but idempotent: a retry finishes the job.
+                img.snapshot_apply(disk, tag, timeout=self.command_timeout)
+
+    def snapshot_delete(self, server_id: int, tag: str) -> None:
+        """Delete ``tag`` from every disk that has it; a missing tag is not an error."""
+        img.check_tag(tag)
+        with self._lock(server_id):
+            paths = self._paths(server_id)
+            disks = paths.disks()
+            if not disks:
+                return
+            running = process.alive_pid(paths, server_id) is not None
+            self._delete(paths, disks, tag, self._tags_per_disk(paths, disks, running), running)
+
+    def snapshot_tags(self, server_id: int) -> set[str]:
+        """Tags present on all of the server's disks (empty when it has no disks)."""
+        with self._lock(server_id):
+            paths = self._paths(server_id)
+            disks = paths.disks()
+            if not disks:
+                return set()
+            running = process.alive_pid(paths, server_id) is not None
+            per_disk = self._tags_per_disk(paths, disks, running)
+            return set.intersection(*(set(names) for names in per_disk))
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _paths(self, server_id: int) -> process.ServerPaths:
+        return process.ServerPaths.of(self.servers_dir, server_id)
+
+    @contextmanager
+    def _lock(self, server_id: int) -> Iterator[None]:
+        with self._locks_guard:
+            lock = self._locks.setdefault(server_id, threading.RLock())
+        with lock:
+            yield
+
+    def _require_disks(self, server_id: int, paths: process.ServerPaths) -> list[Path]:
+        disks = paths.disks()
+        if not disks:
+            raise DriverError(f"server {server_id} has no disks")
+        return disks
+
+    def _wait_running(self, server_id: int, paths: process.ServerPaths) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        status = "unknown"
+        while time.monotonic() < deadline:
+            if process.alive_pid(paths, server_id) is None:
+                raise DriverError(f"VM of server {server_id} exited; {process.log_tail(paths)}")
+            try:
+                with QmpSession(paths.qmp_socket, timeout=QMP_TIMEOUT) as qmp:
+                    status = str(qmp.execute("query-status")["status"])
+            except QmpError as exc:
+                status = str(exc)
+            if status == "running":
+                return
+            time.sleep(0.1)
+        raise DriverError(
+            f"VM of server {server_id} not running after {START_TIMEOUT:g}s (status: {status}); "
+            f"{process.log_tail(paths)}"
+        )
+
+    def _kill(self, server_id: int, paths: process.ServerPaths, pid: int) -> None:
+        try:
+            with QmpSession(paths.qmp_socket, timeout=5.0) as qmp:
+                qmp.execute("quit")
+        except QmpError:
+            pass  # fall through to SIGKILL
+        if not process.wait_gone(paths, server_id, pid, KILL_TIMEOUT):
+            process.sigkill(paths, server_id, pid)
+            if not process.wait_gone(paths, server_id, pid, KILL_TIMEOUT):
+                raise DriverError(f"VM of server {server_id} (pid {pid}) survived SIGKILL")
+        # QEMU removes these on a clean quit, not after SIGKILL.
+        paths.pidfile.unlink(missing_ok=True)
+        paths.qmp_socket.unlink(missing_ok=True)
+
+    def _tags_per_disk(
+        self, paths: process.ServerPaths, disks: list[Path], running: bool
+    ) -> list[list[str]]:
+        if not running:
+            return [img.snapshot_names(d, timeout=self.command_timeout) for d in disks]
+        # Ask QEMU itself: it holds the authoritative, possibly uncommitted, snapshot table.
+        with QmpSession(paths.qmp_socket, timeout=QMP_TIMEOUT) as qmp:
+            nodes: list[dict[str, Any]] = qmp.execute("query-named-block-nodes", {"flat": True})
+        by_node = {n.get("node-name"): n.get("image", {}).get("snapshots", []) for n in nodes}
+        return [[str(s["name"]) for s in by_node.get(f"disk{i}", [])] for i in range(len(disks))]
+
+    def _create_running(self, paths: process.ServerPaths, disks: list[Path], tag: str) -> None:
+        actions = [
+            {"type": "blockdev-snapshot-internal-sync", "data": {"device": f"disk{i}", "name": tag}}
+            for i in range(len(disks))
+        ]
+        try:
+            with QmpSession(paths.qmp_socket, timeout=self.command_timeout) as qmp:
+                # A transaction is all-or-nothing: QEMU aborts every action if one fails.
+                qmp.execute("transaction", {"actions": actions})
+        except QmpError as exc:
+            raise DriverError(f"snapshot {tag!r} failed: {exc.desc or exc}") from exc
+
+    def _create_stopped(self, disks: list[Path], tag: str) -> None:
+        with ExitStack() as undo:
+            for disk in disks:
+                try:
+                    img.snapshot_create(disk, tag, timeout=self.command_timeout)
+                except DriverError as exc:
+                    raise DriverError(f"snapshot {tag!r} failed: {exc}") from exc
+                undo.callback(self._undo_create, disk, tag)
+            undo.pop_all()
+
+    def _undo_create(self, disk: Path, tag: str) -> None:
+        # Best effort: a tag left behind is cleaned up by the next create/delete of it.
+        with suppress(DriverError):
+            img.snapshot_delete(disk, tag, timeout=self.command_timeout)
+
+    def _delete(
+        self,
+        paths: process.ServerPaths,
+        disks: list[Path],
+        tag: str,
+        tags: list[list[str]],
+        running: bool,
+    ) -> None:
+        having = [
+            (i, d) for i, (d, names) in enumerate(zip(disks, tags, strict=True)) if tag in names
+        ]
+        if not having:
+            return
+        if not running:
+            for _, disk in having:
+                img.snapshot_delete(disk, tag, timeout=self.command_timeout)
+            return
+        with QmpSession(paths.qmp_socket, timeout=self.command_timeout) as qmp:
+            for index, _ in having:
+                qmp.execute(
+                    "blockdev-snapshot-delete-internal-sync",
+                    {"device": f"disk{index}", "name": tag},
+                )

@@ -1,0 +1,130 @@
+"""Typed wrappers around ``qemu-img`` (always through ``command.run``, JSON output parsed).
+
+``force_share`` adds ``-U``: needed to *read* an image a running VM holds locked. It is
+never used for writes, which QEMU must do itself (over QMP) while the VM runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from vpsd.hypervisor.base import DriverError
+from vpsd.hypervisor.qemu import command
+
+QEMU_IMG = "qemu-img"
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def check_tag(tag: str) -> str:
+    """Return ``tag`` if it is a safe snapshot name, else raise ``DriverError``.
+
+    qemu-img looks snapshots up by id *or* name, so an all-digit tag could hit another
+    snapshot's id; commas would be parsed as option separators by ``-l snapshot.name=``.
+    """
+    if not _TAG.fullmatch(tag) or tag.isdigit():
+        raise DriverError(
+            f"invalid snapshot tag {tag!r}: use 1-128 letters, digits, '.', '_', ':' or '-', "
+            "starting with a letter or digit and not all digits"
+        )
+    return tag
+
+
+def create(path: Path, size_bytes: int, *, timeout: float) -> None:
+    """Create a qcow2 image of ``size_bytes`` at ``path``, atomically.
+
+    The image is built under a temporary name and renamed into place, so a crash never
+    leaves a half-written disk at ``path``. Raises ``DriverError`` if ``path`` exists.
+    """
+    if path.exists():
+        raise DriverError(f"disk {path} already exists")
+    partial = path.with_name(f".{path.name}.partial")
+    partial.unlink(missing_ok=True)
+    try:
+        command.run(
+            [QEMU_IMG, "create", "-q", "-f", "qcow2", str(partial), str(size_bytes)],
+            timeout=timeout,
+        )
+        _fsync(partial)
+        partial.replace(path)
+        _fsync(path.parent)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def info(path: Path, *, force_share: bool = False, timeout: float) -> dict[str, Any]:
+    """``qemu-img info --output=json`` of one image."""
+    args = [QEMU_IMG, "info", "--output=json", *(["-U"] if force_share else []), str(path)]
+    result: dict[str, Any] = command.run_json(args, timeout=timeout)
+    return result
+
+
+def snapshot_names(path: Path, *, force_share: bool = False, timeout: float) -> list[str]:
+    """The internal snapshot names of one image, oldest first."""
+    snapshots = info(path, force_share=force_share, timeout=timeout).get("snapshots", [])
+    return [str(snapshot["name"]) for snapshot in snapshots]
+
+
+def snapshot_create(path: Path, tag: str, *, timeout: float) -> None:
+    """``qemu-img snapshot -c``: take internal snapshot ``tag`` (image must not be in use)."""
+    command.run([QEMU_IMG, "snapshot", "-c", check_tag(tag), str(path)], timeout=timeout)
+
+
+def snapshot_apply(path: Path, tag: str, *, timeout: float) -> None:
+    """``qemu-img snapshot -a``: revert the image to ``tag`` (image must not be in use)."""
+    command.run([QEMU_IMG, "snapshot", "-a", check_tag(tag), str(path)], timeout=timeout)
+
+
+def snapshot_delete(path: Path, tag: str, *, timeout: float) -> None:
+    """``qemu-img snapshot -d``: delete ``tag`` (image must not be in use)."""
+    command.run([QEMU_IMG, "snapshot", "-d", check_tag(tag), str(path)], timeout=timeout)
+
+
+def measure_required(
+    path: Path | None, *, tag: str | None = None, size_bytes: int | None = None,
+    force_share: bool = False, timeout: float,
+) -> int:  # fmt: skip
+    """``qemu-img measure -O qcow2``: bytes a qcow2 copy of ``path`` (at snapshot ``tag``),
+    or of an empty image of ``size_bytes`` when ``path`` is None, would need."""
+    args = [QEMU_IMG, "measure", "--output=json", "-O", "qcow2"]
+    if path is None:
+        args += ["--size", str(size_bytes)]
+    else:
+        if tag is not None:
+            args += ["-l", f"snapshot.name={check_tag(tag)}"]
+        args += [*(["-U"] if force_share else []), str(path)]
+    return int(command.run_json(args, timeout=timeout)["required"])
+
+
+def captured_bytes(path: Path, tag: str, *, force_share: bool = False, timeout: float) -> int:
+    """Allocated guest data (bytes, cluster granular) that snapshot ``tag`` of ``path`` holds.
+
+    ``measure`` walks only the snapshot's L1/L2 tables (cost grows with metadata, not data),
+    and its answer is data + qcow2 metadata, where the metadata part depends only on the
+    virtual size; subtracting the answer for an empty image of that size leaves the data.
+    """
+    virtual = int(info(path, force_share=force_share, timeout=timeout)["virtual-size"])
+    full = measure_required(path, tag=tag, force_share=force_share, timeout=timeout)
+    empty = measure_required(None, size_bytes=virtual, timeout=timeout)
+    return max(0, full - empty)
+
+
+def check(path: Path, *, timeout: float) -> dict[str, Any]:
+    """``qemu-img check --output=json``; raises ``CommandError`` when the image is damaged."""
+    result: dict[str, Any] = command.run_json(
+        [QEMU_IMG, "check", "--output=json", str(path)], timeout=timeout
+    )
+    return result
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):  # some filesystems refuse fsync on directories
+            os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,18 @@
+"""What operation handlers need: the database, the driver, the settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vpsd.config import Settings
+from vpsd.db.session import Database
+from vpsd.hypervisor.base import Driver
+
+
+@dataclass(frozen=True, slots=True)
+class OperationContext:
+    """Shared by the runner, its worker threads, recovery and the VM monitor."""
+
+    db: Database
+    driver: Driver
+    settings: Settings

@@ -1,0 +1,237 @@
+"""One handler per operation kind: driver work outside any transaction, then the result.
+
+Handlers are idempotent: after a crash an operation is executed again from the start, and
+every step either finds its work already done or does it (see ``Driver``'s contract).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Executable, delete, update
+
+from vpsd.db.base import utcnow
+from vpsd.db.models import (
+    Operation,
+    OperationKind,
+    OperationStatus,
+    Server,
+    ServerStatus,
+    Snapshot,
+    SnapshotStatus,
+    snapshot_tag,
+)
+from vpsd.hypervisor.base import DriverError, VmSpec
+from vpsd.operations.context import OperationContext
+
+log = logging.getLogger(__name__)
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """An operation as a handler sees it: plain values, no session attached."""
+
+    id: int
+    kind: OperationKind
+    spec: VmSpec
+    snapshot_id: int | None
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def server_id(self) -> int:
+        """The server this operation acts on."""
+        return self.spec.server_id
+
+    @property
+    def tag(self) -> str:
+        """The internal snapshot tag of this operation's snapshot."""
+        assert self.snapshot_id is not None, f"{self.kind} needs a snapshot"
+        return snapshot_tag(self.snapshot_id)
+
+
+def _set_server(job: Job, status: ServerStatus, reason: str | None) -> Executable:
+    return (
+        update(Server)
+        .where(Server.id == job.server_id)
+        .values(status=status, status_reason=reason, updated_at=utcnow())
+    )
+
+
+def _server_failed(ctx: OperationContext, job: Job, reason: str) -> Result:
+    return [_set_server(job, ServerStatus.ERROR, reason)]
+
+
+# --- servers -----------------------------------------------------------------------------
+
+
+def _server_create(ctx: OperationContext, job: Job) -> Result:
+    ctx.driver.create_disks(job.spec)
+    ctx.driver.start(job.spec)
+    return [_set_server(job, ServerStatus.RUNNING, None)]
+
+
+def _server_start(ctx: OperationContext, job: Job) -> Result:
+    ctx.driver.start(job.spec)
+    return [_set_server(job, ServerStatus.RUNNING, None)]
+
+
+def _server_stop(ctx: OperationContext, job: Job) -> Result:
+    timeout = ctx.settings.stop_timeout
+    result = ctx.driver.stop(job.server_id, timeout)
+    reason = (
+        f"forced off: the guest did not power down within {timeout:g} s of the ACPI request"
+        if result.forced
+        else None
+    )
+    return [_set_server(job, ServerStatus.STOPPED, reason)]
+
+
+def _server_delete(ctx: OperationContext, job: Job) -> Result:
+    ctx.driver.destroy(job.server_id)
+    return [
+        delete(Snapshot).where(Snapshot.server_id == job.server_id),
+        _set_server(job, ServerStatus.DELETED, None),
+    ]
+
+
+# --- snapshots ---------------------------------------------------------------------------
+
+
+def _snapshot_create(ctx: OperationContext, job: Job) -> Result:
+    with ctx.db.read() as session:
+        snapshot = session.get(Snapshot, job.snapshot_id)
+        wanted = snapshot is not None and snapshot.status == SnapshotStatus.IN_PROGRESS
+    if not wanted:
+        return []  # deleted before it was taken: its delete operation cleans up
+    captured = ctx.driver.snapshot_create(job.server_id, job.tag)
+    return [
+        update(Snapshot)
+        .where(Snapshot.id == job.snapshot_id, Snapshot.status == SnapshotStatus.IN_PROGRESS)
+        .values(
+            status=SnapshotStatus.COMPLETED,
+            size_mb=math.ceil(captured / MIB),
+            completed_at=utcnow(),
+        )
+    ]
+
+
+def _snapshot_create_failed(ctx: OperationContext, job: Job, reason: str) -> Result:
+    return [
+        update(Snapshot)
+        .where(Snapshot.id == job.snapshot_id, Snapshot.status == SnapshotStatus.IN_PROGRESS)
+        .values(status=SnapshotStatus.FAILED, status_reason=reason, completed_at=utcnow())
+    ]
+
+
+def _snapshot_restore(ctx: OperationContext, job: Job) -> Result:
+    # A hard stop, as Proxmox does on rollback: the disks are about to be overwritten.
+    ctx.driver.kill(job.server_id)
+    ctx.driver.snapshot_restore(job.server_id, job.tag)
+    if job.payload.get("power_state") == "running":
+        ctx.driver.start(job.spec)
+        return [_set_server(job, ServerStatus.RUNNING, None)]
+    return [_set_server(job, ServerStatus.STOPPED, None)]
+
+
+def _snapshot_restore_failed(ctx: OperationContext, job: Job, reason: str) -> Result:
+    return _server_failed(ctx, job, f"restore from snapshot {job.snapshot_id} failed: {reason}")
+
+
+def _snapshot_delete(ctx: OperationContext, job: Job) -> Result:
+    ctx.driver.snapshot_delete(job.server_id, job.tag)
+    return [delete(Snapshot).where(Snapshot.id == job.snapshot_id)]
+
+
+def _snapshot_delete_failed(ctx: OperationContext, job: Job, reason: str) -> Result:
+    # The snapshot stays hidden (``deleting``); recovery queues its deletion again.
+    return [update(Snapshot).where(Snapshot.id == job.snapshot_id).values(status_reason=reason)]
+
+
+Result = list[Executable]
+"""What an operation changed, applied in the transaction that marks it finished."""
+Handler = Callable[[OperationContext, Job], Result]
+FailureHandler = Callable[[OperationContext, Job, str], Result]
+
+HANDLERS: dict[OperationKind, tuple[Handler, FailureHandler]] = {
+    OperationKind.SERVER_CREATE: (_server_create, _server_failed),
+    OperationKind.SERVER_START: (_server_start, _server_failed),
+    OperationKind.SERVER_STOP: (_server_stop, _server_failed),
+    OperationKind.SERVER_DELETE: (_server_delete, _server_failed),
+    OperationKind.SNAPSHOT_CREATE: (_snapshot_create, _snapshot_create_failed),
+    OperationKind.SNAPSHOT_RESTORE: (_snapshot_restore, _snapshot_restore_failed),
+    OperationKind.SNAPSHOT_DELETE: (_snapshot_delete, _snapshot_delete_failed),
+}
+
+
+def load_job(ctx: OperationContext, operation_id: int) -> Job | None:
+    """The operation with its server's VM spec, or None if it no longer exists."""
+    with ctx.db.read() as session:
+        operation = session.get(Operation, operation_id)
+        if operation is None:
+            return None
+        server = session.get(Server, operation.server_id)
+        assert server is not None  # operations cascade with their server
+        spec = VmSpec(server.id, server.memory_mb, server.vcpus, server.disk_gb)
+        return Job(
+            operation.id, operation.kind, spec, operation.snapshot_id, dict(operation.payload)
+        )
+
+
+def _finish(ctx: OperationContext, job: Job, result: Result, error: str | None) -> None:
+    """Apply the operation's result and mark it finished, in one transaction.
+
+    Were these two commits, a crash between them would run a completed restore again.
+    """
+    with ctx.db.write() as session:
+        for statement in result:
+            session.execute(statement)
+        session.execute(
+            update(Operation)
+            .where(Operation.id == job.id)
+            .values(
+                status=OperationStatus.FAILED if error else OperationStatus.COMPLETED,
+                error=error,
+                finished_at=utcnow(),
+            )
+        )
+
+
+def execute(ctx: OperationContext, operation_id: int) -> None:
+    """Run a claimed operation to its end: ``completed``, or ``failed`` with the reason.
+
+    Driver errors are the user's to see (a failed snapshot says why); anything else is a
+    bug, logged with its traceback and shown as an internal error.
+    """
+    job = load_job(ctx, operation_id)
+    if job is None:
+        return
+    run, fail = HANDLERS[job.kind]
+    log.info("operation %s (%s) on server %s started", job.id, job.kind, job.server_id)
+    try:
+        result = run(ctx, job)
+    except DriverError as error:
+        reason = str(error)
+        log.warning("operation %s (%s) failed: %s", job.id, job.kind, reason)
+    except Exception:
+        log.exception("operation %s (%s) crashed", job.id, job.kind)
+        reason = "internal error in vpsd; see the service log"
+    else:
+        _finish(ctx, job, result, None)
+        log.info("operation %s (%s) completed", job.id, job.kind)
+        return
+    _finish(ctx, job, fail(ctx, job, reason), reason)
+
+
+def abandon(ctx: OperationContext, operation_id: int, reason: str) -> None:
+    """Fail an operation without running it, applying its kind's failure result."""
+    job = load_job(ctx, operation_id)
+    if job is None:
+        return
+    log.warning("operation %s (%s) abandoned: %s", job.id, job.kind, reason)
+    _, fail = HANDLERS[job.kind]
+    _finish(ctx, job, fail(ctx, job, reason), reason)

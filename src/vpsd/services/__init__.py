@@ -1,0 +1,1 @@
+"""The rules: limits, the server state machine, tenancy, and one transaction per action."""

@@ -1,0 +1,120 @@
+"""Helpers every service shares: locking a server, queueing an operation, paging.
+
+Helpers never commit: the calling service owns the transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from vpsd.db.models import (
+    Operation,
+    OperationKind,
+    OperationStatus,
+    Server,
+    ServerStatus,
+)
+from vpsd.services.errors import InvalidState, NotFound
+from vpsd.services.states import RESULTING_STATUS, ServerAction, is_allowed, refusal
+
+ACTIVE_OPERATION = (OperationStatus.PENDING, OperationStatus.RUNNING)
+# Kinds that make a server "busy": deleting a snapshot may queue behind anything.
+BLOCKING_KINDS = tuple(kind for kind in OperationKind if kind != OperationKind.SNAPSHOT_DELETE)
+
+
+class Dispatcher(Protocol):
+    """The seam between services and whatever executes operations.
+
+    Services call ``notify`` after committing new operations; the in-process runner wakes
+    up, a broker-backed dispatcher would publish them to the hosts' agents.
+    """
+
+    def notify(self) -> None:
+        """Tell the executor that new pending operations were committed."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    """Which slice of a list to return (1-based ``page``)."""
+
+    page: int = 1
+    page_size: int = 100
+
+    @property
+    def offset(self) -> int:
+        """Rows to skip."""
+        return (self.page - 1) * self.page_size
+
+
+def lock_server(session: Session, account_id: int, server_id: int) -> Server:
+    """The caller's server, locked for the rest of the transaction; NotFound otherwise.
+
+    Every rule about one server (its status, its snapshot count, its running operations)
+    is checked after this lock, so two requests can never both pass a check.
+    """
+    server = session.scalar(
+        select(Server)
+        .where(
+            Server.id == server_id,
+            Server.account_id == account_id,
+            Server.status != ServerStatus.DELETED,
+        )
+        .with_for_update()
+        # An earlier query in this transaction may have loaded it before the lock.
+        .execution_options(populate_existing=True)
+    )
+    if server is None:
+        raise NotFound("server not found")
+    return server
+
+
+def transition(server: Server, action: ServerAction) -> None:
+    """Move ``server`` to the status ``action`` leads to, or raise InvalidState."""
+    if not is_allowed(action, server.status):
+        raise InvalidState(refusal(action, server.status))
+    target = RESULTING_STATUS[action]
+    if target is not None:
+        server.status = target
+        server.status_reason = None
+
+
+def ensure_idle(session: Session, server: Server) -> None:
+    """Raise InvalidState if an operation (other than a snapshot delete) is under way."""
+    busy = session.scalar(
+        select(
+            exists().where(
+                Operation.server_id == server.id,
+                Operation.status.in_(ACTIVE_OPERATION),
+                Operation.kind.in_(BLOCKING_KINDS),
+            )
+        )
+    )
+    if busy:
+        raise InvalidState(
+            "another operation on this server is still in progress; try again when it ends"
+        )
+
+
+def enqueue(
+    session: Session,
+    kind: OperationKind,
+    server_id: int,
+    *,
+    snapshot_id: int | None = None,
+    payload: dict[str, Any] | None = None,
+) -> Operation:
+    """Add a pending operation to the session; it runs after the transaction commits."""
+    operation = Operation(
+        kind=kind,
+        server_id=server_id,
+        snapshot_id=snapshot_id,
+        status=OperationStatus.PENDING,
+        payload=payload or {},
+    )
+    session.add(operation)
+    return operation

@@ -1,0 +1,157 @@
+"""Snapshots: the rules of the seed page (5 per server, completed-only restore, tenancy)."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, joinedload
+
+from vpsd.config import Settings
+from vpsd.db.models import (
+    OperationKind,
+    PowerStateName,
+    Server,
+    ServerStatus,
+    Snapshot,
+    SnapshotStatus,
+)
+from vpsd.db.session import Database
+from vpsd.schemas import SnapshotCreate
+from vpsd.services.common import (
+    Dispatcher,
+    PageRequest,
+    enqueue,
+    ensure_idle,
+    lock_server,
+    transition,
+)
+from vpsd.services.errors import InvalidState, LimitReached, NotFound
+from vpsd.services.states import ServerAction
+
+VISIBLE = (SnapshotStatus.IN_PROGRESS, SnapshotStatus.COMPLETED, SnapshotStatus.FAILED)
+COUNTED = (SnapshotStatus.IN_PROGRESS, SnapshotStatus.COMPLETED)
+
+
+class SnapshotService:
+    """The rules for snapshots of a customer's servers; every method is one transaction."""
+
+    def __init__(self, db: Database, settings: Settings, dispatcher: Dispatcher) -> None:
+        self.db = db
+        self.settings = settings
+        self.dispatcher = dispatcher
+
+    def list(
+        self, account_id: int, page: PageRequest, server_id: int | None = None
+    ) -> tuple[int, list[Snapshot]]:
+        """The account's snapshots, newest first, optionally of one server only."""
+        conditions = [Server.account_id == account_id, Snapshot.status.in_(VISIBLE)]
+        if server_id is not None:
+            conditions.append(Snapshot.server_id == server_id)
+        with self.db.read() as session:
+            count = session.scalar(
+                select(func.count()).select_from(Snapshot).join(Snapshot.server).where(*conditions)
+            )
+            rows = session.scalars(
+                select(Snapshot)
+                .join(Snapshot.server)
+                .options(joinedload(Snapshot.server))
+                .where(*conditions)
+                .order_by(Snapshot.id.desc())
+                .offset(page.offset)
+                .limit(page.page_size)
+            ).all()
+        return count or 0, list(rows)
+
+    def get(self, account_id: int, snapshot_id: int) -> Snapshot:
+        """One of the account's snapshots; NotFound for others' and unknown ids."""
+        with self.db.read() as session:
+            return self._find(session, account_id, snapshot_id)
+
+    def create(self, account_id: int, request: SnapshotCreate) -> Snapshot:
+        """Record an ``in_progress`` snapshot and queue taking it.
+
+        Raises NotFound for an unknown server, InvalidState when the server is not running
+        or stopped, LimitReached when it already has the maximum of snapshots.
+        """
+        with self.db.write() as session:
+            server = lock_server(session, account_id, request.server_id)
+            transition(server, ServerAction.SNAPSHOT)
+            taken = session.scalar(
+                select(func.count())
+                .select_from(Snapshot)
+                .where(Snapshot.server_id == server.id, Snapshot.status.in_(COUNTED))
+            )
+            limit = self.settings.max_snapshots_per_server
+            if (taken or 0) >= limit:
+                raise LimitReached(
+                    f"snapshot limit reached: a server can have at most {limit} snapshots; "
+                    "delete one first"
+                )
+            snapshot = Snapshot(
+                server=server,
+                name=request.name,
+                description=request.description,
+                status=SnapshotStatus.IN_PROGRESS,
+            )
+            session.add(snapshot)
+            session.flush()
+            enqueue(session, OperationKind.SNAPSHOT_CREATE, server.id, snapshot_id=snapshot.id)
+        self.dispatcher.notify()
+        return snapshot
+
+    def restore(self, account_id: int, snapshot_id: int) -> tuple[Snapshot, PowerStateName]:
+        """Put the server in ``restoring`` and queue: hard stop, revert disks, prior power.
+
+        Returns the snapshot and the power state the server will return to.
+
+        Raises NotFound, or InvalidState when the snapshot is not completed, the server is
+        not running or stopped, or another operation on the server is under way.
+        """
+        with self.db.write() as session:
+            server_id = self._find(session, account_id, snapshot_id).server_id
+            server = lock_server(session, account_id, server_id)
+            snapshot = self._find(session, account_id, snapshot_id)  # re-read under the lock
+            if snapshot.status != SnapshotStatus.COMPLETED:
+                raise InvalidState(
+                    f"only completed snapshots can be restored; this one is {snapshot.status}"
+                )
+            ensure_idle(session, server)
+            prior: PowerStateName = (
+                "running" if server.status == ServerStatus.RUNNING else "stopped"
+            )
+            transition(server, ServerAction.RESTORE)
+            enqueue(
+                session,
+                OperationKind.SNAPSHOT_RESTORE,
+                server.id,
+                snapshot_id=snapshot.id,
+                payload={"power_state": prior},
+            )
+        self.dispatcher.notify()
+        return snapshot, prior
+
+    def delete(self, account_id: int, snapshot_id: int) -> None:
+        """Hide the snapshot at once and queue removing it from the disks."""
+        with self.db.write() as session:
+            server_id = self._find(session, account_id, snapshot_id).server_id
+            lock_server(session, account_id, server_id)
+            snapshot = self._find(session, account_id, snapshot_id)
+            snapshot.status = SnapshotStatus.DELETING
+            enqueue(session, OperationKind.SNAPSHOT_DELETE, server_id, snapshot_id=snapshot.id)
+        self.dispatcher.notify()
+
+    @staticmethod
+    def _find(session: Session, account_id: int, snapshot_id: int) -> Snapshot:
+        snapshot = session.scalar(
+            select(Snapshot)
+            .join(Snapshot.server)
+            .options(joinedload(Snapshot.server))
+            .where(
+                Snapshot.id == snapshot_id,
+                Server.account_id == account_id,
+                Snapshot.status.in_(VISIBLE),
+            )
+            .execution_options(populate_existing=True)
+        )
+        if snapshot is None:
+            raise NotFound("snapshot not found")
+        return snapshot

@@ -1,0 +1,59 @@
+"""The server state machine: which action is allowed from which status.
+
+::
+
+    create ─► starting ─► running ──stop──► stopping ─► stopped ──start──► starting
+                  │          │  ▲                          │  ▲
+                  ▼          │  └────── restoring ◄────────┘  │   (back to the prior
+                error        └─────────► restoring ───────────┘    power state)
+    delete: running | stopped | error ─► deleting ─► deleted (gone from the API)
+    start:  stopped | error ─► starting          any failure ─► error (with a reason)
+
+The monitor also moves ``running`` to ``stopped`` when a VM's process dies outside vpsd.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from vpsd.db.models import ServerStatus
+
+
+class ServerAction(StrEnum):
+    """User actions on a server, each guarded by ``ALLOWED_FROM``."""
+
+    STOP = "stop"
+    START = "start"
+    DELETE = "delete"
+    RESTORE = "restore"
+    SNAPSHOT = "snapshot"
+
+
+ALLOWED_FROM: dict[ServerAction, frozenset[ServerStatus]] = {
+    ServerAction.STOP: frozenset({ServerStatus.RUNNING}),
+    ServerAction.START: frozenset({ServerStatus.STOPPED, ServerStatus.ERROR}),
+    ServerAction.DELETE: frozenset(
+        {ServerStatus.RUNNING, ServerStatus.STOPPED, ServerStatus.ERROR}
+    ),
+    ServerAction.RESTORE: frozenset({ServerStatus.RUNNING, ServerStatus.STOPPED}),
+    ServerAction.SNAPSHOT: frozenset({ServerStatus.RUNNING, ServerStatus.STOPPED}),
+}
+
+RESULTING_STATUS: dict[ServerAction, ServerStatus | None] = {
+    ServerAction.STOP: ServerStatus.STOPPING,
+    ServerAction.START: ServerStatus.STARTING,
+    ServerAction.DELETE: ServerStatus.DELETING,
+    ServerAction.RESTORE: ServerStatus.RESTORING,
+    ServerAction.SNAPSHOT: None,  # a snapshot does not change the server's status
+}
+
+
+def is_allowed(action: ServerAction, status: ServerStatus) -> bool:
+    """Whether ``action`` may be taken on a server in ``status``."""
+    return status in ALLOWED_FROM[action]
+
+
+def refusal(action: ServerAction, status: ServerStatus) -> str:
+    """The message a user sees when ``action`` is refused in ``status``."""
+    allowed = " or ".join(sorted(ALLOWED_FROM[action]))
+    return f"cannot {action} a server that is {status}; the server must be {allowed}"

@@ -1,0 +1,112 @@
+"""Accounts and their API tokens. Only a SHA-256 of each token is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+
+from vpsd.db.base import utcnow
+from vpsd.db.models import Account, ApiToken
+from vpsd.db.session import Database
+from vpsd.services.errors import Invalid, NotFound
+
+TOKEN_PREFIX = "vpsd_"  # noqa: S105  (a marker, not a secret)
+ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token. Tokens carry 256 random bits, so no salt or KDF is needed."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """A token as operators see it: never the secret, only its first characters."""
+
+    id: int
+    account: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller of an API request: the account its token belongs to."""
+
+    account_id: int
+    account_name: str
+
+
+def _info(token: ApiToken) -> TokenInfo:
+    return TokenInfo(token.id, token.account.name, token.prefix, token.created_at, token.revoked_at)
+
+
+def create_token(db: Database, account_name: str) -> tuple[TokenInfo, str]:
+    """Create a token for ``account_name`` (creating the account if new).
+
+    Returns the token's info and the secret, which is shown once and never stored.
+    """
+    if not ACCOUNT_NAME.match(account_name):
+        raise Invalid(
+            "account",
+            "account names are 1-64 characters: letters, digits, '.', '_', '@', '-', "
+            "starting with a letter or digit",
+        )
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    with db.write() as session:
+        account = session.scalar(select(Account).where(Account.name == account_name))
+        if account is None:
+            account = Account(name=account_name)
+            session.add(account)
+            session.flush()
+        token = ApiToken(
+            account=account, prefix=secret[: len(TOKEN_PREFIX) + 6], token_hash=hash_token(secret)
+        )
+        session.add(token)
+        session.flush()
+        return _info(token), secret
+
+
+def list_tokens(db: Database, account_name: str | None = None) -> list[TokenInfo]:
+    """All tokens, oldest first, optionally only those of one account."""
+    with db.read() as session:
+        query = select(ApiToken).join(ApiToken.account).order_by(ApiToken.id)
+        if account_name is not None:
+            query = query.where(Account.name == account_name)
+        return [_info(token) for token in session.scalars(query)]
+
+
+def revoke_token(db: Database, token_id: int) -> TokenInfo:
+    """Revoke a token at once; revoking a revoked token changes nothing."""
+    with db.write() as session:
+        token = session.get(ApiToken, token_id)
+        if token is None:
+            raise NotFound(f"no token with id {token_id}")
+        if token.revoked_at is None:
+            token.revoked_at = utcnow()
+        return _info(token)
+
+
+def authenticate(db: Database, secret: str) -> Principal | None:
+    """The account a live token belongs to, or None for unknown and revoked tokens."""
+    if not secret.startswith(TOKEN_PREFIX) or len(secret) > 256:
+        return None
+    digest = hash_token(secret)
+    with db.read() as session:
+        row = session.execute(
+            select(ApiToken.token_hash, ApiToken.revoked_at, Account.id, Account.name)
+            .join(ApiToken.account)
+            .where(ApiToken.token_hash == digest)
+        ).first()
+    # The index finds the row by hash; the constant-time compare keeps the final check from
+    # depending on how many characters matched, whatever the database does.
+    if row is None or not hmac.compare_digest(row.token_hash, digest) or row.revoked_at:
+        return None
+    return Principal(account_id=row.id, account_name=row.name)

@@ -1,0 +1,92 @@
+"""Fixtures shared by every suite: databases on both backends, settings, an app client."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from vpsd.config import Settings
+from vpsd.db import migrate
+from vpsd.db.base import Base
+from vpsd.db.session import Database
+
+PG_ADMIN_URL = os.environ.get("VPSD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def short_tmpdir(prefix: str = "vpsd-") -> Path:
+    """A fresh folder under /tmp with a short path (QMP socket paths are limited)."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """An empty data dir, removed after the test."""
+    path = short_tmpdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _pg_available() -> bool:
+    try:
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
+            return True
+    except psycopg.Error:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_database_url() -> Iterator[str]:
+    """A PostgreSQL database of this test session's own, migrated, dropped at the end."""
+    if not _pg_available():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}")
+        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}")
+    name = f"vpsd_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    database = Database(url)
+    migrate.upgrade(database)
+    database.dispose()
+    yield url
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _truncate_all(url: str) -> None:
+    database = Database(url)
+    tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
+    with database.engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    database.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, data_dir: Path) -> str:
+    """A migrated, empty database: SQLite in the data dir, or this session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{data_dir / 'vpsd.db'}"
+    url: str = request.getfixturevalue("pg_database_url")
+    _truncate_all(url)
+    return url
+
+
+@pytest.fixture
+def settings(data_dir: Path, database_url: str) -> Settings:
+    """Settings for a test: its own data dir and database, the fake driver, fast timeouts."""
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        driver="fake",
+        stop_timeout=0.5,
+        monitor_interval=0.2,
+    )

@@ -1,0 +1,134 @@
+"""The ``Driver`` contract, run against every driver (the fake and real QEMU)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.contract.driver_probes import DiskProbe
+from vpsd.hypervisor.base import Driver, DriverError, PowerState, StopResult, VmSpec
+
+SPEC = VmSpec(server_id=7, memory_mb=128, vcpus=1, disk_gb=1)
+SID = SPEC.server_id
+MIB = 1024 * 1024
+
+
+def test_lifecycle(driver: Driver) -> None:
+    driver.create_disks(SPEC)
+    assert driver.info(SID).power_state is PowerState.STOPPED
+
+    driver.start(SPEC)
+    running = driver.info(SID)
+    assert running.power_state is PowerState.RUNNING
+    assert running.pid is not None
+    driver.start(SPEC)  # idempotent: same VM, not a second one
+    assert driver.info(SID).pid == running.pid
+
+    result = driver.stop(SID, timeout=1.0)
+    assert isinstance(result, StopResult)
+    assert driver.info(SID).power_state is PowerState.STOPPED
+    assert driver.stop(SID, timeout=1.0) == StopResult(forced=False)
+
+    driver.start(SPEC)
+    assert driver.info(SID).power_state is PowerState.RUNNING
+    driver.kill(SID)
+    assert driver.info(SID).power_state is PowerState.STOPPED
+    driver.kill(SID)  # no-op when stopped
+
+    driver.destroy(SID)
+    driver.destroy(SID)  # no-op when gone
+    assert driver.info(SID).power_state is PowerState.STOPPED
+    assert driver.snapshot_tags(SID) == set()
+
+
+def test_create_disks_never_overwrites(driver: Driver, disk: DiskProbe) -> None:
+    driver.create_disks(SPEC)
+    disk.write(SID, 0xAB)
+    driver.create_disks(SPEC)
+    assert disk.has(SID, 0xAB)
+
+
+def test_snapshot_stopped_vm(driver: Driver, disk: DiskProbe) -> None:
+    driver.create_disks(SPEC)
+    disk.write(SID, 0xAB)
+    captured = driver.snapshot_create(SID, "first")
+    assert captured >= MIB
+    assert driver.snapshot_tags(SID) == {"first"}
+    # Idempotent: a retried create takes nothing new and reports the same size.
+    assert driver.snapshot_create(SID, "first") == captured
+    assert driver.snapshot_tags(SID) == {"first"}
+
+
+def test_snapshot_running_vm_and_restore(driver: Driver, disk: DiskProbe) -> None:
+    driver.start(SPEC)
+    disk.write(SID, 0xCD)
+    assert disk.has(SID, 0xCD)
+    captured = driver.snapshot_create(SID, "live")
+    assert captured >= MIB
+    assert driver.snapshot_tags(SID) == {"live"}
+    assert driver.snapshot_create(SID, "live") == captured
+    assert driver.info(SID).power_state is PowerState.RUNNING
+
+    disk.write(SID, 0xEE)  # the guest keeps writing after the snapshot
+    with pytest.raises(DriverError):
+        driver.snapshot_restore(SID, "live")
+    assert driver.info(SID).power_state is PowerState.RUNNING
+    assert disk.has(SID, 0xEE)
+
+    driver.stop(SID, timeout=1.0)
+    driver.snapshot_restore(SID, "live")
+    assert disk.has(SID, 0xCD)
+    driver.start(SPEC)
+    assert disk.has(SID, 0xCD)
+
+
+def test_restore_older_keeps_newer_usable(driver: Driver, disk: DiskProbe) -> None:
+    driver.create_disks(SPEC)
+    disk.write(SID, 0x11)
+    driver.snapshot_create(SID, "old")
+    disk.write(SID, 0x22)
+    driver.snapshot_create(SID, "new")
+    disk.write(SID, 0x33)
+
+    driver.snapshot_restore(SID, "old")
+    assert disk.has(SID, 0x11)
+    assert driver.snapshot_tags(SID) == {"old", "new"}
+
+    driver.snapshot_restore(SID, "new")
+    assert disk.has(SID, 0x22)
+    driver.snapshot_restore(SID, "old")
+    assert disk.has(SID, 0x11)
+    driver.snapshot_restore(SID, "old")  # idempotent
+    assert disk.has(SID, 0x11)
+
+
+def test_restore_unknown_tag_fails(driver: Driver, disk: DiskProbe) -> None:
+    driver.create_disks(SPEC)
+    disk.write(SID, 0x44)
+    with pytest.raises(DriverError):
+        driver.snapshot_restore(SID, "never-taken")
+    assert disk.has(SID, 0x44)
+
+
+@pytest.mark.parametrize("running", [False, True], ids=["stopped", "running"])
+def test_delete_is_idempotent(driver: Driver, disk: DiskProbe, running: bool) -> None:
+    driver.create_disks(SPEC)
+    if running:
+        driver.start(SPEC)
+    disk.write(SID, 0x55)
+    driver.snapshot_create(SID, "a")
+    driver.snapshot_create(SID, "b")
+    driver.snapshot_delete(SID, "a")
+    assert driver.snapshot_tags(SID) == {"b"}
+    driver.snapshot_delete(SID, "a")
+    driver.snapshot_delete(SID, "never-taken")
+    assert driver.snapshot_tags(SID) == {"b"}
+    driver.kill(SID)
+    driver.snapshot_restore(SID, "b")
+    assert disk.has(SID, 0x55)
+
+
+def test_snapshot_without_disks_fails(driver: Driver) -> None:
+    with pytest.raises(DriverError):
+        driver.snapshot_create(SID, "nothing")
+    driver.snapshot_delete(SID, "nothing")  # nothing to delete is fine
+    assert driver.snapshot_tags(SID) == set()

@@ -1,0 +1,89 @@
+"""Helpers for driving the API from tests: an authenticated client and waiting for states."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+TERMINAL_SNAPSHOT = {"completed", "failed"}
+
+
+class HttpClient(Protocol):
+    """What ApiClient needs: TestClient and httpx.Client both fit."""
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any: ...
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: {last!r}")
+
+
+class ApiClient:
+    """One account's client: every request carries its bearer token."""
+
+    def __init__(self, http: HttpClient, token: str, prefix: str = "/api/v1") -> None:
+        self.http = http
+        self.token = token
+        self.prefix = prefix
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Send a request to ``/api/v1`` + ``path`` with this account's token."""
+        headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}
+        return self.http.request(method, self.prefix + path, headers=headers, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.request("POST", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> Any:
+        return self.request("DELETE", path, **kwargs)
+
+    def server_status(self, server_id: int) -> str | None:
+        """The server's status, or None once it is gone."""
+        response = self.get(f"/servers/{server_id}/")
+        return None if response.status_code == 404 else response.json()["status"]
+
+    def wait_server(self, server_id: int, status: str | None, timeout: float = 60.0) -> None:
+        """Wait until the server has ``status`` (None: until it is gone)."""
+        wait_for(
+            lambda: self.server_status(server_id) == status or None,
+            timeout,
+            what=f"server {server_id} to be {status}",
+        )
+
+    def create_server(self, name: str = "web-1", disk_gb: int = 1, **extra: Any) -> dict[str, Any]:
+        """Create a server and wait until it runs; return its object."""
+        response = self.post("/servers/", json={"name": name, "disk_gb": disk_gb, **extra})
+        assert response.status_code == 201, response.text
+        server: dict[str, Any] = response.json()
+        self.wait_server(server["id"], "running")
+        return server
+
+    def wait_snapshot(self, snapshot_id: int, timeout: float = 60.0) -> dict[str, Any]:
+        """Wait until the snapshot is completed or failed; return it."""
+
+        def settled() -> dict[str, Any] | None:
+            body: dict[str, Any] = self.get(f"/snapshots/{snapshot_id}/").json()
+            return body if body.get("status") in TERMINAL_SNAPSHOT else None
+
+        result: dict[str, Any] = wait_for(settled, timeout, what=f"snapshot {snapshot_id}")
+        return result
+
+    def create_snapshot(self, server_id: int, name: str = "snap", **extra: Any) -> dict[str, Any]:
+        """Create a snapshot and wait until it settles; return it."""
+        response = self.post("/snapshots/", json={"server_id": server_id, "name": name, **extra})
+        assert response.status_code == 201, response.text
+        return self.wait_snapshot(response.json()["id"])

@@ -1,0 +1,48 @@
+"""Unit fixtures: the app on the fake driver, driven in-process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.helpers import ApiClient
+from vpsd.api.app import create_app
+from vpsd.config import Settings
+from vpsd.db.session import Database
+from vpsd.hypervisor.fake import FakeDriver
+from vpsd.services.tokens import create_token
+
+
+@pytest.fixture
+def fake_driver() -> FakeDriver:
+    """An in-memory driver whose faults a test can inject."""
+    return FakeDriver()
+
+
+@pytest.fixture
+def client(settings: Settings, fake_driver: FakeDriver) -> Iterator[TestClient]:
+    """A running app (runner and monitor included) on the fake driver."""
+    with TestClient(create_app(settings, driver=fake_driver)) as test_client:
+        yield test_client
+
+
+def _token(settings: Settings, account: str) -> str:
+    database = Database(settings.effective_database_url)
+    try:
+        return create_token(database, account)[1]
+    finally:
+        database.dispose()
+
+
+@pytest.fixture
+def alice(client: TestClient, settings: Settings) -> ApiClient:
+    """An account's view of the API, with its own token."""
+    return ApiClient(client, _token(settings, "alice"))
+
+
+@pytest.fixture
+def bob(client: TestClient, settings: Settings) -> ApiClient:
+    """A second account, to check that accounts never see each other's objects."""
+    return ApiClient(client, _token(settings, "bob"))
