@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
+from tests.qemu_helpers import short_tmpdir
 from vpsd.config import Settings
 from vpsd.db import migrate
 from vpsd.db.base import Base
@@ -20,11 +20,6 @@ from vpsd.db.session import Database
 
 PG_ADMIN_URL = os.environ.get("VPSD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgresql"]
-
-
-def short_tmpdir(prefix: str = "vpsd-") -> Path:
-    """A fresh folder under /tmp with a short path (QMP socket paths are limited)."""
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
 @pytest.fixture
