@@ -1,0 +1,10 @@
+const snapshotId = 801;
+const response = await fetch(`https://admin.vps.org/api/v1/snapshots/${snapshotId}/restore/`, {
+method: 'POST',
+headers: {
+'Authorization': 'Bearer YOUR_API_TOKEN',
+'Content-Type': 'application/json'
+}
+});
+const result = await response.json();
+console.log(result);
