@@ -56,7 +56,12 @@ def create_app(settings: Settings | None = None, driver: Driver | None = None) -
         runner.start()
         runner.notify()
         monitor.start()
-        log.info("vpsd %s ready (data dir %s, %s)", __version__, settings.data_dir, driver)
+        log.info(
+            "vpsd %s ready (data dir %s, driver %s)",
+            __version__,
+            settings.data_dir,
+            settings.driver,
+        )
         try:
             yield
         finally:

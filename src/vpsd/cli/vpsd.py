@@ -71,6 +71,8 @@ def serve(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # qemu.qmp logs every closed QMP connection at INFO; those are routine here.
+    logging.getLogger("qemu.qmp").setLevel(logging.WARNING)
     application = create_app(settings)
     err.print(
         f"vpsd {__version__}: http://{host}:{port}/api/v1/ "
