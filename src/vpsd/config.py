@@ -49,7 +49,7 @@ class Settings(BaseSettings):
 
     max_snapshots_per_server: int = 5
     max_body_bytes: int = 64 * 1024
-    runner_threads: int = 4
+    runner_threads: int = 16
     monitor_interval: float = Field(default=2.0, gt=0)
     """Seconds between checks that running VMs are still alive."""
 
