@@ -1,1 +1,1 @@
-"""Command-line entry points: ``vpsd`` (service and admin); ``vpsctl`` (client) comes later."""
+"""Command-line entry points: ``vpsd`` (service and admin) and ``vpsctl`` (the API client)."""

@@ -1,0 +1,213 @@
+"""What vpsctl shows: tables for people, the API's JSON for scripts, progress, errors.
+
+Results go to stdout; progress, prompts and errors to stderr, so ``-o json`` output can
+always be piped into ``jq``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable
+from enum import IntEnum, StrEnum
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.status import Status
+from rich.table import Table
+
+from vpsd.client import (
+    AuthenticationError,
+    ConnectionFailed,
+    NotFoundError,
+    ServerOut,
+    SnapshotOut,
+    VpsdClientError,
+    WaitTimeout,
+)
+
+
+class ExitCode(IntEnum):
+    """vpsctl's exit codes (documented in ``vpsctl --help`` and docs/cli.md)."""
+
+    OK = 0
+    FAILED = 1
+    """the API refused the request (400, 5xx), an awaited operation failed, or you said no"""
+    USAGE = 2
+    """bad flags or arguments, missing configuration, confirmation needed but no terminal"""
+    NOT_FOUND = 3
+    AUTH = 4
+    TIMEOUT = 5
+    CONNECTION = 6
+    INTERRUPTED = 130
+
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok; 1 API error or failed operation (or confirmation declined); "
+    "2 usage or configuration error; 3 not found; 4 authentication failed; "
+    "5 --wait timed out; 6 cannot connect to the API; 130 interrupted."
+)
+
+
+class OutputFormat(StrEnum):
+    """``--output``: a table for people or the API's JSON for scripts."""
+
+    table = "table"
+    json = "json"
+
+
+def _stdout_console() -> Console:
+    # Piped tables must not be cut at 80 columns: scripts grep them.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def error_line(message: str) -> None:
+    """Print ``error: <message>`` as exactly one line on stderr."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+def exit_code_for(error: VpsdClientError) -> ExitCode:
+    """The documented exit code of an SDK error."""
+    if isinstance(error, NotFoundError):
+        return ExitCode.NOT_FOUND
+    if isinstance(error, AuthenticationError):
+        return ExitCode.AUTH
+    if isinstance(error, WaitTimeout):
+        return ExitCode.TIMEOUT
+    if isinstance(error, ConnectionFailed):
+        return ExitCode.CONNECTION
+    return ExitCode.FAILED
+
+
+def report(error: VpsdClientError) -> ExitCode:
+    """Show an SDK error as one line on stderr and return its exit code."""
+    message = str(error)
+    if isinstance(error, AuthenticationError):
+        message += " (check --token, VPSD_TOKEN or 'vpsctl login')"
+    error_line(message)
+    return exit_code_for(error)
+
+
+def print_json(body: Any) -> None:
+    """The API's body on stdout, unchanged but indented."""
+    print(json.dumps(body, indent=2, ensure_ascii=False))
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else escape(str(value))
+
+
+def _memory(mb: int) -> str:
+    return f"{mb / 1024:g} GiB" if mb >= 1024 and mb % 256 == 0 else f"{mb} MiB"
+
+
+def servers_table(servers: Iterable[ServerOut]) -> None:
+    """Servers as a table: one row each."""
+    table = Table("ID", "NAME", "STATUS", "VCPUS", "MEMORY", "DISK", "CREATED", box=None)
+    for s in servers:
+        table.add_row(
+            str(s.id), _text(s.name), s.status, str(s.vcpus), _memory(s.memory_mb),
+            f"{s.disk_gb} GiB", s.created_at.strftime("%Y-%m-%d %H:%M:%SZ"),
+        )  # fmt: skip
+    _stdout_console().print(table)
+
+
+def snapshots_table(snapshots: Iterable[SnapshotOut]) -> None:
+    """Snapshots as a table: one row each."""
+    table = Table("ID", "NAME", "SERVER", "STATUS", "SIZE", "CREATED", "DESCRIPTION", box=None)
+    for s in snapshots:
+        table.add_row(
+            str(s.id), _text(s.name), f"{_text(s.server.name)} ({s.server.id})", s.status,
+            "-" if s.size_mb is None else f"{s.size_mb} MiB",
+            s.created_at.strftime("%Y-%m-%d %H:%M:%SZ"), _text(s.description),
+        )  # fmt: skip
+    _stdout_console().print(table)
+
+
+def details(rows: list[tuple[str, Any]]) -> None:
+    """One object as ``field  value`` lines."""
+    table = Table(box=None, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for label, value in rows:
+        table.add_row(label, "-" if value is None or value == "" else _text(value))
+    _stdout_console().print(table)
+
+
+def server_details(s: ServerOut) -> None:
+    """Every field of a server."""
+    details(
+        [
+            ("ID", s.id), ("Name", s.name), ("Status", s.status),
+            ("Status reason", s.status_reason), ("vCPUs", s.vcpus),
+            ("Memory", _memory(s.memory_mb)), ("Disk", f"{s.disk_gb} GiB"),
+            ("Created", s.created_at.strftime("%Y-%m-%d %H:%M:%SZ")),
+        ]
+    )  # fmt: skip
+
+
+def snapshot_details(s: SnapshotOut) -> None:
+    """Every field of a snapshot."""
+    details(
+        [
+            ("ID", s.id), ("Name", s.name), ("Server", f"{s.server.name} ({s.server.id})"),
+            ("Status", s.status), ("Status reason", s.status_reason),
+            ("Size", None if s.size_mb is None else f"{s.size_mb} MiB"),
+            ("Created", s.created_at.strftime("%Y-%m-%d %H:%M:%SZ")),
+            ("Description", s.description),
+        ]
+    )  # fmt: skip
+
+
+def note(message: str) -> None:
+    """A line for people on stderr (never mixed into stdout's results)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+class Progress:
+    """``--wait``'s display: a live spinner with status and elapsed seconds when stderr is a
+    terminal, else one plain line per status change (logs and CI stay readable)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.started = time.monotonic()
+        self.last: str | None = None
+        self.spinner: Status | None = None
+        if sys.stderr.isatty():
+            console = Console(stderr=True, highlight=False)
+            self.spinner = console.status(f"{escape(label)}…")
+
+    def __enter__(self) -> Progress:
+        if self.spinner is not None:
+            self.spinner.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.spinner is not None:
+            self.spinner.stop()
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the wait began."""
+        return time.monotonic() - self.started
+
+    def update(self, status: str) -> None:
+        """Show the status last seen (called on every poll)."""
+        line = f"{self.label}: {status} ({self.elapsed:.0f}s)"
+        if self.spinner is not None:
+            self.spinner.update(escape(line))
+        elif status != self.last:
+            note(line)
+        self.last = status
+
+    def done(self, status: str) -> None:
+        """Say how the wait ended."""
+        note(f"{self.label}: {status} after {self.elapsed:.1f}s")

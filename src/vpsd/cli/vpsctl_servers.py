@@ -1,0 +1,157 @@
+"""``vpsctl servers``: list, show, create, start, stop, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from vpsd.cli.vpsctl_common import (
+    DEFAULT_WAIT_TIMEOUT,
+    OutputOption,
+    TimeoutOption,
+    WaitOption,
+    YesOption,
+    confirm,
+    open_client,
+    run_wait,
+)
+from vpsd.cli.vpsctl_output import (
+    OutputFormat,
+    Progress,
+    note,
+    print_json,
+    server_details,
+    servers_table,
+)
+from vpsd.client import Client, ServerOut
+from vpsd.schemas import ServerStatusName
+
+app = typer.Typer(help="Create, inspect, power and delete servers.", no_args_is_help=True)
+ServerIdArg = Annotated[int, typer.Argument(min=1, metavar="SERVER_ID", help="the server's id")]
+
+
+def _show(
+    client: Client, body: dict[str, object], output: OutputFormat, refresh: bool = False
+) -> None:
+    """Print a server: its JSON as the API sent it, or its details."""
+    if refresh:
+        body = client.servers.get_json(int(str(body["id"])))
+    if output is OutputFormat.json:
+        print_json(body)
+    else:
+        server_details(ServerOut.model_validate(body))
+
+
+def _wait_status(client: Client, server_id: int, status: ServerStatusName, timeout: float) -> None:
+    run_wait(
+        f"server {server_id}",
+        lambda progress: client.wait_for_server(
+            server_id, status, timeout=timeout, on_progress=progress
+        ),
+    )
+
+
+@app.command("list")
+def list_servers(ctx: typer.Context, output: OutputOption = OutputFormat.table) -> None:
+    """List your servers, newest first."""
+    with open_client(ctx) as client:
+        body = client.servers.list_json()
+        if output is OutputFormat.json:
+            print_json(body)
+        else:
+            servers_table(ServerOut.model_validate(s) for s in body["results"])
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context, server_id: ServerIdArg, output: OutputOption = OutputFormat.table
+) -> None:
+    """Show one server, with the reason for its status when there is one."""
+    with open_client(ctx) as client:
+        _show(client, client.servers.get_json(server_id), output)
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option("--name", "-n", help="letters, digits, '-' and '_' (1-64)")],
+    disk_gb: Annotated[int, typer.Option("--disk-gb", help="disk size in GiB")],
+    memory_mb: Annotated[
+        int | None, typer.Option("--memory-mb", help="memory in MiB [default: the service's]")
+    ] = None,
+    vcpus: Annotated[
+        int | None, typer.Option("--vcpus", help="virtual CPUs [default: the service's]")
+    ] = None,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = DEFAULT_WAIT_TIMEOUT,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """Create a server; its disk is made and its VM boots (--wait: until it runs)."""
+    with open_client(ctx) as client:
+        body = client.servers.create_json(name, disk_gb, memory_mb, vcpus)
+        if wait:
+            _wait_status(client, body["id"], "running", timeout)
+        _show(client, body, output, refresh=wait)
+
+
+@app.command("start")
+def start(
+    ctx: typer.Context,
+    server_id: ServerIdArg,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = DEFAULT_WAIT_TIMEOUT,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """Boot a stopped server, or retry one in error (--wait: until it runs)."""
+    with open_client(ctx) as client:
+        body = client.servers.start_json(server_id)
+        if wait:
+            _wait_status(client, server_id, "running", timeout)
+        _show(client, body, output, refresh=wait)
+
+
+@app.command("stop")
+def stop(
+    ctx: typer.Context,
+    server_id: ServerIdArg,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = DEFAULT_WAIT_TIMEOUT,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """Power a running server down: ACPI first, forced off after the service's timeout."""
+    with open_client(ctx) as client:
+        body = client.servers.stop_json(server_id)
+        if wait:
+            _wait_status(client, server_id, "stopped", timeout)
+        _show(client, body, output, refresh=wait)
+
+
+@app.command("delete")
+def delete(
+    ctx: typer.Context,
+    server_id: ServerIdArg,
+    yes: YesOption = False,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = DEFAULT_WAIT_TIMEOUT,
+) -> None:
+    """Delete a server with its disks and all its snapshots. This cannot be undone."""
+    with open_client(ctx) as client:
+        server = client.servers.get(server_id)  # 404 before asking anything
+        confirm(
+            f"Delete server {server.id} ({server.name}) with its disks and all its snapshots?",
+            f"delete server {server.id}",
+            yes,
+        )
+        client.servers.delete(server_id)
+        if not wait:
+            note(f"server {server_id} is being deleted")
+            return
+        label = f"server {server_id}"
+        with Progress(label) as progress:
+            client.wait_for_server_deleted(
+                server_id,
+                timeout=timeout,
+                on_progress=lambda s: progress.update(s.status if s else "deleted"),
+            )
+        progress.done("deleted")

@@ -1,0 +1,54 @@
+"""vpsd's Python SDK: a typed, synchronous client of the ``/api/v1/`` API over httpx.
+
+::
+
+    from vpsd.client import Client
+
+    with Client("http://127.0.0.1:8000", token) as api:
+        server = api.servers.create("web-1", disk_gb=10)
+        api.wait_for_server(server.id, "running")
+        snapshot = api.snapshots.create(server.id, "before-upgrade")
+        api.wait_for_snapshot(snapshot.id)
+
+It depends only on httpx and the Pydantic shapes of ``vpsd.schemas``: never on the server's
+database, driver or web framework.
+"""
+
+from vpsd.client.client import Client, normalize_base_url
+from vpsd.client.errors import (
+    ApiError,
+    AuthenticationError,
+    BadRequestError,
+    ConnectionFailed,
+    NotFoundError,
+    OperationFailed,
+    VpsdClientError,
+    WaitTimeout,
+)
+from vpsd.schemas import (
+    FieldError,
+    Page,
+    RestoreStarted,
+    ServerOut,
+    SnapshotCreated,
+    SnapshotOut,
+)
+
+__all__ = [
+    "ApiError",
+    "AuthenticationError",
+    "BadRequestError",
+    "Client",
+    "ConnectionFailed",
+    "FieldError",
+    "NotFoundError",
+    "OperationFailed",
+    "Page",
+    "RestoreStarted",
+    "ServerOut",
+    "SnapshotCreated",
+    "SnapshotOut",
+    "VpsdClientError",
+    "WaitTimeout",
+    "normalize_base_url",
+]

@@ -1,0 +1,148 @@
+"""``client.servers`` and ``client.snapshots``: one method per API endpoint.
+
+Typed methods return the Pydantic models of ``vpsd.schemas``; each ``*_json`` twin returns the
+API's decoded body unchanged (vpsctl prints those for ``--output json``).
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import TYPE_CHECKING, Any
+
+from vpsd.schemas import Page, RestoreStarted, ServerOut, SnapshotCreated, SnapshotOut
+
+if TYPE_CHECKING:
+    from vpsd.client.client import Client
+
+JsonObject = dict[str, Any]
+
+
+class ServersApi:
+    """``/api/v1/servers/``."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def list(self) -> builtins.list[ServerOut]:
+        """Every server of the account, newest first (all pages)."""
+        return [ServerOut.model_validate(s) for s in self.list_json()["results"]]
+
+    def list_json(self) -> JsonObject:
+        """The list as the API shows it, every page's results merged into one object."""
+        return self._client.list_all("servers/")
+
+    def list_page(self, page: int = 1, page_size: int = 100) -> Page[ServerOut]:
+        """One page of the list, with ``count`` and the ``next``/``previous`` links."""
+        body = self._client.request(
+            "GET", "servers/", params={"page": page, "page_size": page_size}
+        )
+        return Page[ServerOut].model_validate(body)
+
+    def get(self, server_id: int) -> ServerOut:
+        """One server; ``NotFoundError`` if it does not exist or is not the account's."""
+        return ServerOut.model_validate(self.get_json(server_id))
+
+    def get_json(self, server_id: int) -> JsonObject:
+        """``get``'s body unchanged."""
+        body: JsonObject = self._client.request("GET", f"servers/{server_id}/")
+        return body
+
+    def create(
+        self, name: str, disk_gb: int, memory_mb: int | None = None, vcpus: int | None = None
+    ) -> ServerOut:
+        """Create a server (status ``starting``); sizes left out take the service's defaults."""
+        return ServerOut.model_validate(self.create_json(name, disk_gb, memory_mb, vcpus))
+
+    def create_json(
+        self, name: str, disk_gb: int, memory_mb: int | None = None, vcpus: int | None = None
+    ) -> JsonObject:
+        """``create``'s body unchanged."""
+        payload: JsonObject = {"name": name, "disk_gb": disk_gb}
+        if memory_mb is not None:
+            payload["memory_mb"] = memory_mb
+        if vcpus is not None:
+            payload["vcpus"] = vcpus
+        body: JsonObject = self._client.request("POST", "servers/", json=payload)
+        return body
+
+    def start(self, server_id: int) -> ServerOut:
+        """Boot a stopped server (or retry one in ``error``); it answers in ``starting``."""
+        return ServerOut.model_validate(self.start_json(server_id))
+
+    def start_json(self, server_id: int) -> JsonObject:
+        """``start``'s body unchanged."""
+        body: JsonObject = self._client.request("POST", f"servers/{server_id}/start/")
+        return body
+
+    def stop(self, server_id: int) -> ServerOut:
+        """Power a running server down; it answers in ``stopping``."""
+        return ServerOut.model_validate(self.stop_json(server_id))
+
+    def stop_json(self, server_id: int) -> JsonObject:
+        """``stop``'s body unchanged."""
+        body: JsonObject = self._client.request("POST", f"servers/{server_id}/stop/")
+        return body
+
+    def delete(self, server_id: int) -> None:
+        """Delete a server with its disks and snapshots (it is ``deleting``, then gone)."""
+        self._client.request("DELETE", f"servers/{server_id}/")
+
+
+class SnapshotsApi:
+    """``/api/v1/snapshots/``."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def list(self, server_id: int | None = None) -> builtins.list[SnapshotOut]:
+        """The account's snapshots (only ``server_id``'s if given), newest first, all pages."""
+        return [SnapshotOut.model_validate(s) for s in self.list_json(server_id)["results"]]
+
+    def list_json(self, server_id: int | None = None) -> JsonObject:
+        """The list as the API shows it, every page's results merged into one object."""
+        params = {"server_id": server_id} if server_id is not None else {}
+        return self._client.list_all("snapshots/", params)
+
+    def list_page(
+        self, server_id: int | None = None, page: int = 1, page_size: int = 100
+    ) -> Page[SnapshotOut]:
+        """One page of the list, with ``count`` and the ``next``/``previous`` links."""
+        params: dict[str, int] = {"page": page, "page_size": page_size}
+        if server_id is not None:
+            params["server_id"] = server_id
+        body = self._client.request("GET", "snapshots/", params=params)
+        return Page[SnapshotOut].model_validate(body)
+
+    def get(self, snapshot_id: int) -> SnapshotOut:
+        """One snapshot; ``NotFoundError`` if it does not exist or is not the account's."""
+        return SnapshotOut.model_validate(self.get_json(snapshot_id))
+
+    def get_json(self, snapshot_id: int) -> JsonObject:
+        """``get``'s body unchanged."""
+        body: JsonObject = self._client.request("GET", f"snapshots/{snapshot_id}/")
+        return body
+
+    def create(self, server_id: int, name: str, description: str | None = None) -> SnapshotCreated:
+        """Start a snapshot of the server (``in_progress``); see ``Client.wait_for_snapshot``."""
+        return SnapshotCreated.model_validate(self.create_json(server_id, name, description))
+
+    def create_json(self, server_id: int, name: str, description: str | None = None) -> JsonObject:
+        """``create``'s body unchanged."""
+        payload: JsonObject = {"server_id": server_id, "name": name}
+        if description is not None:
+            payload["description"] = description
+        body: JsonObject = self._client.request("POST", "snapshots/", json=payload)
+        return body
+
+    def restore(self, snapshot_id: int) -> RestoreStarted:
+        """Start overwriting the server's disks with the snapshot (server ``restoring``)."""
+        return RestoreStarted.model_validate(self.restore_json(snapshot_id))
+
+    def restore_json(self, snapshot_id: int) -> JsonObject:
+        """``restore``'s body unchanged."""
+        body: JsonObject = self._client.request("POST", f"snapshots/{snapshot_id}/restore/")
+        return body
+
+    def delete(self, snapshot_id: int) -> None:
+        """Permanently delete a snapshot; it is gone from the API at once."""
+        self._client.request("DELETE", f"snapshots/{snapshot_id}/")
