@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from vpsd.db.models import Server, Snapshot
 from vpsd.schemas import ServerOut, ServerRef, SnapshotOut
+from vpsd.services.snapshots import SnapshotView
 
 
 def server_out(server: Server) -> ServerOut:
@@ -20,7 +21,7 @@ def server_out(server: Server) -> ServerOut:
     )
 
 
-def snapshot_out(snapshot: Snapshot) -> SnapshotOut:
+def snapshot_out(snapshot: Snapshot | SnapshotView) -> SnapshotOut:
     """A snapshot as the page shows it."""
     return SnapshotOut(
         id=snapshot.id,
