@@ -19,18 +19,21 @@ DIED = "the VM's QEMU process exited without a stop request (guest power-off, cr
 CAME_BACK = "the VM was found running although vpsd had it stopped"
 
 
-def reconcile_power_states(ctx: OperationContext) -> int:
+def reconcile_power_states(ctx: OperationContext, *, running_only: bool = False) -> int:
     """Correct ``running``/``stopped`` servers whose VM says otherwise; return how many.
 
+    ``running_only`` checks only servers believed running (the periodic check: VMs die, but
+    stopped VMs do not start by themselves, and a host may have thousands of them).
     Servers with an operation under way are left to it. Each correction is a conditional
     UPDATE, so a request that changed the server meanwhile wins.
     """
     idle = ~exists().where(Operation.server_id == Server.id, Operation.status.in_(ACTIVE_OPERATION))
+    watched = [ServerStatus.RUNNING]
+    if not running_only:
+        watched.append(ServerStatus.STOPPED)
     with ctx.db.read() as session:
         rows = session.execute(
-            select(Server.id, Server.status).where(
-                Server.status.in_((ServerStatus.RUNNING, ServerStatus.STOPPED)), idle
-            )
+            select(Server.id, Server.status).where(Server.status.in_(watched), idle)
         ).all()
     changed = 0
     for server_id, status in rows:
@@ -76,6 +79,6 @@ class VmMonitor:
     def _loop(self) -> None:
         while not self._stopping.wait(self.interval):
             try:
-                reconcile_power_states(self.ctx)
+                reconcile_power_states(self.ctx, running_only=True)
             except Exception:
                 log.exception("checking the VMs failed")
