@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from vpsd import __version__
 from vpsd.api.deps import Services
 from vpsd.api.errors import install_error_handlers
+from vpsd.api.openapi import install_openapi
 from vpsd.api.routes import servers, snapshots
 from vpsd.api.strict_json import BodySizeLimit
 from vpsd.config import Settings, get_settings
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None, driver: Driver | None = None) -
     )
     app.state.runner = runner
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(servers.router, prefix="/api/v1")
     app.include_router(snapshots.router, prefix="/api/v1")

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BeforeValidator
 
 from vpsd.config import Settings
 from vpsd.db.session import Database
@@ -16,6 +17,18 @@ from vpsd.services.snapshots import SnapshotService
 from vpsd.services.tokens import Principal, authenticate
 
 MAX_PAGE_SIZE = 1000
+
+
+def _decimal_digits(value: object) -> object:
+    # Lax int parsing would let "1.0", "+1", " 1" and "1_0" name object 1 (or 10), so ids
+    # would have spellings no client means; only plain digits are ids.
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("must be a positive integer in decimal digits")
+    return value
+
+
+DecimalId = Annotated[int, BeforeValidator(_decimal_digits)]
+"""An id in a path or query string: ASCII digits only, then an int."""
 
 
 @dataclass(frozen=True, slots=True)

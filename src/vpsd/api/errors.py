@@ -52,6 +52,9 @@ def _message(error: dict[str, Any]) -> str:
         return "unknown field"
     if kind == "missing":
         return "this field is required"
+    if kind == "value_error":
+        # pydantic prefixes our validators' messages with "Value error, ".
+        return str(error.get("ctx", {}).get("error", "invalid value"))
     if kind == "string_pattern_mismatch":
         return "only letters A-Z a-z, digits, '-' and '_' are allowed"
     return str(error.get("msg", "invalid value"))

@@ -11,6 +11,9 @@ from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vpsd.api.errors import error_response
+from vpsd.schemas import FieldError
+
+NOT_JSON = FieldError(field="header.content-type", message="must be application/json")
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -28,8 +31,19 @@ def _reject_constant(name: str) -> Any:
 
 
 def parse_json(body: bytes) -> Any:
-    """Parse a request body as strict JSON: duplicate keys and NaN/Infinity are errors."""
-    return json.loads(body, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+    """Parse a request body as strict JSON: duplicate keys and NaN/Infinity are errors.
+
+    Every failure is a ``json.JSONDecodeError``, which FastAPI answers as malformed JSON
+    (a 400 naming ``body``).
+    """
+    try:
+        return json.loads(
+            body, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+        )
+    except UnicodeDecodeError:
+        raise json.JSONDecodeError("the body is not UTF-8 text", "", 0) from None
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", "", 0) from None
 
 
 class StrictJSONRequest(Request):
@@ -53,13 +67,15 @@ class StrictJSONRoute(APIRoute):
             if self.body_field is not None:
                 try:
                     body = await strict.body()  # cached on ``strict`` for the handler
-                except BodyTooLarge:
-                    return error_response(413, "request body too large")
+                except BodyTooLarge as too_large:
+                    return body_too_large(too_large.max_bytes)
                 content_type = strict.headers.get("content-type", "")
                 media_type = content_type.split(";")[0].strip().lower()
                 if body and not (media_type == "application/json" or media_type.endswith("+json")):
                     return error_response(
-                        415, "the request body must be JSON (Content-Type: application/json)"
+                        415,
+                        "the request body must be JSON (Content-Type: application/json)",
+                        [NOT_JSON],
                     )
             return await handler(strict)
 
@@ -67,7 +83,17 @@ class StrictJSONRoute(APIRoute):
 
 
 class BodyTooLarge(Exception):
-    """The request body passed the configured limit."""
+    """The request body passed the configured limit of ``max_bytes``."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(f"request body larger than {max_bytes} bytes")
+        self.max_bytes = max_bytes
+
+
+def body_too_large(max_bytes: int) -> Response:
+    """The ``413`` answer, the same whether the size was declared or counted while streaming."""
+    message = f"request body larger than {max_bytes} bytes"
+    return error_response(413, message, [FieldError(field="body", message=message)])
 
 
 class BodySizeLimit:
@@ -82,9 +108,12 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        too_large = error_response(413, f"request body larger than {self.max_bytes} bytes")
+        too_large = body_too_large(self.max_bytes)
         if declared is not None and not declared.isdigit():
-            await error_response(400, "invalid Content-Length header")(scope, receive, send)
+            invalid = FieldError(field="header.content-length", message="must be decimal digits")
+            await error_response(400, "invalid Content-Length header", [invalid])(
+                scope, receive, send
+            )
             return
         if declared is not None and int(declared) > self.max_bytes:
             await too_large(scope, receive, send)
@@ -98,7 +127,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 
-from vpsd.api.deps import PageDep, PrincipalDep, ServicesDep
+from vpsd.api.deps import DecimalId, PageDep, PrincipalDep, ServicesDep
 from vpsd.api.pagination import page_links
 from vpsd.api.presenters import server_out
 from vpsd.api.responses import responses
@@ -14,10 +14,10 @@ from vpsd.api.strict_json import StrictJSONRoute
 from vpsd.schemas import MAX_ID, Page, ServerCreate, ServerOut
 
 router = APIRouter(prefix="/servers", tags=["servers"], route_class=StrictJSONRoute)
-ServerId = Annotated[int, Path(ge=1, le=MAX_ID, description="the server's id")]
+ServerId = Annotated[DecimalId, Path(ge=1, le=MAX_ID, description="the server's id")]
 
 
-@router.get("/", responses=responses(401))
+@router.get("/", responses=responses(400, 401))
 def list_servers(
     request: Request, principal: PrincipalDep, services: ServicesDep, page: PageDep
 ) -> Page[ServerOut]:
@@ -29,7 +29,7 @@ def list_servers(
     )
 
 
-@router.post("/", status_code=201, responses=responses(400, 401))
+@router.post("/", status_code=201, responses=responses(400, 401, 413, 415))
 def create_server(body: ServerCreate, principal: PrincipalDep, services: ServicesDep) -> ServerOut:
     """Create a server: its disk is made and its VM boots (status ``starting``→``running``)."""
     return server_out(services.servers.create(principal.account_id, body))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from vpsd.api.deps import PageDep, PrincipalDep, ServicesDep
+from vpsd.api.deps import DecimalId, PageDep, PrincipalDep, ServicesDep
 from vpsd.api.pagination import page_links
 from vpsd.api.presenters import snapshot_out
 from vpsd.api.responses import responses
@@ -23,7 +23,7 @@ from vpsd.schemas import (
 )
 
 router = APIRouter(prefix="/snapshots", tags=["snapshots"], route_class=StrictJSONRoute)
-SnapshotId = Annotated[int, Path(ge=1, le=MAX_ID, description="the snapshot's id")]
+SnapshotId = Annotated[DecimalId, Path(ge=1, le=MAX_ID, description="the snapshot's id")]
 
 CREATE_MESSAGE = (
     "Snapshot is being created. qcow2 snapshots are copy-on-write, so this usually takes "
@@ -44,7 +44,7 @@ def list_snapshots(
     services: ServicesDep,
     page: PageDep,
     server_id: Annotated[
-        int | None, Query(ge=1, le=MAX_ID, description="only the snapshots of this server")
+        DecimalId | None, Query(ge=1, le=MAX_ID, description="only the snapshots of this server")
     ] = None,
 ) -> Page[SnapshotOut]:
     """All snapshots on your servers, newest first."""
@@ -58,7 +58,7 @@ def list_snapshots(
     )
 
 
-@router.post("/", status_code=201, responses=responses(400, 401, 404))
+@router.post("/", status_code=201, responses=responses(400, 401, 404, 413, 415))
 def create_snapshot(
     body: SnapshotCreate, principal: PrincipalDep, services: ServicesDep
 ) -> SnapshotCreated:
@@ -98,7 +98,7 @@ def restore_snapshot(
 
 
 @router.delete(
-    "/{snapshot_id}/", status_code=204, response_class=Response, responses=responses(401, 404)
+    "/{snapshot_id}/", status_code=204, response_class=Response, responses=responses(400, 401, 404)
 )
 def delete_snapshot(
     snapshot_id: SnapshotId, principal: PrincipalDep, services: ServicesDep

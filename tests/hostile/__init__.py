@@ -1,0 +1,1 @@
+"""Hostile input, tenancy and secrecy tests (issue 4)."""

@@ -1,0 +1,1 @@
+"""Load tests against a live vpsd serve on real QEMU (issue 4)."""

@@ -1,0 +1,272 @@
+"""A bounded load test: many concurrent clients against ``vpsd serve`` on real QEMU.
+
+``VPSD_LOAD_CLIENTS`` clients (default 200) share ``VPSD_LOAD_SERVERS`` servers (default 3,
+1 GiB disks) for ``VPSD_LOAD_SECONDS`` (default 60), mixing snapshot lists, gets, creates,
+restores and deletes over loopback. A poller watches every server's snapshot count and the
+service's RSS throughout. Afterwards, once everything has settled, the test asserts:
+
+- no 5xx and no failed connection, ever;
+- no observation ever showed more than 5 live snapshots on a server;
+- no operation was lost: every 201/200/204 the clients got is exactly one operation in
+  the database, every operation ended, every snapshot is completed or failed, every server
+  is running again (restores return it to its prior power state);
+- memory is flat: the RSS after settling is below twice the RSS after warm-up (a gross-leak
+  check, not a timing assertion).
+
+``VPSD_LOAD_REPORT=1`` writes the figures to ``docs/load-test.md`` (see ``report.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+import sqlite3
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import qemu_helpers as qh
+from tests.helpers import wait_for
+from tests.live_server import LiveServer
+from tests.load import report
+
+pytestmark = [pytest.mark.e2e, pytest.mark.qemu, qh.requires_qemu]
+
+SECONDS = float(os.environ.get("VPSD_LOAD_SECONDS", "60"))
+CLIENTS = int(os.environ.get("VPSD_LOAD_CLIENTS", "200"))
+SERVERS = int(os.environ.get("VPSD_LOAD_SERVERS", "3"))
+SETTLE_SECONDS = 300.0
+LIMIT = 5
+MIX = {"list": 30, "get": 25, "create": 20, "delete": 15, "restore": 10}
+"""Relative weights of the request kinds each client picks from at random."""
+
+
+@dataclass
+class Tally:
+    """Everything the clients and the poller saw."""
+
+    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
+    transport_errors: Counter[str] = field(default_factory=Counter)
+    created: list[int] = field(default_factory=list)
+    restored: list[int] = field(default_factory=list)
+    deleted: list[int] = field(default_factory=list)
+    known: list[int] = field(default_factory=list)
+    max_live: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    over_limit: list[tuple[int, list[Any]]] = field(default_factory=list)
+    observations: int = 0
+    poller_reconnects: int = 0
+    rss_kb: list[tuple[float, int]] = field(default_factory=list)
+
+
+def rss_kb(pid: int) -> int:
+    """The process's resident set size in KiB, from /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def _request(kind: str, servers: list[int], tally: Tally, rng: random.Random, n: int) -> Any:
+    snapshot = rng.choice(tally.known) if tally.known else 1
+    if kind == "list":
+        query = {"server_id": rng.choice(servers)} if rng.random() < 0.5 else {}
+        return "GET", "/api/v1/snapshots/", {"params": query}
+    if kind == "get":
+        return "GET", f"/api/v1/snapshots/{snapshot}/", {}
+    if kind == "create":
+        body = {"server_id": rng.choice(servers), "name": f"load-{n}", "description": "load"}
+        return "POST", "/api/v1/snapshots/", {"json": body}
+    if kind == "restore":
+        return "POST", f"/api/v1/snapshots/{snapshot}/restore/", {}
+    return "DELETE", f"/api/v1/snapshots/{snapshot}/", {}
+
+
+async def client(
+    http: httpx.AsyncClient, servers: list[int], tally: Tally, deadline: float, seed: int
+) -> None:
+    """One client: random requests from ``MIX`` back to back until ``deadline``."""
+    rng = random.Random(seed)
+    names = itertools.count(seed * 1_000_000)
+    kinds, weights = list(MIX), list(MIX.values())
+    while time.monotonic() < deadline:
+        kind = rng.choices(kinds, weights)[0]
+        method, url, kwargs = _request(kind, servers, tally, rng, next(names))
+        started = time.perf_counter()
+        try:
+            response = await http.request(method, url, **kwargs)
+        except httpx.TransportError as error:
+            tally.transport_errors[f"{kind}: {type(error).__name__}"] += 1
+            continue
+        tally.latencies[kind].append(time.perf_counter() - started)
+        tally.statuses[kind, response.status_code] += 1
+        if kind == "create" and response.status_code == 201:
+            tally.created.append(response.json()["id"])
+            tally.known.append(response.json()["id"])
+        elif kind == "restore" and response.status_code == 200:
+            tally.restored.append(response.json()["snapshot"]["id"])
+        elif kind == "delete" and response.status_code == 204:
+            tally.deleted.append(int(url.rstrip("/").rsplit("/", 1)[1]))
+
+
+async def poller(
+    http: httpx.AsyncClient, servers: list[int], tally: Tally, pid: int, stop: asyncio.Event
+) -> None:
+    """Watch every server's live snapshot count, and the service's RSS, until ``stop``."""
+    last_rss = 0.0
+    while not stop.is_set():
+        for server_id in servers:
+            try:
+                response = await http.get("/api/v1/snapshots/", params={"server_id": server_id})
+            except httpx.RemoteProtocolError:
+                # The poller's connection can sit idle past uvicorn's 5 s keep-alive while the
+                # clients hog the event loop; the server then closes it as a request goes out.
+                tally.poller_reconnects += 1
+                continue
+            assert response.status_code == 200, response.text
+            results = response.json()["results"]
+            live = [s for s in results if s["status"] != "failed"]
+            tally.observations += 1
+            tally.max_live[server_id] = max(tally.max_live[server_id], len(live))
+            if len(live) > LIMIT:
+                tally.over_limit.append((server_id, [(s["id"], s["status"]) for s in live]))
+        if time.monotonic() - last_rss >= 1.0:
+            last_rss = time.monotonic()
+            tally.rss_kb.append((last_rss, rss_kb(pid)))
+        await asyncio.sleep(0.25)
+
+
+async def run_load(base_url: str, token: str, servers: list[int], pid: int) -> Tally:
+    """Run ``CLIENTS`` clients and the poller for ``SECONDS``; return what they saw."""
+    tally = Tally()
+    headers = {"Authorization": f"Bearer {token}"}
+    # Idle connections are dropped well before uvicorn's 5 s keep-alive timeout, as any HTTP
+    # client must, or a request can race the server closing its connection.
+    limits = httpx.Limits(
+        max_connections=CLIENTS + 10, max_keepalive_connections=CLIENTS + 10, keepalive_expiry=2.0
+    )
+    timeout = httpx.Timeout(120.0)
+    async with (
+        httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=timeout) as h,
+        httpx.AsyncClient(
+            base_url=base_url,
+            headers=headers,
+            timeout=timeout,
+            limits=httpx.Limits(keepalive_expiry=2.0),
+        ) as watch,
+    ):
+        stop = asyncio.Event()
+        watching = asyncio.create_task(poller(watch, servers, tally, pid, stop))
+        deadline = time.monotonic() + SECONDS
+        await asyncio.gather(*(client(h, servers, tally, deadline, i) for i in range(CLIENTS)))
+        stop.set()
+        await watching
+    return tally
+
+
+def operations(data_dir: Path) -> list[tuple[str, str, int | None]]:
+    """(kind, status, snapshot_id) of every operation, read with sqlite3 from vpsd.db."""
+    db = sqlite3.connect(f"file:{data_dir / 'vpsd.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        return list(db.execute("SELECT kind, status, snapshot_id FROM operations"))
+    finally:
+        db.close()
+
+
+def settled(api: httpx.Client, live_server: LiveServer, servers: list[int]) -> bool:
+    """True when every operation has ended and nothing is in a transient state."""
+    ops = operations(live_server.data_dir)
+    if any(status in ("pending", "running") for _, status, _ in ops):
+        return False
+    snapshots = api.get("/api/v1/snapshots/", params={"page_size": 1000}).json()["results"]
+    if any(s["status"] == "in_progress" for s in snapshots):
+        return False
+    statuses = [api.get(f"/api/v1/servers/{sid}/").json()["status"] for sid in servers]
+    return all(status in ("running", "stopped", "error") for status in statuses)
+
+
+def test_load(live_server: LiveServer) -> None:
+    assert live_server.process is not None
+    pid = live_server.process.pid
+    token = live_server.create_token("load")
+    api = live_server.client(token, timeout=120)
+    servers = [api.create_server(f"load-{i}", disk_gb=1)["id"] for i in range(SERVERS)]
+    rss_before = rss_kb(pid)
+
+    started = time.monotonic()
+    tally = asyncio.run(run_load(live_server.base_url, token, servers, pid))
+    elapsed = time.monotonic() - started
+
+    http = httpx.Client(
+        base_url=live_server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+    )
+    with http:
+        wait_for(
+            lambda: settled(http, live_server, servers),
+            SETTLE_SECONDS,
+            interval=1.0,
+            what="every operation to end after the load",
+        )
+        final_servers = {sid: http.get(f"/api/v1/servers/{sid}/").json() for sid in servers}
+        final_snapshots = http.get("/api/v1/snapshots/", params={"page_size": 1000}).json()
+    rss_end = rss_kb(pid)
+    ops = operations(live_server.data_dir)
+
+    warm_up = started + min(10.0, SECONDS * 0.2)
+    rss_warm = next((kb for t, kb in tally.rss_kb if t >= warm_up), rss_end)
+    figures = report.Figures(
+        clients=CLIENTS,
+        servers=SERVERS,
+        seconds=SECONDS,
+        elapsed=elapsed,
+        statuses=tally.statuses,
+        transport_errors=tally.transport_errors,
+        latencies=tally.latencies,
+        observations=tally.observations,
+        max_live=dict(tally.max_live),
+        rss_before=rss_before,
+        rss_warm=rss_warm,
+        rss_peak=max([kb for _, kb in tally.rss_kb] + [rss_end]),
+        rss_end=rss_end,
+        operations=Counter((kind, status) for kind, status, _ in ops),
+        accel=report.accel_of(live_server.data_dir),
+    )
+    print(report.render(figures))
+    if os.environ.get("VPSD_LOAD_REPORT") == "1":
+        report.write(figures)
+
+    server_errors = {key: n for key, n in tally.statuses.items() if key[1] >= 500}
+    assert not server_errors, server_errors
+    assert not tally.transport_errors, tally.transport_errors
+    assert sum(tally.statuses.values()) > 0
+    assert tally.observations > 0 and not tally.over_limit, tally.over_limit[:5]
+
+    # no operation lost: each 201/200/204 is one operation, and every operation ended
+    by_kind: dict[str, list[int | None]] = defaultdict(list)
+    for kind, status, snapshot_id in ops:
+        assert status in ("completed", "failed"), (kind, status, snapshot_id)
+        by_kind[kind].append(snapshot_id)
+    assert sorted(by_kind["snapshot.create"]) == sorted(tally.created)  # type: ignore[type-var]
+    assert sorted(by_kind["snapshot.restore"]) == sorted(tally.restored)  # type: ignore[type-var]
+    assert sorted(by_kind["snapshot.delete"]) == sorted(tally.deleted)  # type: ignore[type-var]
+    failed_ops = [(k, s) for k, s, _ in ops if s == "failed"]
+    assert not failed_ops, failed_ops
+
+    # every snapshot a client created is either still there, settled, or was deleted
+    visible = {s["id"]: s["status"] for s in final_snapshots["results"]}
+    assert set(visible) | set(tally.deleted) == set(tally.created)
+    assert set(visible).isdisjoint(tally.deleted)
+    assert all(status == "completed" for status in visible.values()), visible
+    for server_id in servers:
+        live = [s for s in final_snapshots["results"] if s["server"]["id"] == server_id]
+        assert len(live) <= LIMIT
+    assert all(s["status"] == "running" for s in final_servers.values()), final_servers
+
+    assert rss_end < 2 * rss_warm, (rss_warm, rss_end)
