@@ -16,9 +16,13 @@ from sqlalchemy import select, update
 from vpsd.db.base import utcnow
 from vpsd.db.models import Operation, OperationStatus
 from vpsd.operations.context import OperationContext
-from vpsd.operations.handlers import execute
+from vpsd.operations.handlers import abandon, execute
+from vpsd.operations.recovery import MAX_ATTEMPTS
 
 log = logging.getLogger(__name__)
+
+MAX_REQUEUE_DELAY = 30.0
+"""Longest wait, in seconds, between tries to hand back an operation whose result was lost."""
 
 
 class InProcessRunner:
@@ -103,9 +107,48 @@ class InProcessRunner:
         try:
             execute(self.ctx, operation_id)
         except Exception:
-            # Recording the result failed (database gone?): recovery will run it again.
-            log.exception("operation %s could not be recorded", operation_id)
+            # The database refused the result (disk full, connection lost). Left ``running``
+            # the operation would block its server until the next restart; handlers are
+            # idempotent, so it is handed back and runs again once writes succeed.
+            log.exception("operation %s could not be recorded; it will run again", operation_id)
+            self._requeue(operation_id)
         finally:
             with self._busy_lock:
                 self._busy.discard(server_id)
             self._wake.set()
+
+    def _requeue(self, operation_id: int) -> None:
+        """Put a claimed operation back to ``pending``, retrying until the database accepts.
+
+        Each run counts as an attempt, so an operation that can never be recorded ends
+        ``failed`` after ``MAX_ATTEMPTS`` instead of redoing its work forever. On shutdown
+        it stays ``running`` and start-up recovery requeues it.
+        """
+        delay = self.poll_interval
+        while not self._stopping.is_set():
+            try:
+                with self.ctx.db.read() as session:
+                    attempts = session.scalar(
+                        select(Operation.attempts).where(Operation.id == operation_id)
+                    )
+                if attempts is not None and attempts >= MAX_ATTEMPTS:
+                    abandon(
+                        self.ctx, operation_id, f"its result could not be recorded {attempts} times"
+                    )
+                    return
+                with self.ctx.db.write() as session:
+                    session.execute(
+                        update(Operation)
+                        .where(
+                            Operation.id == operation_id,
+                            Operation.status == OperationStatus.RUNNING,
+                        )
+                        .values(status=OperationStatus.PENDING)
+                    )
+                return
+            except Exception as error:
+                log.warning(
+                    "operation %s: database unavailable (%s); retrying", operation_id, error
+                )
+            self._stopping.wait(delay)
+            delay = min(delay * 2, MAX_REQUEUE_DELAY)

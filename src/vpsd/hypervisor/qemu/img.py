@@ -1,7 +1,8 @@
 """Typed wrappers around ``qemu-img`` (always through ``command.run``, JSON output parsed).
 
 ``force_share`` adds ``-U``: needed to *read* an image a running VM holds locked. It is
-never used for writes, which QEMU must do itself (over QMP) while the VM runs.
+never used for writes, which QEMU must do itself (over QMP) while the VM runs. A command
+that finds the image held by another process waits for it (``LOCK_WAIT``).
 """
 
 from __future__ import annotations
@@ -9,13 +10,22 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from vpsd.hypervisor.base import DriverError
 from vpsd.hypervisor.qemu import command
 
 QEMU_IMG = "qemu-img"
+LOCK_WAIT = 60.0
+"""Seconds a command waits for an image another process holds before failing.
+
+``qemu-img`` runs in its own session (see ``command.run``), so a vpsd killed mid-command
+leaves it running; the rerun of the interrupted operation must wait for it to finish.
+"""
+_LOCK_POLL = 0.2
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
@@ -31,6 +41,36 @@ def check_tag(tag: str) -> str:
             "starting with a letter or digit and not all digits"
         )
     return tag
+
+
+_T = TypeVar("_T")
+
+
+def _is_lock_conflict(error: command.CommandError) -> bool:
+    return 'Failed to get "write" lock' in error.stderr or (
+        'Failed to get shared "write" lock' in error.stderr
+    )
+
+
+def _waiting_for_lock(call: Callable[[], _T]) -> _T:
+    """Run ``call``; while it fails because another process holds the image, retry it for
+    up to ``LOCK_WAIT`` seconds (the last failure is raised after that)."""
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            return call()
+        except command.CommandError as error:
+            if not _is_lock_conflict(error) or time.monotonic() >= deadline:
+                raise
+        time.sleep(_LOCK_POLL)
+
+
+def _run(args: list[str], *, timeout: float) -> None:
+    _waiting_for_lock(lambda: command.run(args, timeout=timeout))
+
+
+def _run_json(args: list[str], *, timeout: float) -> Any:
+    return _waiting_for_lock(lambda: command.run_json(args, timeout=timeout))
 
 
 def create(path: Path, size_bytes: int, *, timeout: float) -> None:
@@ -59,7 +99,7 @@ def create(path: Path, size_bytes: int, *, timeout: float) -> None:
 def info(path: Path, *, force_share: bool = False, timeout: float) -> dict[str, Any]:
     """``qemu-img info --output=json`` of one image."""
     args = [QEMU_IMG, "info", "--output=json", *(["-U"] if force_share else []), str(path)]
-    result: dict[str, Any] = command.run_json(args, timeout=timeout)
+    result: dict[str, Any] = _run_json(args, timeout=timeout)
     return result
 
 
@@ -71,17 +111,17 @@ def snapshot_names(path: Path, *, force_share: bool = False, timeout: float) -> 
 
 def snapshot_create(path: Path, tag: str, *, timeout: float) -> None:
     """``qemu-img snapshot -c``: take internal snapshot ``tag`` (image must not be in use)."""
-    command.run([QEMU_IMG, "snapshot", "-c", check_tag(tag), str(path)], timeout=timeout)
+    _run([QEMU_IMG, "snapshot", "-c", check_tag(tag), str(path)], timeout=timeout)
 
 
 def snapshot_apply(path: Path, tag: str, *, timeout: float) -> None:
     """``qemu-img snapshot -a``: revert the image to ``tag`` (image must not be in use)."""
-    command.run([QEMU_IMG, "snapshot", "-a", check_tag(tag), str(path)], timeout=timeout)
+    _run([QEMU_IMG, "snapshot", "-a", check_tag(tag), str(path)], timeout=timeout)
 
 
 def snapshot_delete(path: Path, tag: str, *, timeout: float) -> None:
     """``qemu-img snapshot -d``: delete ``tag`` (image must not be in use)."""
-    command.run([QEMU_IMG, "snapshot", "-d", check_tag(tag), str(path)], timeout=timeout)
+    _run([QEMU_IMG, "snapshot", "-d", check_tag(tag), str(path)], timeout=timeout)
 
 
 def measure_required(
@@ -97,7 +137,7 @@ def measure_required(
         if tag is not None:
             args += ["-l", f"snapshot.name={check_tag(tag)}"]
         args += [*(["-U"] if force_share else []), str(path)]
-    return int(command.run_json(args, timeout=timeout)["required"])
+    return int(_run_json(args, timeout=timeout)["required"])
 
 
 def captured_bytes(path: Path, tag: str, *, force_share: bool = False, timeout: float) -> int:
@@ -115,7 +155,7 @@ def captured_bytes(path: Path, tag: str, *, force_share: bool = False, timeout: 
 
 def check(path: Path, *, timeout: float) -> dict[str, Any]:
     """``qemu-img check --output=json``; raises ``CommandError`` when the image is damaged."""
-    result: dict[str, Any] = command.run_json(
+    result: dict[str, Any] = _run_json(
         [QEMU_IMG, "check", "--output=json", str(path)], timeout=timeout
     )
     return result
