@@ -148,12 +148,6 @@ def test_a_result_that_cannot_be_written_is_recorded_once_space_is_back(
     faults.alice.wait_server(sid, "running")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug, outside tests/faults: the catch-all 500 handler of vpsd.api.errors "
-    "runs in Starlette's ServerErrorMiddleware, which re-raises after answering, and "
-    "uvicorn then closes the keep-alive connection under the client (see the report)",
-)
 def test_a_500_keeps_the_connection_usable(
     small_fs: SmallFs, faults_factory: Callable[..., Faults], fault_root: Path
 ) -> None:

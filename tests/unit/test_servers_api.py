@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.helpers import ApiClient
 from vpsd.hypervisor.base import PowerState
 from vpsd.hypervisor.fake import FakeDriver
@@ -103,3 +105,21 @@ def test_other_accounts_servers_are_not_found(alice: ApiClient, bob: ApiClient) 
         assert response.json() == missing.json()
     assert bob.get("/servers/").json()["count"] == 0
     assert alice.server_status(sid) == "running"
+
+
+def test_an_unexpected_error_is_a_500_in_the_error_shape(
+    alice: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vpsd.services.servers import ServerService
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(ServerService, "list", broken)
+    response = alice.get("/servers/")
+    assert response.status_code == 500
+    assert response.json() == {
+        "detail": "internal error; the service log has the details",
+        "errors": [],
+    }
+    assert "a bug" not in response.text

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vpsd.schemas import ErrorBody, FieldError
 from vpsd.services.errors import DomainError, Invalid, InvalidState, LimitReached, NotFound
@@ -91,7 +92,34 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = dict(exc.headers) if exc.headers else None
         return error_response(exc.status_code, str(exc.detail), headers=headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(500, "internal error; the service log has the details")
+    # Not an exception handler for Exception: Starlette runs that one in its outermost
+    # middleware, which re-raises after answering, and the server then drops the client's
+    # keep-alive connection. This middleware answers and keeps the connection usable.
+    app.add_middleware(CatchUnexpectedErrors)
+
+
+class CatchUnexpectedErrors:
+    """ASGI middleware: an unhandled error becomes a logged ``500`` in the error shape."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise  # too late for a clean answer; let the server close the connection
+            response = error_response(500, "internal error; the service log has the details")
+            await response(scope, receive, send)
