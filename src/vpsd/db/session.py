@@ -11,6 +11,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_POOL_SIZE = 48
 
 
 def normalize_url(url: str) -> str:
@@ -55,6 +56,10 @@ class Database:
             # A file on the same host cannot drop the connection: no ping (a SELECT 1 per
             # checkout, about a tenth of a short read's time).
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            # Keep a connection per concurrent request thread (anyio runs up to 40): an
+            # overflow connection is opened and closed per request, and opening one costs
+            # the PRAGMAs below, about as much as the request itself.
+            kwargs.update(pool_size=SQLITE_POOL_SIZE, max_overflow=SQLITE_POOL_SIZE)
         else:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine = create_engine(self.url, **kwargs)

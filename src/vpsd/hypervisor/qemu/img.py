@@ -8,6 +8,7 @@ that finds the image held by another process waits for it (``LOCK_WAIT``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import time
@@ -147,10 +148,30 @@ def captured_bytes(path: Path, tag: str, *, force_share: bool = False, timeout: 
     and its answer is data + qcow2 metadata, where the metadata part depends only on the
     virtual size; subtracting the answer for an empty image of that size leaves the data.
     """
-    virtual = int(info(path, force_share=force_share, timeout=timeout)["virtual-size"])
     full = measure_required(path, tag=tag, force_share=force_share, timeout=timeout)
-    empty = measure_required(None, size_bytes=virtual, timeout=timeout)
-    return max(0, full - empty)
+    return max(0, full - _empty_required(virtual_size(path), timeout=timeout))
+
+
+QCOW2_MAGIC = b"QFI\xfb"
+
+
+def virtual_size(path: Path) -> int:
+    """The guest-visible size of a qcow2 image, read from its header (no process spawned).
+
+    The header's ``size`` field (big-endian, bytes 24-31) is what QEMU itself reads; a
+    running QEMU rewrites it on resize, so reading it while the VM runs is safe.
+    """
+    with path.open("rb") as image:
+        header = image.read(32)
+    if len(header) < 32 or header[:4] != QCOW2_MAGIC:
+        raise DriverError(f"{path.name} is not a qcow2 image")
+    return int.from_bytes(header[24:32], "big")
+
+
+@functools.lru_cache(maxsize=64)
+def _empty_required(size_bytes: int, *, timeout: float) -> int:
+    # Depends only on the virtual size (and QEMU's version): one measurement per size.
+    return measure_required(None, size_bytes=size_bytes, timeout=timeout)
 
 
 def check(path: Path, *, timeout: float) -> dict[str, Any]:
