@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     max_vcpus: int = 64
     max_disk_gb: int = 2048
 
+    token_cache_seconds: float = Field(default=2.0, ge=0)
+    """Seconds a live token is remembered: a revocation takes effect within this time."""
+
     max_snapshots_per_server: int = 5
     max_body_bytes: int = 64 * 1024
     runner_threads: int = 16

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from tests import qemu_helpers as qh
-from tests.helpers import ApiClient
+from tests.helpers import ApiClient, wait_for
 from tests.live_server import LiveServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.qemu, qh.requires_qemu]
@@ -91,6 +91,8 @@ def test_token_cli_works_while_serving(live_server: LiveServer) -> None:
     assert "carol" in listed and token not in listed
     token_id = next(line.split()[1] for line in listed.splitlines() if "carol" in line)
     live_server.cli("token", "revoke", token_id)
+    # A revocation takes effect within VPSD_TOKEN_CACHE_SECONDS (2 s by default).
+    wait_for(lambda: client.get("/servers/").status_code == 401, 10, what="revocation")
     response = client.get("/servers/")
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select
 
 from tests import qemu_helpers as qh
-from tests.helpers import ApiClient
+from tests.helpers import ApiClient, wait_for
 from tests.live_server import LiveServer
 from vpsd.config import Settings
 from vpsd.db.base import Base
@@ -91,6 +91,12 @@ def test_service_log_never_holds_a_token(live_server: LiveServer) -> None:
     assert live_server.client(good).get("/servers/").status_code == 200
     assert live_server.client(revoked).get("/servers/").status_code == 200
     live_server.cli("token", "revoke", revoked_id.group(1))
+    # A revocation takes effect within VPSD_TOKEN_CACHE_SECONDS (2 s by default).
+    wait_for(
+        lambda: live_server.client(revoked).get("/servers/").status_code == 401,
+        timeout=10,
+        what="the revoked token to be refused",
+    )
     for token in (revoked, unknown, not_ours):
         response = live_server.client(token).get("/servers/")
         assert response.status_code == 401, token[:SHOWN_PREFIX]

@@ -25,6 +25,7 @@ from vpsd.operations.recovery import recover
 from vpsd.operations.runner import InProcessRunner
 from vpsd.services.servers import ServerService
 from vpsd.services.snapshots import SnapshotService
+from vpsd.services.tokens import TokenAuthenticator
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None, driver: Driver | None = None) -
         db=db,
         servers=ServerService(db, settings, runner),
         snapshots=SnapshotService(db, settings, runner),
+        authenticate=TokenAuthenticator(db, settings.token_cache_seconds),
     )
     app.state.runner = runner
     install_error_handlers(app)

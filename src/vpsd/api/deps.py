@@ -14,7 +14,7 @@ from vpsd.db.session import Database
 from vpsd.services.common import PageRequest
 from vpsd.services.servers import ServerService
 from vpsd.services.snapshots import SnapshotService
-from vpsd.services.tokens import Principal, authenticate
+from vpsd.services.tokens import Principal, TokenAuthenticator
 
 MAX_PAGE_SIZE = 1000
 
@@ -39,6 +39,7 @@ class Services:
     db: Database
     servers: ServerService
     snapshots: SnapshotService
+    authenticate: TokenAuthenticator
 
 
 def get_services(request: Request) -> Services:
@@ -64,7 +65,7 @@ def get_principal(
     """The account behind the request's bearer token, or 401."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("authentication required: send 'Authorization: Bearer <token>'")
-    principal = authenticate(services.db, credentials.credentials)
+    principal = services.authenticate(credentials.credentials)
     if principal is None:
         raise _unauthorized("invalid or revoked token")
     return principal

@@ -6,6 +6,8 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -110,3 +112,41 @@ def authenticate(db: Database, secret: str) -> Principal | None:
     if row is None or not hmac.compare_digest(row.token_hash, digest) or row.revoked_at:
         return None
     return Principal(account_id=row.id, account_name=row.name)
+
+
+class TokenAuthenticator:
+    """``authenticate`` with a short cache of live tokens, for the API's hot path.
+
+    Every request carries a token; looking it up is about a third of a simple GET's cost.
+    Live tokens are remembered for ``ttl`` seconds, so a revocation takes effect within
+    ``ttl`` (``VPSD_TOKEN_CACHE_SECONDS``; 0 disables the cache). Unknown and revoked tokens
+    are never cached: guessing cannot fill the cache, and a new token works at once.
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(
+        self, db: Database, ttl: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.db = db
+        self.ttl = ttl
+        self.clock = clock
+        self._live: dict[str, tuple[Principal, float]] = {}
+
+    def __call__(self, secret: str) -> Principal | None:
+        """The account behind ``secret``, or None (see ``authenticate``)."""
+        if self.ttl <= 0:
+            return authenticate(self.db, secret)
+        digest = hash_token(secret)
+        now = self.clock()
+        cached = self._live.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        principal = authenticate(self.db, secret)
+        if principal is None:
+            self._live.pop(digest, None)
+            return None
+        if len(self._live) >= self.MAX_ENTRIES:
+            self._live.clear()
+        self._live[digest] = (principal, now + self.ttl)
+        return principal
