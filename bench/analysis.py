@@ -6,63 +6,62 @@ Re-running ``make bench`` refreshes every figure; re-read this text against the 
 ANALYSIS: dict[str, str] = {
     "snapshots": """\
 **Reading it.** Snapshot and restore times stay flat from 256 MiB to 8 GiB while full copies
-grow linearly with the data (tens of seconds at 8 GiB on this disk, i.e. the same order as the
-anchors' ~1 minute per GB once network and object storage are added). At 8 GiB vpsd is two
-orders of magnitude faster than either copy; the 8 GiB / 256 MiB ratio stays under 3x.
+grow linearly with the data (about 1.1-1.5 s per GiB on this disk, the same order as the
+anchors' ~1 minute per GB once network and object storage are added). At 2 GiB vpsd is
+26-42x faster than either copy, at 8 GiB 32-91x; the 8 GiB / 256 MiB ratio stays under 3x.
+The figures are request → `completed` through the API: the POST, the runner picking the
+operation up and recording it (three SQLite commits), the qcow2 work, then our 5 ms polling.
 
-**Targets not met, and what it would take.**
-- *Snapshot ≤ 100 ms*: the median is 1.5-4x over. The qcow2 work itself is 10-120 ms (part 2:
-  `qemu-img snapshot -c` alone takes ~10 ms at 256 MiB and ~115 ms at 8 GiB, because every
-  allocated cluster's refcount is incremented); the rest is process spawns in the driver, each
-  10-60 ms on these two loaded cores: `qemu-img snapshot -l` per disk to check tags,
-  `qemu-img snapshot -c` (stopped) or a QMP transaction (running), then `qemu-img measure`
-  for the captured size, plus the operation runner's two commits and our 5 ms polling. Getting
-  under 100 ms needs the driver (not owned by this bench) to skip the tag listing on the happy
-  path, compute the size after marking the snapshot completed (or from QMP
-  `query-named-block-nodes` while running), and keep one QMP connection per VM. At 8 GiB
-  and beyond the refcount update itself approaches 100 ms on this disk; qcow2 images created
-  with larger clusters (`-o cluster_size=2M`) would cut it 32-fold.
-- *≥ 20x faster than a full copy at 2 GiB*: met for stopped snapshots and restores; running
-  snapshots and running restores (which include a VM kill and boot, ~0.3 s here) come out
-  10-21x because a 2 GiB copy from the page cache takes only 4-10 s on this disk. The same fix
-  as above brings running snapshots above 20x; a restore that boots a VM cannot be 20x a
-  4-second copy, and the target is stated "plus VM stop/start" for that reason.
+**Target not met, and what it would take.**
+- *Snapshot ≤ 100 ms at every size*: met at 256 MiB and 2 GiB (64-95 ms medians), missed at
+  8 GiB (128 ms stopped, 153 ms running). The qcow2 work grows with allocated data because
+  creating an internal snapshot increments the refcount of every allocated cluster (part 2:
+  `qemu-img snapshot -c` alone takes 10 ms at 256 MiB and 34 ms at 8 GiB), and measuring its
+  size walks the same metadata. Disks
+  created with larger clusters (`qemu-img create -o cluster_size=2M`) have 32x fewer clusters
+  to walk, at the cost of coarser copy-on-write; making that a per-host setting is the next
+  step. The driver already spawns a single `qemu-img measure` per disk for the size (the
+  virtual size comes from the qcow2 header), down from three processes.
 """,
     "guest": """\
 **Reading it.** Only the first write to a cluster still shared with a snapshot pays the
-copy-on-write (a new cluster plus refcount updates); once rewritten, the cluster is the disk's
-own again and writes go at the no-snapshot speed. Having 5 snapshots instead of 1 adds nothing
-per write: what matters is whether the cluster is shared. Deleting a snapshot walks its
-tables, so it grows with the allocated data but stays in the sub-second to seconds range,
-and it runs in the background (the API hides the snapshot at once). Figures vary by ±30%
-from run to run on this shared machine (other engineers' tests were running).
+copy-on-write (a new cluster plus refcount updates): here 0.48-0.83x of a plain rewrite after
+the 1st to 5th snapshot, falling as snapshots accumulate; once rewritten, the cluster is the
+disk's own again and writes return to 0.85-1.0x. Deleting a snapshot walks its tables: tens
+of milliseconds while it shares its data with the disk, up to ~2 s at 8 GiB when it owns all
+of it; it runs in the background (the API hides the snapshot at once). Single passes of 1 GiB
+vary by about ±20% from run to run.
 """,
     "api": """\
-**What changed (read path only, behaviour identical, `tests/unit` passes):**
-- `SnapshotService.list`/`get` select the nine columns the API shows (snapshot + server id and
-  name) and return frozen `SnapshotView` values instead of ORM `Snapshot` objects with a
-  `joinedload`ed `Server`. cProfile of a 100-row list showed ~70% of the time in SQLAlchemy's
-  instance construction (identity map, `InstanceState`, the joined server); the joinedload also
-  joined `servers` twice. `presenters.snapshot_out` accepts either shape.
-- `Database`: no `pool_pre_ping` on SQLite (a `SELECT 1` on every checkout of a connection to a
-  local file); PostgreSQL keeps it.
-- The queries already use `ix_servers_account_id_id` and `ix_snapshots_server_id_status`
-  (checked with `EXPLAIN QUERY PLAN`), so no new index was needed. uvicorn already runs on
-  httptools and uvloop (both installed).
+**What changed, found by profiling (py-spy on a loaded `vpsd serve`, cProfile in-process):**
+- Snapshot `list`/`get` select the nine columns the API shows and return plain values instead
+  of ORM objects with a joined server: ~70% of a 100-row list was SQLAlchemy building
+  instances.
+- The SQLite pool keeps 48 connections: with 20 concurrent clients the default pool opened
+  and closed an overflow connection per request, each paying the connect PRAGMAs (~12% of
+  samples). No `pool_pre_ping` on SQLite (a `SELECT 1` per checkout on a local file).
+- Live tokens are cached for `VPSD_TOKEN_CACHE_SECONDS` (2 s): the token lookup was about a
+  third of a simple GET; a revocation now takes effect within the TTL.
+- The VM monitor checks only servers believed running: it read 10,000 stopped servers'
+  pidfiles every 2 s.
+- The queries use `ix_servers_account_id_id` and `ix_snapshots_server_id_status`
+  (`EXPLAIN QUERY PLAN`); in SQLite a 100-row page plus its count takes 0.8 ms.
 
-**Caveat on before/after.** The "before" run was made while the 2 GiB/8 GiB copies of part 1
-were running and the "after" one during part 2, with other engineers' tests on the same two
-cores (load average 4-9), so the absolute figures are pessimistic and the ratio is approximate.
+Together: list 25 → 91 req/s, list-filtered 80 → 161, get 143 → 244 (the "before" run was on
+a loaded machine, the "after" one on a quiet one, so the ratios are approximate).
 
-**Targets not met, and what it would take.** One Python process on these 2 cores, shared with
-the load generator and others' work, stays far from 1,000 req/s. Remaining per-request cost,
-in order: FastAPI's dependency resolution and response validation (the route builds
-`SnapshotOut` models, FastAPI validates them again against the return type), the token lookup
-(one SQL query per request: a TTL cache would save it but would let a token revoked with
-`vpsd token revoke` from another process keep working for up to the TTL; the e2e tests revoke
-and expect 401 at once, so it was not done), and the `count(*)` of each list. Next steps:
-return pre-serialized JSON from the list route (`routes/snapshots.py`, not owned here),
-a TTL cache of token-hash → principal with a revocation generation counter in the DB, and
-running several uvicorn workers (`--workers 2`) behind the same port.
+**Targets not met, and what it would take.** One Python process serves a 100-row page in
+~11 ms of CPU and a single snapshot in ~4 ms: in-process, `SnapshotService.list` is 4.4 ms
+(0.8 ms of it SQLite, most of the rest SQLAlchemy's row and type processing: timestamps are
+parsed from SQLite's text per row), building and serializing the 100 response objects ~1.2 ms,
+and FastAPI's request handling (dependencies, thread hand-off, response validation) the rest.
+The GIL keeps one process on one core, and the load generator shares the two cores. So
+≥ 1,000 req/s and a p99 ≤ 50 ms at 300 req/s are not reachable from one process on this
+machine with this stack; at rates above saturation the fixed-rate figures only measure the
+queue. What it would take: several uvicorn workers per host (`--workers N`; the service is
+stateless apart from the runner, which would move to one worker or to `vpsd agent`), integer
+epoch timestamps instead of SQLite text dates, a Core-only read path that renders JSON
+straight from rows, and smaller default pages for lists (`page_size=20` would cut list cost
+about 4x).
 """,
 }

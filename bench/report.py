@@ -59,9 +59,8 @@ def _machine(result: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['nproc']} CPUs, {m['memory_gib']} GiB RAM, VMs on {m['accel']}, "
         f"disk {m['filesystem']}, {m['qemu']}, Linux {m['kernel']}, Python {m['python']}. "
         f"Run {m['date']}: `{result['command']}`. Load average {m['loadavg']} at the start, "
-        f"{after.get('loadavg', '?')} at the end; {m['other_qemus']} other QEMU processes were "
-        "running (other engineers' tests share these cores), so figures are not from a quiet "
-        "machine."
+        f"{after.get('loadavg', '?')} at the end (2 cores: above ~1 means other work competed); "
+        f"{m['other_qemus']} other QEMU processes were running."
     )
 
 
