@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     token_cache_seconds: float = Field(default=2.0, ge=0)
     """Seconds a live token is remembered: a revocation takes effect within this time."""
 
+    keep_alive_seconds: int = Field(default=75, ge=1)
+    """How long an idle HTTP connection stays open. Longer than clients' and proxies' own
+    idle limits (nginx 75 s, httpx 5 s), so a client never sends on a connection the server
+    is closing at that moment."""
+
     max_snapshots_per_server: int = 5
     max_body_bytes: int = 64 * 1024
     runner_threads: int = 16

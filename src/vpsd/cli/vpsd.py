@@ -78,7 +78,13 @@ def serve(
         f"vpsd {__version__}: http://{host}:{port}/api/v1/ "
         f"(data dir {settings.data_dir}, driver {settings.driver})"
     )
-    uvicorn.run(application, host=host, port=port, log_level=log_level.lower())
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        timeout_keep_alive=settings.keep_alive_seconds,
+    )
 
 
 @token_app.command("create")
