@@ -87,7 +87,7 @@ def run(
     accounts = min(100, servers)
     # The monitor would ask the (fake) driver about 10,000 servers every interval; VMs are
     # not what this part measures.
-    serve = Serve(root, driver="fake", monitor_interval="3600")
+    serve = Serve(root, log_level="warning", driver="fake", monitor_interval="3600")
     results: dict[str, Any] = {
         "servers": servers,
         "accounts": accounts,

@@ -1,105 +1,21 @@
-"""A ``vpsd serve`` subprocess on its own data dir, and an API client that times operations."""
+"""``vpsd serve`` for the benchmarks (the tests' ``LiveServer``) and a client timing operations."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
+from tests.live_server import LiveServer
+from tests.qemu_helpers import kill_qemus_under
 
-VPSD = str(Path(sys.executable).parent / "vpsd")
 POLL = 0.005
 """Seconds between polls while waiting for a state: the resolution of the API timings."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Serve:
-    """``vpsd serve`` on 127.0.0.1 with ``data_dir``; its output goes to ``serve.log``."""
-
-    def __init__(self, data_dir: Path, **settings: str) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "VPSD_DATA_DIR": str(data_dir),
-            "VPSD_STOP_TIMEOUT": "1",
-            **{f"VPSD_{key.upper()}": value for key, value in settings.items()},
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def cli(self, *args: str) -> str:
-        """Run ``vpsd ARGS`` on this data dir; return its stdout."""
-        result = subprocess.run(
-            [VPSD, *args], env=self.env, capture_output=True, text=True, timeout=120
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"vpsd {' '.join(args)} failed: {result.stderr.strip()}")
-        return result.stdout
-
-    def create_token(self, account: str) -> str:
-        """A token for ``account`` from ``vpsd token create`` (last line of its output)."""
-        return self.cli("token", "create", "--account", account).strip().splitlines()[-1]
-
-    def start(self, timeout: float = 120.0) -> None:
-        """Start the service and wait until ``/healthz`` answers."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with (self.data_dir / "serve.log").open("ab") as log:
-            self.process = subprocess.Popen(
-                [VPSD, "serve", "--port", str(self.port), "--log-level", "warning"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"vpsd serve exited {self.process.returncode}, see serve.log")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError("vpsd serve did not answer in time")
-
-    def stop(self) -> None:
-        """SIGTERM the service (VMs keep running: the caller kills them)."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def kill_qemus_under(folder: Path) -> None:
-    """SIGKILL the QEMUs whose command line mentions ``folder`` (only the bench's own VMs)."""
-    needle = str(folder).encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if needle in cmdline and b"qemu-system" in cmdline.split(b"\0")[0]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
+# The same launcher and clean-up the end-to-end tests use.
+Serve = LiveServer
+__all__ = ["POLL", "Api", "Serve", "kill_qemus_under"]
 
 
 class Api:

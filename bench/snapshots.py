@@ -95,7 +95,7 @@ def _measure_size(api: Api, serve: Serve, size: int, reps: int, copy_reps: int) 
 def run(sizes: list[int], reps: int, copy_reps: int, work_root: Path | None) -> dict[str, Any]:
     """Measure every size that fits on the disk; return the part's result."""
     root = Path(tempfile.mkdtemp(prefix="vpsd-bench-", dir=work_root or "/tmp"))
-    serve = Serve(root, monitor_interval="0.5")
+    serve = Serve(root, log_level="warning", monitor_interval="0.5")
     measured: list[dict[str, Any]] = []
     skipped: list[str] = []
     api: Api | None = None

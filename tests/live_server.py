@@ -32,8 +32,15 @@ def free_port() -> int:
 class LiveServer:
     """One ``vpsd serve`` process on 127.0.0.1, its log in ``<data_dir>/serve.log``."""
 
-    def __init__(self, data_dir: Path, database_url: str | None = None, **settings: str) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        database_url: str | None = None,
+        log_level: str = "info",
+        **settings: str,
+    ) -> None:
         self.data_dir = data_dir
+        self.log_level = log_level
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -55,7 +62,7 @@ class LiveServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [VPSD, "serve", "--port", str(self.port)],
+                [VPSD, "serve", "--port", str(self.port), "--log-level", self.log_level],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
