@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -52,6 +52,20 @@ def _wait_status(client: Client, server_id: int, status: ServerStatusName, timeo
     )
 
 
+def _answer(
+    client: Client,
+    body: dict[str, Any],
+    final: ServerStatusName,
+    wait: bool,
+    timeout: float,
+    output: OutputFormat,
+) -> None:
+    """Show the server an action answered with; with ``wait``, once it reached ``final``."""
+    if wait:
+        _wait_status(client, body["id"], final, timeout)
+    _show(client, body, output, refresh=wait)
+
+
 @app.command("list")
 def list_servers(ctx: typer.Context, output: OutputOption = OutputFormat.table) -> None:
     """List your servers, newest first."""
@@ -89,10 +103,14 @@ def create(
 ) -> None:
     """Create a server; its disk is made and its VM boots (--wait: until it runs)."""
     with open_client(ctx) as client:
-        body = client.servers.create_json(name, disk_gb, memory_mb, vcpus)
-        if wait:
-            _wait_status(client, body["id"], "running", timeout)
-        _show(client, body, output, refresh=wait)
+        _answer(
+            client,
+            client.servers.create_json(name, disk_gb, memory_mb, vcpus),
+            "running",
+            wait,
+            timeout,
+            output,
+        )
 
 
 @app.command("start")
@@ -105,10 +123,7 @@ def start(
 ) -> None:
     """Boot a stopped server, or retry one in error (--wait: until it runs)."""
     with open_client(ctx) as client:
-        body = client.servers.start_json(server_id)
-        if wait:
-            _wait_status(client, server_id, "running", timeout)
-        _show(client, body, output, refresh=wait)
+        _answer(client, client.servers.start_json(server_id), "running", wait, timeout, output)
 
 
 @app.command("stop")
@@ -121,10 +136,7 @@ def stop(
 ) -> None:
     """Power a running server down: ACPI first, forced off after the service's timeout."""
     with open_client(ctx) as client:
-        body = client.servers.stop_json(server_id)
-        if wait:
-            _wait_status(client, server_id, "stopped", timeout)
-        _show(client, body, output, refresh=wait)
+        _answer(client, client.servers.stop_json(server_id), "stopped", wait, timeout, output)
 
 
 @app.command("delete")
