@@ -7,15 +7,19 @@ on the same data, as an operator would.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
+from tests import qemu_helpers as qh
 from tests.helpers import ApiClient, wait_for
 
 VPSD = str(Path(sys.executable).parent / "vpsd")
@@ -134,3 +138,18 @@ class LiveServer:
             except httpx.TransportError:
                 return
             time.sleep(0.1)
+
+
+@contextmanager
+def serving(database_url: str | None = None) -> Iterator[LiveServer]:
+    """A started ``LiveServer`` in a fresh short data dir; afterwards it is stopped, every VM
+    it started is killed and the data dir removed, even when the block failed."""
+    root = qh.short_tmpdir()
+    server = LiveServer(root, database_url=database_url)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+        qh.kill_qemus_under(root)
+        shutil.rmtree(root, ignore_errors=True)

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
 
-from tests import qemu_helpers as qh
 from tests.helpers import ApiClient
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, serving
 
 
 @pytest.fixture
 def live_server() -> Iterator[LiveServer]:
     """A running ``vpsd serve`` (SQLite, QEMU) in its own data dir; every VM it started is
     killed and the data dir removed at teardown, even when the test fails."""
-    root = qh.short_tmpdir()
-    server = LiveServer(root)
-    try:
-        server.start()
+    with serving() as server:
         yield server
-    finally:
-        server.close()
-        qh.kill_qemus_under(root)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

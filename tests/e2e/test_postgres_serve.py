@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
 
 from tests import qemu_helpers as qh
 from tests.conftest import fresh_pg_database
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.qemu, qh.requires_qemu]
 
@@ -17,16 +16,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.qemu, qh.requires_qemu]
 @pytest.fixture
 def pg_live_server() -> Iterator[LiveServer]:
     """vpsd serve on a new PostgreSQL database, which it migrates at start."""
-    with fresh_pg_database() as url:
-        root = qh.short_tmpdir()
-        server = LiveServer(root, database_url=url)
-        try:
-            server.start()
-            yield server
-        finally:
-            server.close()
-            qh.kill_qemus_under(root)
-            shutil.rmtree(root, ignore_errors=True)
+    with fresh_pg_database() as url, serving(database_url=url) as server:
+        yield server
 
 
 def test_snapshot_restore_and_crash_on_postgresql(pg_live_server: LiveServer) -> None:
