@@ -86,11 +86,15 @@ def database_url(request: pytest.FixtureRequest, data_dir: Path) -> str:
 
 @pytest.fixture
 def settings(data_dir: Path, database_url: str) -> Settings:
-    """Settings for a test: its own data dir and database, the fake driver, fast timeouts."""
+    """Settings for a test: its own data dir and database, the fake driver, fast timeouts,
+    blank servers unless a test asks for an image."""
     return Settings(
         data_dir=data_dir,
         database_url=database_url,
         driver="fake",
+        default_image="blank",
+        # Hermetic: not this host's cache of built images.
+        image_cache_dir=data_dir / "image-cache",
         stop_timeout=0.5,
         monitor_interval=0.2,
     )

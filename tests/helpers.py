@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 TERMINAL_SNAPSHOT = {"completed", "failed"}
+
+
+def write_fake_image(
+    images_dir: Path, slug: str = "debian-12", version: str = "000000000000", **manifest: Any
+) -> Path:
+    """A build folder the app registers at start-up, for the fake driver (its files are
+    placeholders: nothing boots them). ``manifest`` overrides fields of its manifest."""
+    folder = images_dir / f"{slug}-{version}"
+    folder.mkdir(parents=True)
+    for name in ("disk.qcow2", "vmlinuz", "initrd.img"):
+        (folder / name).write_bytes(b"placeholder")
+    fields = {
+        "slug": slug, "version": version, "name": "Debian 12", "os": "debian",
+        "min_disk_gb": 2, "min_memory_mb": 192, "size_mb": 295, "cmdline": "root=/dev/vda",
+        **manifest,
+    }  # fmt: skip
+    (folder / "manifest.json").write_text(json.dumps(fields))
+    return folder
 
 
 class HttpClient(Protocol):

@@ -53,6 +53,10 @@ class LiveServer:
             "VPSD_STOP_TIMEOUT": "1",
             "VPSD_MONITOR_INTERVAL": "0.5",
             "VPSD_ACCEL": os.environ.get("VPSD_TEST_ACCEL", "auto"),
+            # Blank servers (no guest) unless a test asks for an image: they start at once;
+            # and no images from this host's cache unless a test asks for them.
+            "VPSD_DEFAULT_IMAGE": "blank",
+            "VPSD_IMAGE_CACHE_DIR": str(data_dir / "image-cache"),
             **{f"VPSD_{key.upper()}": value for key, value in settings.items()},
         }
         if database_url:

@@ -16,6 +16,15 @@ DEFAULT_DATA_DIR = Path("/var/lib/vpsd")
 MAX_DATA_DIR_LENGTH = 72
 
 
+def default_image_cache_dir() -> Path:
+    """``/var/cache/vpsd/images`` for root, ``~/.cache/vpsd/images`` for everyone else."""
+    import os
+
+    if os.geteuid() == 0:
+        return Path("/var/cache/vpsd/images")
+    return Path.home() / ".cache" / "vpsd" / "images"
+
+
 def default_data_dir() -> Path:
     """``/var/lib/vpsd`` for root, ``~/.local/share/vpsd`` for everyone else."""
     import os
@@ -55,6 +64,18 @@ class Settings(BaseSettings):
     idle limits (nginx 75 s, httpx 5 s), so a client never sends on a connection the server
     is closing at that moment."""
 
+    default_image: str = "debian-12"
+    """The image of servers created without one; ``blank`` for an empty disk and no guest."""
+    image_cache_dir: Path = Field(default_factory=default_image_cache_dir)
+    """Where ``vpsd image build`` keeps builds, by recipe hash; data dirs link to them."""
+
+    ssh_listen_address: str = "127.0.0.1"
+    """Host address each server's SSH port forward listens on."""
+    ssh_public_host: str | None = None
+    """The host name or address shown to users for SSH; default: ``ssh_listen_address``."""
+    ssh_ports: str = "22000-22999"
+    """The host ports servers' SSH forwards are allocated from, ``FIRST-LAST``."""
+
     max_snapshots_per_server: int = 5
     max_body_bytes: int = 64 * 1024
     runner_threads: int = 16
@@ -71,6 +92,30 @@ class Settings(BaseSettings):
                 "QEMU's QMP sockets live below it and unix socket paths are limited to 108 bytes"
             )
         return value
+
+    @field_validator("ssh_ports")
+    @classmethod
+    def _port_range(cls, value: str) -> str:
+        first, _, last = value.partition("-")
+        if not (first.isdigit() and last.isdigit() and 1024 <= int(first) <= int(last) < 65536):
+            raise ValueError("must be FIRST-LAST, two ports between 1024 and 65535 (22000-22999)")
+        return value
+
+    @property
+    def ssh_port_range(self) -> range:
+        """The ports of ``ssh_ports`` as a range."""
+        first, _, last = self.ssh_ports.partition("-")
+        return range(int(first), int(last) + 1)
+
+    @property
+    def ssh_host(self) -> str:
+        """The SSH host shown in server objects."""
+        return self.ssh_public_host or self.ssh_listen_address
+
+    @property
+    def images_dir(self) -> Path:
+        """The images this data dir's servers boot from (``<slug>-<version>/`` each)."""
+        return self.data_dir / "images"
 
     @property
     def servers_dir(self) -> Path:

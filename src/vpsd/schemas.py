@@ -33,7 +33,20 @@ Name = Annotated[
 ]
 ObjectId = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
 ServerStatusName = Literal[
-    "starting", "running", "stopping", "stopped", "restoring", "deleting", "error"
+    "starting", "running", "stopping", "stopped", "rebooting", "restoring", "deleting", "error"
+]
+Consistency = Literal["filesystem", "crash"]
+BLANK_IMAGE = "blank"
+"""The image name of a server with an empty disk and no guest."""
+MAX_SSH_KEYS_PER_SERVER = 10
+MAX_PUBLIC_KEY_LENGTH = 8 * 1024
+"""Far above the longest real key (16384-bit RSA: ~2.8 KB); far below the 64 KiB body limit."""
+ImageSlug = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9.-]*$"),
+    Field(
+        description="an image's slug from GET /api/v1/images/, or 'blank'", examples=["debian-12"]
+    ),
 ]
 SnapshotStatusName = Literal["in_progress", "completed", "failed"]
 
@@ -51,6 +64,32 @@ class ServerCreate(RequestModel):
     disk_gb: Annotated[StrictInt, Field(ge=1, description="size of the server's disk in GiB")]
     memory_mb: Annotated[StrictInt | None, Field(ge=64)] = None
     vcpus: Annotated[StrictInt | None, Field(ge=1)] = None
+    image: ImageSlug | None = Field(
+        default=None, description="the image to install; default: the service's default image"
+    )
+    ssh_keys: Annotated[
+        list[ObjectId] | None,
+        Field(
+            max_length=MAX_SSH_KEYS_PER_SERVER,
+            description="ids of your SSH keys to install for root (at most 10)",
+        ),
+    ] = None
+
+
+class SshKeyCreate(RequestModel):
+    """Body of ``POST /api/v1/ssh_keys/``."""
+
+    name: Name
+    public_key: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=MAX_PUBLIC_KEY_LENGTH,
+            description="an OpenSSH public key line: ssh-ed25519, ecdsa-sha2-nistp256/384/521 "
+            "or ssh-rsa of at least 2048 bits",
+            examples=["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI... me@laptop"],
+        ),
+    ]
 
 
 class SnapshotCreate(RequestModel):
@@ -62,6 +101,13 @@ class SnapshotCreate(RequestModel):
         str | None,
         Field(max_length=DESCRIPTION_MAX_LENGTH, description="free text, up to 1000 characters"),
     ] = None
+
+
+class SshEndpoint(BaseModel):
+    """Where to reach a server's SSH daemon: ``ssh -p PORT root@HOST``."""
+
+    host: str
+    port: int
 
 
 class ServerOut(BaseModel):
@@ -76,6 +122,31 @@ class ServerOut(BaseModel):
     memory_mb: int
     vcpus: int
     disk_gb: int
+    image: str = Field(description="the image's slug, or 'blank'")
+    ssh: SshEndpoint | None = Field(description="where to SSH in as root; null for a blank server")
+    created_at: Timestamp
+
+
+class ImageOut(BaseModel):
+    """An image servers can be created from."""
+
+    id: int
+    slug: str
+    name: str
+    os: str
+    size_mb: int = Field(description="the image's data in MiB")
+    min_disk_gb: int
+    min_memory_mb: int
+    status: Literal["available"]
+
+
+class SshKeyOut(BaseModel):
+    """An SSH public key of the account."""
+
+    id: int
+    name: str
+    public_key: str
+    fingerprint: str = Field(description="SHA256 fingerprint, as ssh-keygen -l shows it")
     created_at: Timestamp
 
 
@@ -98,6 +169,11 @@ class SnapshotOut(BaseModel):
     description: str | None
     status_reason: str | None = Field(
         default=None, description="why a snapshot failed; null otherwise"
+    )
+    consistency: Consistency | None = Field(
+        default=None,
+        description="filesystem: taken with the guest's filesystems frozen (or of a cleanly "
+        "shut down guest); crash: as if power were cut; null while in progress",
     )
 
 

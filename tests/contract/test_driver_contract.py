@@ -50,11 +50,13 @@ def test_create_disks_never_overwrites(driver: Driver, disk: DiskProbe) -> None:
 def test_snapshot_stopped_vm(driver: Driver, disk: DiskProbe) -> None:
     driver.create_disks(SPEC)
     disk.write(SID, 0xAB)
-    captured = driver.snapshot_create(SID, "first")
-    assert captured >= MIB
+    taken = driver.snapshot_create(SID, "first")
+    assert taken.captured_bytes >= MIB
+    # A blank disk never had a guest that shut down cleanly.
+    assert taken.consistency == "crash"
     assert driver.snapshot_tags(SID) == {"first"}
     # Idempotent: a retried create takes nothing new and reports the same size.
-    assert driver.snapshot_create(SID, "first") == captured
+    assert driver.snapshot_create(SID, "first").captured_bytes == taken.captured_bytes
     assert driver.snapshot_tags(SID) == {"first"}
 
 
@@ -62,10 +64,11 @@ def test_snapshot_running_vm_and_restore(driver: Driver, disk: DiskProbe) -> Non
     driver.start(SPEC)
     disk.write(SID, 0xCD)
     assert disk.has(SID, 0xCD)
-    captured = driver.snapshot_create(SID, "live")
-    assert captured >= MIB
+    taken = driver.snapshot_create(SID, "live")
+    assert taken.captured_bytes >= MIB
+    assert taken.consistency == "crash"  # no guest agent to freeze a blank disk's guest
     assert driver.snapshot_tags(SID) == {"live"}
-    assert driver.snapshot_create(SID, "live") == captured
+    assert driver.snapshot_create(SID, "live").captured_bytes == taken.captured_bytes
     assert driver.info(SID).power_state is PowerState.RUNNING
 
     disk.write(SID, 0xEE)  # the guest keeps writing after the snapshot

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.helpers import ApiClient
+from tests.helpers import ApiClient, write_fake_image
 from tests.qemu_helpers import short_tmpdir
 from vpsd.api.app import create_app
 from vpsd.config import Settings
@@ -69,7 +69,10 @@ def seeded() -> Iterator[tuple[Any, str]]:
         driver="fake",
         stop_timeout=0.2,
         monitor_interval=0.2,
+        default_image="blank",
+        image_cache_dir=root / "image-cache",
     )
+    write_fake_image(app_settings.images_dir)  # so that fuzzed creates can name an image
     driver = FakeDriver()
     token = _seed(app_settings, driver)
     yield create_app(app_settings, driver=driver), token
@@ -81,7 +84,8 @@ def _document() -> dict[str, Any]:
     root = short_tmpdir()
     try:
         document: dict[str, Any] = create_app(
-            Settings(data_dir=root, driver="fake"), driver=FakeDriver()
+            Settings(data_dir=root, driver="fake", image_cache_dir=root / "image-cache"),
+            driver=FakeDriver(),
         ).openapi()
         return document
     finally:

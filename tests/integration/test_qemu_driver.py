@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests import qemu_helpers as qh
+from vpsd.hypervisor import command
 from vpsd.hypervisor.base import DriverError, PowerState, StopResult, VmSpec
-from vpsd.hypervisor.qemu import CommandError, QemuDriver, command, img
+from vpsd.hypervisor.qemu import CommandError, QemuDriver, img
 from vpsd.hypervisor.qemu.qmp import qmp_call
 
 pytestmark = [pytest.mark.qemu, qh.requires_qemu]
@@ -96,7 +97,7 @@ def test_tcg_works(root: Path) -> None:
     assert pid is not None
     assert b"q35,accel=tcg" in Path(f"/proc/{pid}/cmdline").read_bytes()
     qh.write_pattern_running(tcg.qmp_socket_path(1), 0x77)
-    assert tcg.snapshot_create(1, "tcg") >= qh.MIB
+    assert tcg.snapshot_create(1, "tcg").captured_bytes >= qh.MIB
     tcg.kill(1)
 
 
@@ -229,7 +230,7 @@ def test_disk_full_snapshot_leaves_no_partial_tag(
         assert check.returncode in (0, 3), check.stdout + check.stderr
 
     filler.unlink()
-    assert driver.snapshot_create(1, "fine") >= 2 * qh.MIB
+    assert driver.snapshot_create(1, "fine").captured_bytes >= 2 * qh.MIB
     assert qh.has_pattern(disks[1], 0x5B)
 
 
@@ -240,7 +241,7 @@ def test_two_gib_snapshot_is_cheap(driver: QemuDriver, capsys: pytest.CaptureFix
     qh.write_pattern(disk0, 0x3C, 0, 2 * GIB)
 
     started = time.perf_counter()
-    captured = driver.snapshot_create(1, "big")
+    captured = driver.snapshot_create(1, "big").captured_bytes
     stopped_total = time.perf_counter() - started
     started = time.perf_counter()
     assert img.captured_bytes(disk0, "big", timeout=60) == 2 * GIB
@@ -249,7 +250,7 @@ def test_two_gib_snapshot_is_cheap(driver: QemuDriver, capsys: pytest.CaptureFix
     assert captured == 2 * GIB
     driver.start(spec(disk_gb=4))
     started = time.perf_counter()
-    assert driver.snapshot_create(1, "big-live") == 2 * GIB
+    assert driver.snapshot_create(1, "big-live").captured_bytes == 2 * GIB
     running_total = time.perf_counter() - started
     with capsys.disabled():
         print(

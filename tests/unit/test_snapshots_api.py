@@ -19,6 +19,7 @@ SNAPSHOT_KEYS = {
     "created_at",
     "description",
     "status_reason",
+    "consistency",
 }
 
 
@@ -39,6 +40,7 @@ def test_create_answers_the_pages_shape(alice: ApiClient) -> None:
     assert body["name"] == "before-update-snapshot"
     assert body["status"] == "in_progress"
     assert body["size_mb"] is None
+    assert body["consistency"] is None
     assert body["description"] == "Snapshot before system update"
     assert TIME.match(body["created_at"])
     assert "3-10 minutes" not in body["message"]

@@ -12,7 +12,7 @@ from vpsd import __version__
 from vpsd.api.deps import Services
 from vpsd.api.errors import install_error_handlers
 from vpsd.api.openapi import install_openapi
-from vpsd.api.routes import servers, snapshots
+from vpsd.api.routes import images, servers, snapshots, ssh_keys
 from vpsd.api.strict_json import BodySizeLimit
 from vpsd.config import Settings, get_settings
 from vpsd.db import migrate
@@ -23,8 +23,10 @@ from vpsd.operations.context import OperationContext
 from vpsd.operations.monitor import VmMonitor, reconcile_power_states
 from vpsd.operations.recovery import recover
 from vpsd.operations.runner import InProcessRunner
+from vpsd.services.images import ImageService
 from vpsd.services.servers import ServerService
 from vpsd.services.snapshots import SnapshotService
+from vpsd.services.ssh_keys import SshKeyService
 from vpsd.services.tokens import TokenAuthenticator
 
 log = logging.getLogger(__name__)
@@ -49,10 +51,12 @@ def create_app(settings: Settings | None = None, driver: Driver | None = None) -
     ctx = OperationContext(db=db, driver=driver, settings=settings)
     runner = InProcessRunner(ctx, threads=settings.runner_threads)
     monitor = VmMonitor(ctx, settings.monitor_interval)
+    image_service = ImageService(db, settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         migrate.upgrade(db)
+        image_service.sync()
         recover(ctx)
         reconcile_power_states(ctx)
         runner.start()
@@ -83,8 +87,10 @@ def create_app(settings: Settings | None = None, driver: Driver | None = None) -
     app.state.services = Services(
         settings=settings,
         db=db,
-        servers=ServerService(db, settings, runner),
+        servers=ServerService(db, settings, runner, driver),
+        images=image_service,
         snapshots=SnapshotService(db, settings, runner),
+        ssh_keys=SshKeyService(db),
         authenticate=TokenAuthenticator(db, settings.token_cache_seconds),
     )
     app.state.runner = runner
@@ -93,6 +99,8 @@ def create_app(settings: Settings | None = None, driver: Driver | None = None) -
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(servers.router, prefix="/api/v1")
     app.include_router(snapshots.router, prefix="/api/v1")
+    app.include_router(images.router, prefix="/api/v1")
+    app.include_router(ssh_keys.router, prefix="/api/v1")
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

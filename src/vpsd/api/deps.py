@@ -12,8 +12,10 @@ from pydantic import BeforeValidator
 from vpsd.config import Settings
 from vpsd.db.session import Database
 from vpsd.services.common import PageRequest
+from vpsd.services.images import ImageService
 from vpsd.services.servers import ServerService
 from vpsd.services.snapshots import SnapshotService
+from vpsd.services.ssh_keys import SshKeyService
 from vpsd.services.tokens import Principal, TokenAuthenticator
 
 MAX_PAGE_SIZE = 1000
@@ -38,7 +40,9 @@ class Services:
     settings: Settings
     db: Database
     servers: ServerService
+    images: ImageService
     snapshots: SnapshotService
+    ssh_keys: SshKeyService
     authenticate: TokenAuthenticator
 
 

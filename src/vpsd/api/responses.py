@@ -20,3 +20,20 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {
         status: {"model": ErrorBody, "description": DESCRIPTIONS[status]} for status in statuses
     }
+
+
+def text_route_responses(*statuses: int, description: str) -> dict[int | str, dict[str, Any]]:
+    """``responses`` for a route answering ``text/plain``: its errors are still JSON.
+
+    With a ``model``, FastAPI would document them under the route's own media type.
+    """
+    error = {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+    documented: dict[int | str, dict[str, Any]] = {
+        status: {"description": DESCRIPTIONS[status], "content": {"application/json": error}}
+        for status in statuses
+    }
+    documented[200] = {
+        "description": description,
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+    return documented

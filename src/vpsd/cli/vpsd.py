@@ -16,15 +16,18 @@ from vpsd import __version__
 from vpsd.config import Settings
 from vpsd.db import migrate
 from vpsd.db.session import Database
+from vpsd.hypervisor.images.recipes import RECIPES
 from vpsd.services import tokens
 from vpsd.services.errors import DomainError
 
 app = typer.Typer(help="vpsd: snapshots of QEMU virtual private servers.", no_args_is_help=True)
 token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+image_app = typer.Typer(help="Build, list and delete guest images.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
-err = Console(stderr=True)
+app.add_typer(image_app, name="image")
+err = Console(stderr=True, soft_wrap=True)
 
 DataDirOption = Annotated[
     Path | None,
@@ -149,6 +152,63 @@ def db_check(data_dir: DataDirOption = None) -> None:
     """Fail if the models have changes no migration describes (run in CI)."""
     migrate.check(_database(_settings(data_dir)))
     err.print("models and migrations agree")
+
+
+@image_app.command("build")
+def image_build(
+    slug: Annotated[str, typer.Argument(help="the image to build: " + ", ".join(RECIPES))],
+    data_dir: DataDirOption = None,
+    mirror: Annotated[
+        str | None,
+        typer.Option(help="a Debian mirror URL instead of this machine's apt sources"),
+    ] = None,
+) -> None:
+    """Build a guest image with mmdebstrap (root; 1-3 minutes the first time) and install
+    it in the data dir. Builds are cached by a hash of their recipe
+    ([env: VPSD_IMAGE_CACHE_DIR]); an unchanged recipe is built once per host."""
+    from vpsd.cli.image_build import build_and_install
+
+    settings = _settings(data_dir)
+    if slug not in RECIPES:
+        err.print(f"[red]error:[/red] unknown image {slug!r}; known: {', '.join(RECIPES)}")
+        raise typer.Exit(2)
+    build_and_install(RECIPES[slug], settings, _database(settings), mirror, err)
+
+
+@image_app.command("list")
+def image_list(data_dir: DataDirOption = None) -> None:
+    """List the data dir's images (every build, with the servers using it)."""
+    from vpsd.services.common import PageRequest
+    from vpsd.services.images import ImageService
+
+    settings = _settings(data_dir)
+    images = ImageService(_database(settings), settings)
+    images.sync()
+    _, rows = images.list(PageRequest(page_size=1000), include_deprecated=True)
+    table = Table("id", "slug", "build", "name", "size", "min disk", "status", "servers")
+    for image in rows:
+        table.add_row(
+            str(image.id), image.slug, f"{image.slug}-{image.version}", image.name,
+            f"{image.size_mb} MiB", f"{image.min_disk_gb} GiB", image.status, str(image.servers),
+        )  # fmt: skip
+    Console().print(table)
+
+
+@image_app.command("delete")
+def image_delete(
+    name: Annotated[str, typer.Argument(help="a build (slug-version) or a slug")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Delete an image from the data dir; refused while servers' disks are backed by it."""
+    from vpsd.services.images import ImageService
+
+    settings = _settings(data_dir)
+    try:
+        view = ImageService(_database(settings), settings).delete(name)
+    except DomainError as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+    err.print(f"image {view.slug}-{view.version} deleted")
 
 
 @app.command()

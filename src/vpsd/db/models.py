@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
+from uuid import uuid4
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from vpsd.db.base import Base, UTCDateTime, utcnow
@@ -22,6 +23,7 @@ class ServerStatus(StrEnum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
+    REBOOTING = "rebooting"
     RESTORING = "restoring"
     DELETING = "deleting"
     DELETED = "deleted"
@@ -52,6 +54,7 @@ class OperationKind(StrEnum):
     SERVER_CREATE = "server.create"
     SERVER_START = "server.start"
     SERVER_STOP = "server.stop"
+    SERVER_REBOOT = "server.reboot"
     SERVER_DELETE = "server.delete"
     SNAPSHOT_CREATE = "snapshot.create"
     SNAPSHOT_RESTORE = "snapshot.restore"
@@ -85,6 +88,59 @@ class ApiToken(Base):
     account: Mapped[Account] = relationship()
 
 
+class ImageStatus(StrEnum):
+    """``available`` images can be chosen for new servers; ``deprecated`` ones are older
+    builds kept for the servers whose disks are backed by them."""
+
+    AVAILABLE = "available"
+    DEPRECATED = "deprecated"
+
+
+class Image(Base):
+    """One build of a guest image, placed in the data dir's ``images/<slug>-<version>/``."""
+
+    __tablename__ = "images"
+    __table_args__ = (
+        UniqueConstraint("slug", "version"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(64))
+    os: Mapped[str] = mapped_column(String(32))
+    size_mb: Mapped[int] = mapped_column(Integer)
+    min_disk_gb: Mapped[int] = mapped_column(Integer)
+    min_memory_mb: Mapped[int] = mapped_column(Integer)
+    cmdline: Mapped[str] = mapped_column(Text)
+    status: Mapped[ImageStatus] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    @property
+    def build_name(self) -> str:
+        """The image's folder name below the data dir's ``images/``."""
+        return f"{self.slug}-{self.version}"
+
+
+class SshKey(Base):
+    """An account's SSH public key, installed for ``root`` on servers created with it."""
+
+    __tablename__ = "ssh_keys"
+    __table_args__ = (
+        UniqueConstraint("account_id", "fingerprint"),
+        Index("ix_ssh_keys_account_id_id", "account_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    public_key: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Server(Base):
     """A VPS: one QEMU VM on the host. Deleted servers stay as rows (status ``deleted``)."""
 
@@ -102,8 +158,18 @@ class Server(Base):
     memory_mb: Mapped[int] = mapped_column(Integer)
     vcpus: Mapped[int] = mapped_column(Integer)
     disk_gb: Mapped[int] = mapped_column(Integer)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True, default=lambda: str(uuid4()))
+    """Never reused: the guest's instance id (a new one means a first boot)."""
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="SET NULL"))
+    """None for a blank server (an empty disk, no guest)."""
+    ssh_port: Mapped[int | None] = mapped_column(Integer, unique=True)
+    """Host port forwarded to the guest's port 22; freed (None) once the server is deleted."""
+    authorized_keys: Mapped[str | None] = mapped_column(Text)
+    """The public keys installed for root on first boot, one per line."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    image: Mapped[Image | None] = relationship()
 
 
 class Snapshot(Base):
@@ -122,6 +188,8 @@ class Snapshot(Base):
     status: Mapped[SnapshotStatus] = mapped_column(String(16))
     status_reason: Mapped[str | None] = mapped_column(Text)
     size_mb: Mapped[int | None] = mapped_column(BigInteger)
+    consistency: Mapped[str | None] = mapped_column(String(16))
+    """``filesystem`` (taken frozen, or of a cleanly shut down guest) or ``crash``."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from pathlib import Path
+from typing import Literal, Protocol
 
 
 class DriverError(Exception):
@@ -24,13 +25,48 @@ class PowerState(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class GuestImage:
+    """A bootable image: the immutable base disk a server's disk is a copy-on-write overlay
+    of, and the kernel, initrd and command line it boots with (direct kernel boot)."""
+
+    disk: Path
+    kernel: Path
+    initrd: Path
+    cmdline: str
+
+
+@dataclass(frozen=True, slots=True)
+class GuestConfig:
+    """What a guest configures on its first boot (of each ``instance_id``)."""
+
+    instance_id: str
+    hostname: str
+    authorized_keys: tuple[str, ...] = ()
+    """OpenSSH public key lines for ``root``."""
+
+
+@dataclass(frozen=True, slots=True)
+class SshForward:
+    """A host address and port forwarded to the guest's port 22 (QEMU user networking)."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
 class VmSpec:
-    """Everything a driver needs to create and boot one server's VM."""
+    """Everything a driver needs to create and boot one server's VM.
+
+    A server without ``image`` has a blank disk and no network card (tests, bare disks).
+    """
 
     server_id: int
     memory_mb: int
     vcpus: int
     disk_gb: int
+    image: GuestImage | None = None
+    guest: GuestConfig | None = None
+    ssh: SshForward | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +74,19 @@ class StopResult:
     """How a VM stopped: ``forced`` is true when the graceful power-down timed out."""
 
     forced: bool
+
+
+Consistency = Literal["filesystem", "crash"]
+"""``filesystem``: the guest's filesystems were frozen (or it had shut down cleanly) when the
+snapshot was taken; ``crash``: as consistent as after a power cut."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotResult:
+    """What ``snapshot_create`` took: the guest bytes it captured, and how consistently."""
+
+    captured_bytes: int
+    consistency: Consistency
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +110,7 @@ class Driver(Protocol):
         ...
 
     def stop(self, server_id: int, timeout: float) -> StopResult:
-        """Power the VM down gracefully, forcing it off after ``timeout`` seconds."""
+        """Power the VM down gracefully (ACPI), forcing it off after ``timeout`` seconds."""
         ...
 
     def kill(self, server_id: int) -> None:
@@ -76,12 +125,14 @@ class Driver(Protocol):
         """Kill the VM and remove all of its files. No-op when nothing is left."""
         ...
 
-    def snapshot_create(self, server_id: int, tag: str) -> int:
+    def snapshot_create(self, server_id: int, tag: str) -> SnapshotResult:
         """Take an internal snapshot ``tag`` of all the server's disks, atomically.
 
-        Uses one QMP transaction while the VM runs, ``qemu-img snapshot -c`` when it is
+        Uses one QMP transaction while the VM runs (between the guest agent's filesystem
+        freeze and thaw when the agent answers), ``qemu-img snapshot -c`` when it is
         stopped. If ``tag`` already exists on every disk (an earlier attempt got that far),
-        nothing is taken again. Returns the bytes of guest data the snapshot captured.
+        nothing is taken again and the result says ``crash``, since how it was taken is
+        unknown. Returns the guest bytes captured and the consistency obtained.
         """
         ...
 
@@ -95,4 +146,12 @@ class Driver(Protocol):
 
     def snapshot_tags(self, server_id: int) -> set[str]:
         """The internal snapshot tags present on all of the server's disks."""
+        ...
+
+    def console_tail(self, server_id: int, max_bytes: int) -> bytes:
+        """The last ``max_bytes`` of the VM's serial console (this boot, then the one before)."""
+        ...
+
+    def recover(self, server_id: int) -> None:
+        """Undo what an interrupted call may have left in a live VM (a guest left frozen)."""
         ...

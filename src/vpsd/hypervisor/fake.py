@@ -12,7 +12,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from vpsd.hypervisor.base import DriverError, PowerState, StopResult, VmInfo, VmSpec
+from vpsd.hypervisor.base import (
+    Consistency,
+    DriverError,
+    PowerState,
+    SnapshotResult,
+    StopResult,
+    VmInfo,
+    VmSpec,
+)
 
 _METHODS = frozenset(
     {
@@ -26,6 +34,8 @@ _METHODS = frozenset(
         "snapshot_restore",
         "snapshot_delete",
         "snapshot_tags",
+        "console_tail",
+        "recover",
     }
 )
 
@@ -36,10 +46,17 @@ class _FakeVm:
     disk: bytes = b""
     snapshots: dict[str, bytes] = field(default_factory=dict)
     pid: int | None = None
+    console: bytes = b""
+    shut_down_cleanly: bool = False
 
 
 class FakeDriver:
-    """An in-memory, thread-safe driver. ``stop`` is graceful unless ``force_stops`` is set."""
+    """An in-memory, thread-safe driver. ``stop`` is graceful unless ``force_stops`` is set.
+
+    Like the real one, a running VM with a guest (``spec.image``) is snapshotted
+    ``filesystem``-consistent, as is a stopped one whose last stop was graceful; every boot
+    writes a line to the console.
+    """
 
     def __init__(self, *, force_stops: bool = False) -> None:
         self.force_stops = force_stops
@@ -75,6 +92,11 @@ class FakeDriver:
         with self._lock:
             return self._vm(server_id).disk
 
+    def spec(self, server_id: int) -> VmSpec:
+        """The spec the server was last created or started with."""
+        with self._lock:
+            return self._vm(server_id).spec
+
     def exists(self, server_id: int) -> bool:
         """True while the server has disks (between ``create_disks`` and ``destroy``)."""
         with self._lock:
@@ -93,8 +115,11 @@ class FakeDriver:
         self._enter("start", spec.server_id)
         with self._lock:
             vm = self._vms.setdefault(spec.server_id, _FakeVm(spec))
+            vm.spec = spec
             if vm.pid is None:
                 vm.pid = next(self._pids)
+                vm.shut_down_cleanly = False
+                vm.console += f"[fake] server {spec.server_id} booted (pid {vm.pid})\n".encode()
 
     def stop(self, server_id: int, timeout: float) -> StopResult:
         """Mark the VM stopped; ``forced`` follows ``force_stops`` (False if not running)."""
@@ -104,6 +129,7 @@ class FakeDriver:
             if vm is None or vm.pid is None:
                 return StopResult(forced=False)
             vm.pid = None
+            vm.shut_down_cleanly = not self.force_stops and vm.spec.image is not None
             return StopResult(forced=self.force_stops)
 
     def kill(self, server_id: int) -> None:
@@ -129,13 +155,18 @@ class FakeDriver:
         with self._lock:
             self._vms.pop(server_id, None)
 
-    def snapshot_create(self, server_id: int, tag: str) -> int:
+    def snapshot_create(self, server_id: int, tag: str) -> SnapshotResult:
         """Copy the disk under ``tag`` (unless it exists); returns the captured length."""
         self._enter("snapshot_create", server_id)
         with self._lock:
             vm = self._vm(server_id)
-            captured = vm.snapshots.setdefault(tag, vm.disk)
-            return len(captured)
+            if tag in vm.snapshots:
+                return SnapshotResult(len(vm.snapshots[tag]), "crash")
+            vm.snapshots[tag] = vm.disk
+            has_guest = vm.spec.image is not None
+            quiet = has_guest and (vm.pid is not None or vm.shut_down_cleanly)
+            consistency: Consistency = "filesystem" if quiet else "crash"
+            return SnapshotResult(len(vm.disk), consistency)
 
     def snapshot_restore(self, server_id: int, tag: str) -> None:
         """Put the bytes of ``tag`` back; raises if running or if ``tag`` is unknown."""
@@ -162,6 +193,17 @@ class FakeDriver:
         with self._lock:
             vm = self._vms.get(server_id)
             return set(vm.snapshots) if vm is not None else set()
+
+    def console_tail(self, server_id: int, max_bytes: int) -> bytes:
+        """The last ``max_bytes`` of the fake console (one line per boot)."""
+        self._enter("console_tail", server_id)
+        with self._lock:
+            vm = self._vms.get(server_id)
+            return vm.console[-max_bytes:] if vm is not None and max_bytes > 0 else b""
+
+    def recover(self, server_id: int) -> None:
+        """Nothing to undo in memory."""
+        self._enter("recover", server_id)
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Executable, delete, update
+from sqlalchemy.orm import joinedload
 
+from vpsd.config import Settings
 from vpsd.db.base import utcnow
 from vpsd.db.models import (
     Operation,
@@ -25,7 +27,8 @@ from vpsd.db.models import (
     SnapshotStatus,
     snapshot_tag,
 )
-from vpsd.hypervisor.base import DriverError, VmSpec
+from vpsd.hypervisor.base import DriverError, GuestConfig, SshForward, VmSpec
+from vpsd.hypervisor.images.store import guest_image
 from vpsd.operations.context import OperationContext
 
 log = logging.getLogger(__name__)
@@ -80,15 +83,22 @@ def _server_start(ctx: OperationContext, job: Job) -> Result:
     return [_set_server(job, ServerStatus.RUNNING, None)]
 
 
-def _server_stop(ctx: OperationContext, job: Job) -> Result:
+def _power_down(ctx: OperationContext, job: Job) -> str | None:
+    """ACPI power-down, forced after the timeout; the reason to show when it was forced."""
     timeout = ctx.settings.stop_timeout
-    result = ctx.driver.stop(job.server_id, timeout)
-    reason = (
-        f"forced off: the guest did not power down within {timeout:g} s of the ACPI request"
-        if result.forced
-        else None
-    )
-    return [_set_server(job, ServerStatus.STOPPED, reason)]
+    if ctx.driver.stop(job.server_id, timeout).forced:
+        return f"forced off: the guest did not power down within {timeout:g} s of the ACPI request"
+    return None
+
+
+def _server_stop(ctx: OperationContext, job: Job) -> Result:
+    return [_set_server(job, ServerStatus.STOPPED, _power_down(ctx, job))]
+
+
+def _server_reboot(ctx: OperationContext, job: Job) -> Result:
+    forced = _power_down(ctx, job)
+    ctx.driver.start(job.spec)
+    return [_set_server(job, ServerStatus.RUNNING, forced and f"rebooted, {forced}")]
 
 
 def _server_delete(ctx: OperationContext, job: Job) -> Result:
@@ -96,6 +106,8 @@ def _server_delete(ctx: OperationContext, job: Job) -> Result:
     return [
         delete(Snapshot).where(Snapshot.server_id == job.server_id),
         _set_server(job, ServerStatus.DELETED, None),
+        # The SSH port is free for the next server.
+        update(Server).where(Server.id == job.server_id).values(ssh_port=None),
     ]
 
 
@@ -108,13 +120,14 @@ def _snapshot_create(ctx: OperationContext, job: Job) -> Result:
         wanted = snapshot is not None and snapshot.status == SnapshotStatus.IN_PROGRESS
     if not wanted:
         return []  # deleted before it was taken: its delete operation cleans up
-    captured = ctx.driver.snapshot_create(job.server_id, job.tag)
+    taken = ctx.driver.snapshot_create(job.server_id, job.tag)
     return [
         update(Snapshot)
         .where(Snapshot.id == job.snapshot_id, Snapshot.status == SnapshotStatus.IN_PROGRESS)
         .values(
             status=SnapshotStatus.COMPLETED,
-            size_mb=math.ceil(captured / MIB),
+            size_mb=math.ceil(taken.captured_bytes / MIB),
+            consistency=taken.consistency,
             completed_at=utcnow(),
         )
     ]
@@ -161,11 +174,33 @@ HANDLERS: dict[OperationKind, tuple[Handler, FailureHandler]] = {
     OperationKind.SERVER_CREATE: (_server_create, _server_failed),
     OperationKind.SERVER_START: (_server_start, _server_failed),
     OperationKind.SERVER_STOP: (_server_stop, _server_failed),
+    OperationKind.SERVER_REBOOT: (_server_reboot, _server_failed),
     OperationKind.SERVER_DELETE: (_server_delete, _server_failed),
     OperationKind.SNAPSHOT_CREATE: (_snapshot_create, _snapshot_create_failed),
     OperationKind.SNAPSHOT_RESTORE: (_snapshot_restore, _snapshot_restore_failed),
     OperationKind.SNAPSHOT_DELETE: (_snapshot_delete, _snapshot_delete_failed),
 }
+
+
+def vm_spec(server: Server, settings: Settings) -> VmSpec:
+    """What the driver needs to create and boot ``server`` (its image loaded)."""
+    if server.image is None:
+        return VmSpec(server.id, server.memory_mb, server.vcpus, server.disk_gb)
+    image = server.image
+    keys = tuple(filter(None, (server.authorized_keys or "").splitlines()))
+    return VmSpec(
+        server.id,
+        server.memory_mb,
+        server.vcpus,
+        server.disk_gb,
+        image=guest_image(settings.images_dir / image.build_name, image.cmdline),
+        guest=GuestConfig(instance_id=server.uuid, hostname=server.name, authorized_keys=keys),
+        ssh=(
+            SshForward(settings.ssh_listen_address, server.ssh_port)
+            if server.ssh_port is not None
+            else None
+        ),
+    )
 
 
 def load_job(ctx: OperationContext, operation_id: int) -> Job | None:
@@ -174,11 +209,14 @@ def load_job(ctx: OperationContext, operation_id: int) -> Job | None:
         operation = session.get(Operation, operation_id)
         if operation is None:
             return None
-        server = session.get(Server, operation.server_id)
+        server = session.get(Server, operation.server_id, options=[joinedload(Server.image)])
         assert server is not None  # operations cascade with their server
-        spec = VmSpec(server.id, server.memory_mb, server.vcpus, server.disk_gb)
         return Job(
-            operation.id, operation.kind, spec, operation.snapshot_id, dict(operation.payload)
+            operation.id,
+            operation.kind,
+            vm_spec(server, ctx.settings),
+            operation.snapshot_id,
+            dict(operation.payload),
         )
 
 

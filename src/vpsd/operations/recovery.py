@@ -32,15 +32,30 @@ MAX_ATTEMPTS = 3
 TRANSITIONAL = (
     ServerStatus.STARTING,
     ServerStatus.STOPPING,
+    ServerStatus.REBOOTING,
     ServerStatus.RESTORING,
     ServerStatus.DELETING,
 )
 
 
 def recover(ctx: OperationContext) -> None:
-    """Requeue interrupted operations and repair states no operation will settle."""
+    """Undo what interrupted driver calls left in live VMs (a guest left frozen), requeue
+    interrupted operations, and repair states no operation will settle."""
+    _recover_vms(ctx)
     _requeue_interrupted(ctx)
     _settle_orphans(ctx)
+
+
+def _recover_vms(ctx: OperationContext) -> None:
+    with ctx.db.read() as session:
+        server_ids = session.scalars(
+            select(Server.id).where(Server.status != ServerStatus.DELETED)
+        ).all()
+    for server_id in server_ids:
+        try:
+            ctx.driver.recover(server_id)
+        except Exception:  # one VM's trouble must not keep the others from recovering
+            log.exception("recovering the VM of server %s failed", server_id)
 
 
 def _requeue_interrupted(ctx: OperationContext) -> None:

@@ -1,56 +1,96 @@
-"""Servers: create, list, start, stop, delete. The VM work itself is an operation."""
+"""Servers: create, list, start, stop, reboot, delete, console. The VM work is an operation."""
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, joinedload
 
 from vpsd.config import Settings
 from vpsd.db.models import OperationKind, Server, ServerStatus, Snapshot, SnapshotStatus
 from vpsd.db.session import Database
-from vpsd.schemas import ServerCreate
+from vpsd.hypervisor.base import Driver
+from vpsd.schemas import BLANK_IMAGE, ServerCreate
+from vpsd.services import ssh_keys
 from vpsd.services.common import Dispatcher, PageRequest, enqueue, lock_server, transition
 from vpsd.services.errors import Invalid, NotFound
+from vpsd.services.images import resolve_image
+from vpsd.services.ports import allocate_ssh_port
 from vpsd.services.states import ServerAction
+
+log = logging.getLogger(__name__)
+
+CREATE_ATTEMPTS = 5
+"""Creates retried when a concurrent create took the same SSH port first (PostgreSQL)."""
+
+ACTION_KINDS = {
+    ServerAction.STOP: OperationKind.SERVER_STOP,
+    ServerAction.START: OperationKind.SERVER_START,
+    ServerAction.REBOOT: OperationKind.SERVER_REBOOT,
+    ServerAction.DELETE: OperationKind.SERVER_DELETE,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerView:
+    """A server as the API shows it: a plain value, built inside the transaction."""
+
+    id: int
+    name: str
+    status: ServerStatus
+    status_reason: str | None
+    memory_mb: int
+    vcpus: int
+    disk_gb: int
+    image: str
+    """The image's slug, or ``blank``."""
+    ssh_host: str | None
+    ssh_port: int | None
+    created_at: datetime
 
 
 class ServerService:
     """The rules for a customer's servers; every method is one transaction."""
 
-    def __init__(self, db: Database, settings: Settings, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self, db: Database, settings: Settings, dispatcher: Dispatcher, driver: Driver
+    ) -> None:
         self.db = db
         self.settings = settings
         self.dispatcher = dispatcher
+        self.driver = driver
 
-    def list(self, account_id: int, page: PageRequest) -> tuple[int, list[Server]]:
+    def list(self, account_id: int, page: PageRequest) -> tuple[int, list[ServerView]]:
         """The account's servers (not deleted), newest first: total count and one page."""
         visible = (Server.account_id == account_id, Server.status != ServerStatus.DELETED)
         with self.db.read() as session:
             count = session.scalar(select(func.count()).select_from(Server).where(*visible))
             rows = session.scalars(
-                select(Server)
+                _with_image(select(Server))
                 .where(*visible)
                 .order_by(Server.id.desc())
                 .offset(page.offset)
                 .limit(page.page_size)
             ).all()
-        return count or 0, list(rows)
+            return count or 0, [self._view(server) for server in rows]
 
-    def get(self, account_id: int, server_id: int) -> Server:
+    def get(self, account_id: int, server_id: int) -> ServerView:
         """One of the account's servers; NotFound for other accounts' and unknown ids."""
         with self.db.read() as session:
-            server = session.scalar(
-                select(Server).where(
-                    Server.id == server_id,
-                    Server.account_id == account_id,
-                    Server.status != ServerStatus.DELETED,
-                )
-            )
-        if server is None:
-            raise NotFound("server not found")
-        return server
+            server = self._find(session, account_id, server_id)
+            return self._view(server)
 
-    def create(self, account_id: int, request: ServerCreate) -> Server:
-        """Record a new server as ``starting`` and queue its disk creation and boot."""
+    def create(self, account_id: int, request: ServerCreate) -> ServerView:
+        """Record a new server as ``starting`` and queue making its disk and booting it.
+
+        Raises Invalid for sizes beyond the host's maximums or below the image's minimums,
+        an unknown image, SSH keys on a blank server; NotFound for an SSH key id that is not
+        the account's; LimitReached when no SSH port is free.
+        """
         memory_mb = request.memory_mb or self.settings.default_memory_mb
         vcpus = request.vcpus or self.settings.default_vcpus
         limits = (
@@ -61,7 +101,40 @@ class ServerService:
         for field, value, maximum in limits:
             if value > maximum:
                 raise Invalid(f"body.{field}", f"must be at most {maximum} on this host")
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            try:
+                view = self._insert(account_id, request, memory_mb, vcpus)
+                break
+            except IntegrityError:
+                if attempt == CREATE_ATTEMPTS:
+                    raise
+                log.info("SSH port taken by a concurrent create; trying again")
+        self.dispatcher.notify()
+        return view
+
+    def _insert(
+        self, account_id: int, request: ServerCreate, memory_mb: int, vcpus: int
+    ) -> ServerView:
         with self.db.write() as session:
+            image = resolve_image(session, self.settings, request.image)
+            keys: list[str] = []
+            if image is None:
+                if request.ssh_keys:
+                    raise Invalid(
+                        "body.ssh_keys", f"a {BLANK_IMAGE} server has no guest to log in to"
+                    )
+            else:
+                if request.disk_gb < image.min_disk_gb:
+                    raise Invalid(
+                        "body.disk_gb",
+                        f"image {image.slug!r} needs a disk of at least {image.min_disk_gb} GiB",
+                    )
+                if memory_mb < image.min_memory_mb:
+                    raise Invalid(
+                        "body.memory_mb",
+                        f"image {image.slug!r} needs at least {image.min_memory_mb} MiB of memory",
+                    )
+                keys = ssh_keys.resolve(session, account_id, request.ssh_keys or [])
             server = Server(
                 account_id=account_id,
                 name=request.name,
@@ -69,19 +142,16 @@ class ServerService:
                 memory_mb=memory_mb,
                 vcpus=vcpus,
                 disk_gb=request.disk_gb,
+                image=image,
+                ssh_port=allocate_ssh_port(session, self.settings) if image else None,
+                authorized_keys="\n".join(keys) if image else None,
             )
             session.add(server)
             session.flush()
             enqueue(session, OperationKind.SERVER_CREATE, server.id)
-        self.dispatcher.notify()
-        return server
+            return self._view(server)
 
-    def _act(self, account_id: int, server_id: int, action: ServerAction) -> Server:
-        kind = {
-            ServerAction.STOP: OperationKind.SERVER_STOP,
-            ServerAction.START: OperationKind.SERVER_START,
-            ServerAction.DELETE: OperationKind.SERVER_DELETE,
-        }[action]
+    def _act(self, account_id: int, server_id: int, action: ServerAction) -> ServerView:
         with self.db.write() as session:
             server = lock_server(session, account_id, server_id)
             transition(server, action)
@@ -92,18 +162,60 @@ class ServerService:
                     .where(Snapshot.server_id == server.id)
                     .values(status=SnapshotStatus.DELETING)
                 )
-            enqueue(session, kind, server.id)
+            enqueue(session, ACTION_KINDS[action], server.id)
+            view = self._view(server)
         self.dispatcher.notify()
-        return server
+        return view
 
-    def stop(self, account_id: int, server_id: int) -> Server:
+    def stop(self, account_id: int, server_id: int) -> ServerView:
         """``running`` → ``stopping``; the VM is powered down (ACPI, then forced)."""
         return self._act(account_id, server_id, ServerAction.STOP)
 
-    def start(self, account_id: int, server_id: int) -> Server:
+    def start(self, account_id: int, server_id: int) -> ServerView:
         """``stopped``/``error`` → ``starting``; the VM boots."""
         return self._act(account_id, server_id, ServerAction.START)
 
-    def delete(self, account_id: int, server_id: int) -> Server:
+    def reboot(self, account_id: int, server_id: int) -> ServerView:
+        """``running`` → ``rebooting``: a graceful power cycle (ACPI, forced after the
+        timeout), then the VM boots again."""
+        return self._act(account_id, server_id, ServerAction.REBOOT)
+
+    def delete(self, account_id: int, server_id: int) -> ServerView:
         """→ ``deleting``: the VM is killed and its disks, snapshots included, removed."""
         return self._act(account_id, server_id, ServerAction.DELETE)
+
+    def console(self, account_id: int, server_id: int, max_bytes: int) -> bytes:
+        """The last ``max_bytes`` of the server's serial console (NotFound as ``get``)."""
+        self.get(account_id, server_id)
+        return self.driver.console_tail(server_id, max_bytes)
+
+    def _find(self, session: Session, account_id: int, server_id: int) -> Server:
+        server = session.scalar(
+            _with_image(select(Server)).where(
+                Server.id == server_id,
+                Server.account_id == account_id,
+                Server.status != ServerStatus.DELETED,
+            )
+        )
+        if server is None:
+            raise NotFound("server not found")
+        return server
+
+    def _view(self, server: Server) -> ServerView:
+        return ServerView(
+            id=server.id,
+            name=server.name,
+            status=server.status,
+            status_reason=server.status_reason,
+            memory_mb=server.memory_mb,
+            vcpus=server.vcpus,
+            disk_gb=server.disk_gb,
+            image=server.image.slug if server.image is not None else BLANK_IMAGE,
+            ssh_host=self.settings.ssh_host if server.ssh_port is not None else None,
+            ssh_port=server.ssh_port,
+            created_at=server.created_at,
+        )
+
+
+def _with_image(query: Select[Server]) -> Select[Server]:
+    return query.options(joinedload(Server.image))

@@ -58,11 +58,14 @@ class SnapshotView:
     created_at: datetime
     description: str | None
     status_reason: str | None
+    consistency: str | None
 
 
-ViewRow = Row[int, str, SnapshotStatus, int | None, datetime, str | None, str | None, int, str]
+ViewRow = Row[
+    int, str, SnapshotStatus, int | None, datetime, str | None, str | None, str | None, int, str
+]
 ViewSelect = Select[
-    int, str, SnapshotStatus, int | None, datetime, str | None, str | None, int, str
+    int, str, SnapshotStatus, int | None, datetime, str | None, str | None, str | None, int, str
 ]
 
 
@@ -75,16 +78,28 @@ def _view_query() -> ViewSelect:
         Snapshot.created_at,
         Snapshot.description,
         Snapshot.status_reason,
+        Snapshot.consistency,
         Server.id,
         Server.name,
     ).join(Snapshot.server)
 
 
 def _view(row: ViewRow) -> SnapshotView:
-    sid, name, status, size_mb, created_at, description, reason, server_id, server_name = row
+    (
+        sid,
+        name,
+        status,
+        size_mb,
+        created_at,
+        description,
+        reason,
+        consistency,
+        server_id,
+        server_name,
+    ) = row
     return SnapshotView(
         sid, ServerName(server_id, server_name), name, status, size_mb, created_at, description,
-        reason,
+        reason, consistency,
     )  # fmt: skip
 
 

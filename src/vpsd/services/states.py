@@ -6,6 +6,7 @@
                   │          │  ▲                          │  ▲
                   ▼          │  └────── restoring ◄────────┘  │   (back to the prior
                 error        └─────────► restoring ───────────┘    power state)
+    reboot: running ─► rebooting ─► running (a graceful power cycle)
     delete: running | stopped | error ─► deleting ─► deleted (gone from the API)
     start:  stopped | error ─► starting          any failure ─► error (with a reason)
 
@@ -24,6 +25,7 @@ class ServerAction(StrEnum):
 
     STOP = "stop"
     START = "start"
+    REBOOT = "reboot"
     DELETE = "delete"
     RESTORE = "restore"
     SNAPSHOT = "snapshot"
@@ -32,6 +34,7 @@ class ServerAction(StrEnum):
 ALLOWED_FROM: dict[ServerAction, frozenset[ServerStatus]] = {
     ServerAction.STOP: frozenset({ServerStatus.RUNNING}),
     ServerAction.START: frozenset({ServerStatus.STOPPED, ServerStatus.ERROR}),
+    ServerAction.REBOOT: frozenset({ServerStatus.RUNNING}),
     ServerAction.DELETE: frozenset(
         {ServerStatus.RUNNING, ServerStatus.STOPPED, ServerStatus.ERROR}
     ),
@@ -42,6 +45,7 @@ ALLOWED_FROM: dict[ServerAction, frozenset[ServerStatus]] = {
 RESULTING_STATUS: dict[ServerAction, ServerStatus | None] = {
     ServerAction.STOP: ServerStatus.STOPPING,
     ServerAction.START: ServerStatus.STARTING,
+    ServerAction.REBOOT: ServerStatus.REBOOTING,
     ServerAction.DELETE: ServerStatus.DELETING,
     ServerAction.RESTORE: ServerStatus.RESTORING,
     ServerAction.SNAPSHOT: None,  # a snapshot does not change the server's status

@@ -1,19 +1,22 @@
-"""``/api/v1/servers/``: create, list, show, start, stop, delete."""
+"""``/api/v1/servers/``: create, list, show, start, stop, reboot, console, delete."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import PlainTextResponse
 
 from vpsd.api.deps import DecimalId, PageDep, PrincipalDep, ServicesDep
 from vpsd.api.pagination import page_links
 from vpsd.api.presenters import server_out
-from vpsd.api.responses import responses
+from vpsd.api.responses import responses, text_route_responses
 from vpsd.api.strict_json import StrictJSONRoute
 from vpsd.schemas import MAX_ID, Page, ServerCreate, ServerOut
 
 router = APIRouter(prefix="/servers", tags=["servers"], route_class=StrictJSONRoute)
+DEFAULT_CONSOLE_BYTES = 64 * 1024
+MAX_CONSOLE_BYTES = 1024 * 1024
 ServerId = Annotated[DecimalId, Path(ge=1, le=MAX_ID, description="the server's id")]
 
 
@@ -51,6 +54,31 @@ def stop_server(server_id: ServerId, principal: PrincipalDep, services: Services
 def start_server(server_id: ServerId, principal: PrincipalDep, services: ServicesDep) -> ServerOut:
     """Boot a stopped server (or retry one in ``error``)."""
     return server_out(services.servers.start(principal.account_id, server_id))
+
+
+@router.post("/{server_id}/reboot/", responses=responses(400, 401, 404))
+def reboot_server(server_id: ServerId, principal: PrincipalDep, services: ServicesDep) -> ServerOut:
+    """Reboot a running server: a graceful power cycle (ACPI, forced after the timeout)."""
+    return server_out(services.servers.reboot(principal.account_id, server_id))
+
+
+@router.get(
+    "/{server_id}/console/",
+    response_class=PlainTextResponse,
+    responses=text_route_responses(400, 401, 404, description="the console's last bytes"),
+)
+def server_console(
+    server_id: ServerId,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    max_bytes: Annotated[
+        int, Query(alias="bytes", ge=1, le=MAX_CONSOLE_BYTES, description="at most this much")
+    ] = DEFAULT_CONSOLE_BYTES,
+) -> PlainTextResponse:
+    """The last bytes of the server's serial console (boot messages, login prompt), so you
+    can see why a guest does not boot."""
+    tail = services.servers.console(principal.account_id, server_id, max_bytes)
+    return PlainTextResponse(tail.decode(errors="replace"))
 
 
 @router.delete(

@@ -7,6 +7,8 @@ proceed in parallel.
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import threading
 import time
@@ -15,9 +17,20 @@ from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from vpsd.hypervisor.base import DriverError, PowerState, StopResult, VmInfo, VmSpec
+from vpsd.hypervisor.base import (
+    Consistency,
+    DriverError,
+    PowerState,
+    SnapshotResult,
+    StopResult,
+    VmInfo,
+    VmSpec,
+)
 from vpsd.hypervisor.qemu import img, process
 from vpsd.hypervisor.qemu.qmp import QmpError, QmpSession
+from vpsd.hypervisor.qemu.quiesce import quiesced, thaw_left_frozen
+
+log = logging.getLogger(__name__)
 
 GIB = 1024**3
 QMP_TIMEOUT = 30.0
@@ -48,12 +61,21 @@ class QemuDriver:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def create_disks(self, spec: VmSpec) -> None:
-        """Create ``disk0.qcow2`` of ``spec.disk_gb`` GiB if missing (never overwrites)."""
+        """Create ``disk0.qcow2`` of ``spec.disk_gb`` GiB if missing (never overwrites).
+
+        From an image, the disk is a copy-on-write overlay of the image's immutable base
+        disk, made in milliseconds whatever its size; the guest grows its filesystem into
+        the rest on first boot.
+        """
         with self._lock(spec.server_id):
             paths = self._paths(spec.server_id)
             paths.folder.mkdir(parents=True, exist_ok=True)
-            if not paths.disk(0).exists():
-                img.create(paths.disk(0), spec.disk_gb * GIB, timeout=self.command_timeout)
+            if paths.disk(0).exists():
+                return
+            backing = spec.image.disk if spec.image is not None else None
+            img.create(
+                paths.disk(0), spec.disk_gb * GIB, backing=backing, timeout=self.command_timeout
+            )
 
     def start(self, spec: VmSpec) -> None:
         """Boot the VM unless it runs; return once QMP ``query-status`` says running."""
@@ -81,6 +103,8 @@ class QemuDriver:
             except QmpError:
                 pass  # the monitor is wedged or gone: the forced path below handles both
             if process.wait_gone(paths, server_id, pid, timeout):
+                # The guest shut down by itself: its filesystems are clean (see snapshots).
+                paths.clean_shutdown_marker.touch()
                 return StopResult(forced=False)
             self._kill(server_id, paths, pid)
             return StopResult(forced=True)
@@ -113,12 +137,18 @@ class QemuDriver:
 
     # -- snapshots ---------------------------------------------------------------------------
 
-    def snapshot_create(self, server_id: int, tag: str) -> int:
+    def snapshot_create(self, server_id: int, tag: str) -> SnapshotResult:
         """Snapshot all disks as ``tag`` (one QMP transaction if running, qemu-img if not).
 
-        Idempotent: when every disk already has ``tag`` nothing is taken. A failure leaves
-        no disk with ``tag`` (stale partial tags from a crash are replaced). Returns the
-        allocated guest bytes captured, summed over the disks.
+        While the VM runs and its guest agent answers, the transaction happens between
+        ``guest-fsfreeze-freeze`` and ``-thaw`` (``filesystem`` consistency); otherwise the
+        snapshot is ``crash``-consistent. A stopped VM's snapshot is ``filesystem`` when its
+        guest shut down by itself, ``crash`` when it was forced off or never had a guest.
+
+        Idempotent: when every disk already has ``tag`` nothing is taken (and the result
+        says ``crash``: how it was taken is unknown). A failure leaves no disk with ``tag``
+        (stale partial tags from a crash are replaced). ``captured_bytes`` is the
+        allocated guest data, summed over the disks.
         """
         img.check_tag(tag)
         with self._lock(server_id):
@@ -126,17 +156,21 @@ class QemuDriver:
             disks = self._require_disks(server_id, paths)
             running = process.alive_pid(paths, server_id) is not None
             tags = self._tags_per_disk(paths, disks, running)
+            consistency: Consistency = "crash"
             if not all(tag in names for names in tags):
                 # Some disks only: a leftover of an interrupted attempt; start over cleanly.
                 self._delete(paths, disks, tag, tags, running)
                 if running:
-                    self._create_running(paths, disks, tag)
+                    consistency = self._create_running(paths, disks, tag)
                 else:
                     self._create_stopped(disks, tag)
-            return sum(
+                    if paths.clean_shutdown_marker.exists():
+                        consistency = "filesystem"
+            captured = sum(
                 img.captured_bytes(d, tag, force_share=running, timeout=self.command_timeout)
                 for d in disks
             )
+            return SnapshotResult(captured, consistency)
 
     def snapshot_restore(self, server_id: int, tag: str) -> None:
         """Revert every disk to ``tag``; the VM must be stopped and every disk have ``tag``."""
@@ -175,6 +209,33 @@ class QemuDriver:
             running = process.alive_pid(paths, server_id) is not None
             per_disk = self._tags_per_disk(paths, disks, running)
             return set.intersection(*(set(names) for names in per_disk))
+
+    # -- console and recovery ----------------------------------------------------------------
+
+    def console_tail(self, server_id: int, max_bytes: int) -> bytes:
+        """The last ``max_bytes`` of the serial console: this boot's, preceded by as much of
+        the previous boot's as fits. Empty when the server never booted."""
+        paths = self._paths(server_id)
+        chunks: list[bytes] = []
+        remaining = max_bytes
+        for log_file in (paths.console_log, paths.previous_console_log):
+            if remaining <= 0:
+                break
+            chunk = _tail(log_file, remaining)
+            chunks.insert(0, chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+
+    def recover(self, server_id: int) -> None:
+        """Thaw a guest whose filesystems vpsd froze and was interrupted before thawing."""
+        with self._lock(server_id):
+            paths = self._paths(server_id)
+            if not paths.frozen_marker.exists():
+                return
+            if process.alive_pid(paths, server_id) is None:
+                paths.frozen_marker.unlink(missing_ok=True)  # a VM that is off thawed too
+                return
+            thaw_left_frozen(paths.qga_socket, paths.frozen_marker)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -238,17 +299,24 @@ class QemuDriver:
         by_node = {n.get("node-name"): n.get("image", {}).get("snapshots", []) for n in nodes}
         return [[str(s["name"]) for s in by_node.get(f"disk{i}", [])] for i in range(len(disks))]
 
-    def _create_running(self, paths: process.ServerPaths, disks: list[Path], tag: str) -> None:
+    def _create_running(
+        self, paths: process.ServerPaths, disks: list[Path], tag: str
+    ) -> Consistency:
         actions = [
             {"type": "blockdev-snapshot-internal-sync", "data": {"device": f"disk{i}", "name": tag}}
             for i in range(len(disks))
         ]
         try:
-            with QmpSession(paths.qmp_socket, timeout=self.command_timeout) as qmp:
-                # A transaction is all-or-nothing: QEMU aborts every action if one fails.
+            # QMP is connected before the freeze: the guest stays frozen for the transaction
+            # only. A transaction is all-or-nothing: QEMU aborts every action if one fails.
+            with (
+                QmpSession(paths.qmp_socket, timeout=self.command_timeout) as qmp,
+                quiesced(paths.qga_socket, paths.frozen_marker) as frozen,
+            ):
                 qmp.execute("transaction", {"actions": actions})
         except QmpError as exc:
             raise DriverError(f"snapshot {tag!r} failed: {exc.desc or exc}") from exc
+        return "filesystem" if frozen else "crash"
 
     def _create_stopped(self, disks: list[Path], tag: str) -> None:
         with ExitStack() as undo:
@@ -288,3 +356,14 @@ class QemuDriver:
                     "blockdev-snapshot-delete-internal-sync",
                     {"device": f"disk{index}", "name": tag},
                 )
+
+
+def _tail(path: Path, max_bytes: int) -> bytes:
+    """The last ``max_bytes`` of ``path`` (empty when it does not exist)."""
+    try:
+        with path.open("rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(0, size - max_bytes))
+            return file.read(max_bytes)
+    except FileNotFoundError:
+        return b""

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from vpsd.hypervisor import command
 from vpsd.hypervisor.base import DriverError
-from vpsd.hypervisor.qemu import command
 
 QEMU_IMG = "qemu-img"
 LOCK_WAIT = 60.0
@@ -74,21 +74,26 @@ def _run_json(args: list[str], *, timeout: float) -> Any:
     return _waiting_for_lock(lambda: command.run_json(args, timeout=timeout))
 
 
-def create(path: Path, size_bytes: int, *, timeout: float) -> None:
+def create(path: Path, size_bytes: int, *, backing: Path | None = None, timeout: float) -> None:
     """Create a qcow2 image of ``size_bytes`` at ``path``, atomically.
 
-    The image is built under a temporary name and renamed into place, so a crash never
-    leaves a half-written disk at ``path``. Raises ``DriverError`` if ``path`` exists.
+    With ``backing``, the image is a copy-on-write overlay of that qcow2 file (which must
+    never change afterwards), recorded by a path relative to ``path``'s folder so the data
+    dir can move. The image is built under a temporary name and renamed into place, so a
+    crash never leaves a half-written disk at ``path``. Raises ``DriverError`` if ``path``
+    exists, or if ``backing`` is larger than ``size_bytes``.
     """
     if path.exists():
         raise DriverError(f"disk {path} already exists")
+    args = [QEMU_IMG, "create", "-q", "-f", "qcow2"]
+    if backing is not None:
+        if virtual_size(backing) > size_bytes:
+            raise DriverError(f"image {backing.parent.name} is larger than the disk")
+        args += ["-b", os.path.relpath(backing, path.parent), "-F", "qcow2"]
     partial = path.with_name(f".{path.name}.partial")
     partial.unlink(missing_ok=True)
     try:
-        command.run(
-            [QEMU_IMG, "create", "-q", "-f", "qcow2", str(partial), str(size_bytes)],
-            timeout=timeout,
-        )
+        command.run([*args, str(partial), str(size_bytes)], timeout=timeout, cwd=path.parent)
         _fsync(partial)
         partial.replace(path)
         _fsync(path.parent)

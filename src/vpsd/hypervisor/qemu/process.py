@@ -14,11 +14,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from vpsd.hypervisor import command
 from vpsd.hypervisor.base import DriverError, VmSpec
-from vpsd.hypervisor.qemu import command
 
 QEMU_SYSTEM = "qemu-system-x86_64"
 KVM_DEVICE = Path("/dev/kvm")
+CPUINFO = Path("/proc/cpuinfo")
 # sockaddr_un.sun_path is 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 
@@ -54,8 +55,33 @@ class ServerPaths:
         return self.folder / "qemu.pid"
 
     @property
+    def qga_socket(self) -> Path:
+        """The guest agent's socket (present while a VM booted from an image runs)."""
+        return self.folder / "qga.sock"
+
+    @property
     def console_log(self) -> Path:
+        """The serial console of the current boot; the previous boot's is ``.1``."""
         return self.folder / "console.log"
+
+    @property
+    def previous_console_log(self) -> Path:
+        return self.folder / "console.log.1"
+
+    @property
+    def guest_config(self) -> Path:
+        """Files handed to the guest through fw_cfg (``opt/org.vpsd/<name>``)."""
+        return self.folder / "guest"
+
+    @property
+    def frozen_marker(self) -> Path:
+        """Present while vpsd may have left the guest's filesystems frozen."""
+        return self.folder / "frozen"
+
+    @property
+    def clean_shutdown_marker(self) -> Path:
+        """Present while the VM is off after its guest shut down by itself (ACPI)."""
+        return self.folder / "clean-shutdown"
 
     @property
     def qemu_log(self) -> Path:
@@ -67,7 +93,25 @@ def vm_name(server_id: int) -> str:
     return f"vpsd-server-{server_id}"
 
 
-def kvm_usable() -> bool:
+def cpu_has_virtualization(cpuinfo: Path = CPUINFO) -> bool:
+    """True when the CPU advertises hardware virtualization (``vmx`` or ``svm``).
+
+    A nested, paravirtual ``/dev/kvm`` (kvm-pvm) opens fine on a CPU without either flag,
+    but a real kernel dies under it with "KVM internal error ... emulation failure".
+    """
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            if flags & {"vmx", "svm"}:
+                return True
+    return False
+
+
+def kvm_device_opens() -> bool:
     """True when /dev/kvm exists and this process may open it read-write."""
     try:
         fd = os.open(KVM_DEVICE, os.O_RDWR | os.O_CLOEXEC)
@@ -78,20 +122,54 @@ def kvm_usable() -> bool:
 
 
 def resolve_accel(accel: str) -> str:
-    """Map the ``accel`` setting to QEMU's: ``auto`` picks kvm when usable, else tcg.
+    """Map the ``accel`` setting to QEMU's.
 
-    An explicit ``kvm`` that cannot be honoured is an error rather than a silent, 10-50x
-    slower TCG fallback.
+    ``auto`` picks kvm only where it can run a real guest: /dev/kvm opens *and* the CPU has
+    hardware virtualization; tcg otherwise. An explicit ``kvm`` is honoured whenever
+    /dev/kvm opens (the operator knows best), and is an error when it does not, rather than
+    a silent, 10-50x slower TCG fallback.
     """
     if accel == "tcg":
         return "tcg"
     if accel not in ("auto", "kvm"):
         raise DriverError(f"unknown accelerator {accel!r} (expected auto, kvm or tcg)")
-    if kvm_usable():
-        return "kvm"
     if accel == "kvm":
-        raise DriverError(f"accel=kvm was requested but {KVM_DEVICE} cannot be opened")
-    return "tcg"
+        if not kvm_device_opens():
+            raise DriverError(f"accel=kvm was requested but {KVM_DEVICE} cannot be opened")
+        return "kvm"
+    return "kvm" if kvm_device_opens() and cpu_has_virtualization() else "tcg"
+
+
+FW_CFG_PREFIX = "opt/org.vpsd"
+"""fw_cfg names the guest's first-boot unit reads (``/sys/firmware/qemu_fw_cfg/by_name``)."""
+
+
+def guest_hostname(name: str) -> str:
+    """A valid hostname for a server named ``name`` (underscores become hyphens)."""
+    return name.replace("_", "-")[:63].strip("-") or "server"
+
+
+def write_guest_config(spec: VmSpec, paths: ServerPaths) -> None:
+    """Write the files the guest reads on first boot (instance id, hostname, SSH keys)."""
+    if spec.guest is None:
+        return
+    folder = paths.guest_config
+    folder.mkdir(exist_ok=True)
+    files = {
+        "instance-id": f"{spec.guest.instance_id}\n",
+        "hostname": f"{guest_hostname(spec.guest.hostname)}\n",
+        "authorized_keys": "".join(f"{key}\n" for key in spec.guest.authorized_keys),
+    }
+    for name, content in files.items():
+        partial = folder / f".{name}"
+        partial.write_text(content)
+        partial.replace(folder / name)
+
+
+def mac_address(server_id: int) -> str:
+    """A stable, locally administered MAC (QEMU's 52:54:00 prefix) for the server's NIC."""
+    low = server_id & 0xFFFFFF
+    return f"52:54:00:{low >> 16:02x}:{(low >> 8) & 0xFF:02x}:{low & 0xFF:02x}"
 
 
 def build_command(spec: VmSpec, paths: ServerPaths, disks: list[Path], accel: str) -> list[str]:
@@ -100,6 +178,7 @@ def build_command(spec: VmSpec, paths: ServerPaths, disks: list[Path], accel: st
         QEMU_SYSTEM,
         "-name", vm_name(spec.server_id),
         "-machine", f"q35,accel={accel}",
+        # Under TCG, no virtualization extensions: the guest would load KVM for nothing.
         "-cpu", "host" if accel == "kvm" else "max",
         "-m", str(spec.memory_mb),
         "-smp", str(spec.vcpus),
@@ -109,7 +188,7 @@ def build_command(spec: VmSpec, paths: ServerPaths, disks: list[Path], accel: st
         "-daemonize",
         "-pidfile", str(paths.pidfile),
         "-qmp", f"unix:{paths.qmp_socket},server=on,wait=off",
-        "-chardev", f"file,id=console0,path={paths.console_log}",
+        "-chardev", f"file,id=console0,path={paths.console_log},append=on",
         "-serial", "chardev:console0",
     ]  # fmt: skip
     for index, disk in enumerate(disks):
@@ -121,6 +200,35 @@ def build_command(spec: VmSpec, paths: ServerPaths, disks: list[Path], accel: st
             "-device",
             f"virtio-blk-pci,drive={node},id=virtio-{node},share-rw=on",
         ]
+    if spec.image is not None:
+        args += _guest_arguments(spec, paths)
+    return args
+
+
+def _guest_arguments(spec: VmSpec, paths: ServerPaths) -> list[str]:
+    """Direct kernel boot, the guest agent channel, entropy, fw_cfg and the network."""
+    assert spec.image is not None
+    args = [
+        "-kernel", str(spec.image.kernel),
+        "-initrd", str(spec.image.initrd),
+        "-append", spec.image.cmdline,
+        "-device", "virtio-rng-pci",
+        "-device", "virtio-serial-pci,id=vserial0",
+        "-chardev", f"socket,id=qga0,path={paths.qga_socket},server=on,wait=off",
+        "-device", "virtserialport,bus=vserial0.0,chardev=qga0,name=org.qemu.guest_agent.0",
+    ]  # fmt: skip
+    if spec.guest is not None:
+        for name in ("instance-id", "hostname", "authorized_keys"):
+            path = paths.guest_config / name
+            args += ["-fw_cfg", f"name={FW_CFG_PREFIX}/{name},file={path}"]
+    # restrict=on: the guest reaches nothing beyond QEMU's own DHCP; only the forward in.
+    netdev = "user,id=net0,restrict=on"
+    if spec.ssh is not None:
+        netdev += f",hostfwd=tcp:{spec.ssh.host}:{spec.ssh.port}-:22"
+    args += [
+        "-netdev", netdev,
+        "-device", f"virtio-net-pci,netdev=net0,mac={mac_address(spec.server_id)}",
+    ]  # fmt: skip
     return args
 
 
@@ -132,8 +240,11 @@ def launch(spec: VmSpec, paths: ServerPaths, disks: list[Path], accel: str, time
     """
     if len(str(paths.qmp_socket)) > MAX_SOCKET_PATH:
         raise DriverError(f"QMP socket path {paths.qmp_socket} is longer than 107 bytes")
-    for stale in (paths.pidfile, paths.qmp_socket):
+    for stale in (paths.pidfile, paths.qmp_socket, paths.qga_socket, paths.clean_shutdown_marker):
         stale.unlink(missing_ok=True)
+    if paths.console_log.exists():
+        paths.console_log.replace(paths.previous_console_log)
+    write_guest_config(spec, paths)
     args = build_command(spec, paths, disks, accel)
     try:
         result = command.run(args, timeout=timeout, cwd=paths.folder)

@@ -1,4 +1,5 @@
-"""The one chokepoint through which vpsd runs external programs (qemu-img, qemu-system...).
+"""The one chokepoint through which vpsd runs external programs (qemu-img, qemu-system,
+mmdebstrap...).
 
 No shell is ever involved, every call has a timeout, and every failure becomes a
 ``CommandError`` whose message names the program and quotes its stderr, so the reason can be
@@ -7,9 +8,12 @@ shown to a user as is.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import subprocess
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +97,63 @@ def run(
             f"{name} failed (exit {result.returncode}): {detail}",
         )
     return result
+
+
+def run_streaming(
+    args: list[str], *, timeout: float, on_line: Callable[[str], None], cwd: Path | None = None
+) -> None:
+    """Run a long command (no shell), handing each line of its output to ``on_line``.
+
+    For work that takes minutes and should show progress (an image build). stdout and
+    stderr are merged; the last lines are kept for the ``CommandError`` raised when the
+    program is missing, exits non-zero or runs longer than ``timeout`` (it is killed then).
+    """
+    if not args:
+        raise ValueError("run_streaming() needs a command")
+    name = _name(args)
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    try:
+        process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            cwd=cwd,
+            env=_ENV,
+            close_fds=True,
+            start_new_session=True,
+        )
+    except FileNotFoundError as exc:
+        raise CommandError(args, None, "", f"{name} failed: program not found ({exc})") from exc
+    # A watchdog rather than a deadline check per line: a silent, hung command is killed too.
+    timed_out = threading.Event()
+
+    def expire() -> None:
+        timed_out.set()
+        process.kill()
+
+    timer = threading.Timer(timeout, expire)
+    timer.start()
+    try:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.rstrip("\n")
+            tail.append(line)
+            on_line(line)
+        returncode = process.wait()
+    finally:
+        timer.cancel()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    output = "\n".join(tail)
+    if timed_out.is_set():
+        raise CommandError(args, None, output, f"{name} timed out after {timeout:g}s")
+    if returncode != 0:
+        detail = _one_line("\n".join(list(tail)[-5:])) or "no output"
+        raise CommandError(args, returncode, output, f"{name} failed (exit {returncode}): {detail}")
 
 
 def run_json(args: list[str], *, timeout: float, cwd: Path | None = None) -> Any:
