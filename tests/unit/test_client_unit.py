@@ -29,7 +29,8 @@ Handler = Callable[[httpx.Request], httpx.Response]
 def _server(server_id: int, status: str = "running", reason: str | None = None) -> dict[str, Any]:
     return {
         "id": server_id, "name": f"web-{server_id}", "status": status, "status_reason": reason,
-        "memory_mb": 256, "vcpus": 1, "disk_gb": 1, "created_at": "2025-01-15T18:30:00Z",
+        "memory_mb": 256, "vcpus": 1, "disk_gb": 1, "image": "blank", "ssh": None,
+        "created_at": "2025-01-15T18:30:00Z",
     }  # fmt: skip
 
 
@@ -226,3 +227,91 @@ def test_create_sends_only_given_fields() -> None:
         created = client.snapshots.create(1, "snap")
     assert bodies == [{"server_id": 1, "name": "snap"}]
     assert created.message == "taking"
+
+
+def test_create_sends_image_and_ssh_keys_only_when_given() -> None:
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        server = {**_server(1, "starting"), "image": "debian-12"}
+        return httpx.Response(201, json={**server, "ssh": {"host": "127.0.0.1", "port": 22013}})
+
+    with _client(handler) as client:
+        created = client.servers.create("web-1", 2, image="debian-12", ssh_keys=[4, 5])
+        client.servers.create("web-2", 1)
+    assert bodies == [
+        {"name": "web-1", "disk_gb": 2, "image": "debian-12", "ssh_keys": [4, 5]},
+        {"name": "web-2", "disk_gb": 1},
+    ]
+    assert created.image == "debian-12"
+    assert created.ssh is not None and (created.ssh.host, created.ssh.port) == ("127.0.0.1", 22013)
+
+
+def test_reboot_posts_to_the_reboot_endpoint() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=_server(3, "rebooting"))
+
+    with _client(handler) as client:
+        assert client.servers.reboot(3).status == "rebooting"
+        assert client.servers.reboot_json(3)["status"] == "rebooting"
+    assert [(r.method, r.url.path) for r in seen] == [("POST", "/api/v1/servers/3/reboot/")] * 2
+
+
+def test_wait_for_running_waits_through_rebooting() -> None:
+    statuses = iter(["rebooting", "rebooting", "running"])
+    seen: list[str] = []
+
+    def handler(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=_server(3, next(statuses)))
+
+    with _client(handler, poll_interval=0) as client:
+        done = client.wait_for_server(3, "running", on_progress=lambda s: seen.append(s.status))
+    assert done.status == "running"
+    assert seen == ["rebooting", "rebooting", "running"]
+
+
+def test_console_returns_the_plain_text() -> None:
+    seen: list[httpx.Request] = []
+    tail = "[    0.000000] Linux version 6.1\nDebian GNU/Linux 12 web-1 ttyS0\n\nweb-1 login: "
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, text=tail, headers={"content-type": "text/plain"})
+
+    with _client(handler) as client:
+        assert client.servers.console(3) == tail
+        assert client.servers.console(3, max_bytes=100) == tail
+    assert seen[0].url.path == "/api/v1/servers/3/console/"
+    assert [r.url.params["bytes"] for r in seen] == ["65536", "100"]
+
+
+def test_console_errors_are_typed() -> None:
+    def handler(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"detail": "server not found"})
+
+    with _client(handler) as client, pytest.raises(NotFoundError, match="server not found"):
+        client.servers.console(3)
+
+
+def test_images_list() -> None:
+    image = {
+        "id": 1, "slug": "debian-12", "name": "Debian 12", "os": "debian", "size_mb": 295,
+        "min_disk_gb": 2, "min_memory_mb": 192, "status": "available",
+    }  # fmt: skip
+    body = {"count": 1, "next": None, "previous": None, "results": [image]}
+    paths: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        return httpx.Response(200, json=body)
+
+    with _client(handler) as client:
+        images = client.images.list()
+        assert client.images.list_json() == body
+        assert client.images.list_page(page_size=1).count == 1
+    assert [(i.slug, i.min_disk_gb, i.min_memory_mb) for i in images] == [("debian-12", 2, 192)]
+    assert set(paths) == {"/api/v1/images/"}

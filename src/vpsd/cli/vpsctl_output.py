@@ -104,24 +104,39 @@ def _memory(mb: int) -> str:
     return f"{mb / 1024:g} GiB" if mb >= 1024 and mb % 256 == 0 else f"{mb} MiB"
 
 
+def ssh_address(server: ServerOut) -> str | None:
+    """The server's SSH endpoint as ``host:port`` (``[host]:port`` for IPv6); None if it
+    has none (a blank server)."""
+    if server.ssh is None:
+        return None
+    host = server.ssh.host
+    return f"[{host}]:{server.ssh.port}" if ":" in host else f"{host}:{server.ssh.port}"
+
+
 def servers_table(servers: Iterable[ServerOut]) -> None:
     """Servers as a table: one row each."""
-    table = Table("ID", "NAME", "STATUS", "VCPUS", "MEMORY", "DISK", "CREATED", box=None)
+    table = Table(
+        "ID", "NAME", "STATUS", "IMAGE", "SSH", "VCPUS", "MEMORY", "DISK", "CREATED", box=None
+    )
     for s in servers:
         table.add_row(
-            str(s.id), _text(s.name), s.status, str(s.vcpus), _memory(s.memory_mb),
-            f"{s.disk_gb} GiB", s.created_at.strftime("%Y-%m-%d %H:%M:%SZ"),
+            str(s.id), _text(s.name), s.status, _text(s.image), _text(ssh_address(s) or "-"),
+            str(s.vcpus), _memory(s.memory_mb), f"{s.disk_gb} GiB",
+            s.created_at.strftime("%Y-%m-%d %H:%M:%SZ"),
         )  # fmt: skip
     _stdout_console().print(table)
 
 
 def snapshots_table(snapshots: Iterable[SnapshotOut]) -> None:
     """Snapshots as a table: one row each."""
-    table = Table("ID", "NAME", "SERVER", "STATUS", "SIZE", "CREATED", "DESCRIPTION", box=None)
+    table = Table(
+        "ID", "NAME", "SERVER", "STATUS", "CONSISTENCY", "SIZE", "CREATED", "DESCRIPTION",
+        box=None,
+    )  # fmt: skip
     for s in snapshots:
         table.add_row(
             str(s.id), _text(s.name), f"{_text(s.server.name)} ({s.server.id})", s.status,
-            "-" if s.size_mb is None else f"{s.size_mb} MiB",
+            s.consistency or "-", "-" if s.size_mb is None else f"{s.size_mb} MiB",
             s.created_at.strftime("%Y-%m-%d %H:%M:%SZ"), _text(s.description),
         )  # fmt: skip
     _stdout_console().print(table)
@@ -142,8 +157,8 @@ def server_details(s: ServerOut) -> None:
     details(
         [
             ("ID", s.id), ("Name", s.name), ("Status", s.status),
-            ("Status reason", s.status_reason), ("vCPUs", s.vcpus),
-            ("Memory", _memory(s.memory_mb)), ("Disk", f"{s.disk_gb} GiB"),
+            ("Status reason", s.status_reason), ("Image", s.image), ("SSH", ssh_address(s)),
+            ("vCPUs", s.vcpus), ("Memory", _memory(s.memory_mb)), ("Disk", f"{s.disk_gb} GiB"),
             ("Created", s.created_at.strftime("%Y-%m-%d %H:%M:%SZ")),
         ]
     )  # fmt: skip
@@ -155,6 +170,7 @@ def snapshot_details(s: SnapshotOut) -> None:
         [
             ("ID", s.id), ("Name", s.name), ("Server", f"{s.server.name} ({s.server.id})"),
             ("Status", s.status), ("Status reason", s.status_reason),
+            ("Consistency", s.consistency),
             ("Size", None if s.size_mb is None else f"{s.size_mb} MiB"),
             ("Created", s.created_at.strftime("%Y-%m-%d %H:%M:%SZ")),
             ("Description", s.description),

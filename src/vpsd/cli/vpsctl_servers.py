@@ -1,7 +1,10 @@
-"""``vpsctl servers``: list, show, create, start, stop, delete."""
+"""``vpsctl servers``: list, show, create, start, stop, reboot, console, ssh, delete."""
 
 from __future__ import annotations
 
+import os
+import shlex
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -10,6 +13,7 @@ from vpsd.cli.vpsctl_common import (
     DEFAULT_WAIT_TIMEOUT,
     OutputOption,
     TimeoutOption,
+    UsageProblem,
     WaitOption,
     YesOption,
     confirm,
@@ -25,10 +29,13 @@ from vpsd.cli.vpsctl_output import (
     servers_table,
 )
 from vpsd.client import Client, ServerOut
-from vpsd.schemas import ServerStatusName
+from vpsd.client.resources import DEFAULT_CONSOLE_BYTES
+from vpsd.schemas import BLANK_IMAGE, ServerStatusName
 
 app = typer.Typer(help="Create, inspect, power and delete servers.", no_args_is_help=True)
 ServerIdArg = Annotated[int, typer.Argument(min=1, metavar="SERVER_ID", help="the server's id")]
+MAX_CONSOLE_BYTES = 1024 * 1024
+SSH_USER = "root"
 
 
 def _show(
@@ -97,15 +104,34 @@ def create(
     vcpus: Annotated[
         int | None, typer.Option("--vcpus", help="virtual CPUs [default: the service's]")
     ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            "--image",
+            metavar="SLUG",
+            help=f"an image of 'vpsctl images list', or {BLANK_IMAGE!r} for an empty disk "
+            "without a guest (default: the service's default image)",
+        ),
+    ] = None,
+    ssh_keys: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--ssh-key",
+            metavar="KEY_ID",
+            help="id of one of your SSH keys to install for root (repeat for more, up to 10)",
+        ),
+    ] = None,
     wait: WaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_TIMEOUT,
     output: OutputOption = OutputFormat.table,
 ) -> None:
-    """Create a server; its disk is made and its VM boots (--wait: until it runs)."""
+    """Create a server from an image (or blank); its VM boots (--wait: until it runs)."""
     with open_client(ctx) as client:
         _answer(
             client,
-            client.servers.create_json(name, disk_gb, memory_mb, vcpus),
+            client.servers.create_json(
+                name, disk_gb, memory_mb, vcpus, image=image, ssh_keys=ssh_keys or None
+            ),
             "running",
             wait,
             timeout,
@@ -137,6 +163,91 @@ def stop(
     """Power a running server down: ACPI first, forced off after the service's timeout."""
     with open_client(ctx) as client:
         _answer(client, client.servers.stop_json(server_id), "stopped", wait, timeout, output)
+
+
+@app.command("reboot")
+def reboot(
+    ctx: typer.Context,
+    server_id: ServerIdArg,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = DEFAULT_WAIT_TIMEOUT,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """Reboot a running server: ACPI, forced after a timeout (--wait: until it runs again)."""
+    with open_client(ctx) as client:
+        _answer(client, client.servers.reboot_json(server_id), "running", wait, timeout, output)
+
+
+@app.command("console")
+def console(
+    ctx: typer.Context,
+    server_id: ServerIdArg,
+    max_bytes: Annotated[
+        int,
+        typer.Option(
+            "--bytes",
+            min=1,
+            max=MAX_CONSOLE_BYTES,
+            metavar="N",
+            help="how much of the end of the console to show (at most 1 MiB)",
+        ),
+    ] = DEFAULT_CONSOLE_BYTES,
+) -> None:
+    """Print the end of the server's serial console (boot messages, login prompt) as is."""
+    with open_client(ctx) as client:
+        text = client.servers.console(server_id, max_bytes)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def ssh_command(server: ServerOut, extra: list[str]) -> list[str]:
+    """``ssh -p PORT root@HOST [EXTRA...]`` for a server; UsageProblem if it has no SSH."""
+    if server.ssh is None:
+        reason = (
+            f"it is {BLANK_IMAGE} (an empty disk, no guest); servers created with --image have one"
+            if server.image == BLANK_IMAGE
+            else "the API shows no SSH endpoint for it"
+        )
+        raise UsageProblem(f"server {server.id} ({server.name}) has no SSH endpoint: {reason}")
+    return ["ssh", "-p", str(server.ssh.port), f"{SSH_USER}@{server.ssh.host}", *extra]
+
+
+@app.command("ssh")
+def ssh(
+    ctx: typer.Context,
+    server_id: ServerIdArg,
+    ssh_args: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="SSH_ARGS",
+            help="passed on to ssh after the destination: options (-i KEY) or a command",
+            show_default=False,
+        ),
+    ] = None,
+    print_only: Annotated[
+        bool, typer.Option("--print", help="only print the ssh command, do not run it")
+    ] = False,
+) -> None:
+    """Log in to the server as root: runs 'ssh -p PORT root@HOST' with your own ssh.
+
+    Arguments after '--' go to ssh: vpsctl servers ssh 7 -- -i ~/.ssh/id_ed25519 uptime
+    """
+    with open_client(ctx) as client:
+        server = client.servers.get(server_id)
+    command = ssh_command(server, ssh_args or [])
+    if print_only:
+        print(shlex.join(command))
+        return
+    if server.status != "running":
+        note(f"server {server.id} is {server.status}: ssh may not connect")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(command[0], command)  # noqa: S606 (the user asked to run ssh)
+    except OSError as error:
+        raise UsageProblem(
+            f"cannot run ssh: {error.strerror or error} (is an OpenSSH client installed?)"
+        ) from None
 
 
 @app.command("delete")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
@@ -10,7 +11,7 @@ import httpx
 
 from vpsd import __version__
 from vpsd.client.errors import ApiError, ConnectionFailed, NotFoundError, OperationFailed, api_error
-from vpsd.client.resources import ServersApi, SnapshotsApi
+from vpsd.client.resources import ImagesApi, ServersApi, SnapshotsApi, SshKeysApi
 from vpsd.client.waiting import poll
 from vpsd.schemas import ServerOut, ServerStatusName, SnapshotOut
 
@@ -66,6 +67,8 @@ class Client:
         )
         self.servers = ServersApi(self)
         self.snapshots = SnapshotsApi(self)
+        self.ssh_keys = SshKeysApi(self)
+        self.images = ImagesApi(self)
 
     def __repr__(self) -> str:
         return f"Client({self.base_url!r})"  # never the token
@@ -100,13 +103,7 @@ class Client:
         Error statuses raise ``ApiError`` subclasses; network trouble raises
         ``ConnectionFailed`` naming the URL.
         """
-        try:
-            response = self._http.request(method, path, params=params, json=json)
-        except httpx.TimeoutException:
-            timeout = self._http.timeout.read
-            raise ConnectionFailed(self.base_url, f"no answer within {timeout:g} s") from None
-        except httpx.TransportError as error:
-            raise ConnectionFailed(self.base_url, str(error) or type(error).__name__) from None
+        response = self._send(method, path, params=params, json=json)
         body: Any = None
         if response.content:
             try:
@@ -120,6 +117,38 @@ class Client:
         if not response.is_success:
             raise api_error(response.status_code, body, response.text)
         return body
+
+    def request_text(
+        self, method: str, path: str, *, params: Mapping[str, Any] | None = None
+    ) -> str:
+        """Like ``request``, for endpoints that answer plain text (the console): the body
+        decoded as text (undecodable bytes replaced). Errors are raised as by ``request``."""
+        response = self._send(method, path, params=params, accept="text/plain, application/json")
+        if not response.is_success:
+            body: Any = None
+            with contextlib.suppress(ValueError):
+                body = response.json()
+            raise api_error(response.status_code, body, response.text)
+        return response.content.decode(response.encoding or "utf-8", errors="replace")
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        accept: str | None = None,
+    ) -> httpx.Response:
+        """Send one request; network trouble raises ``ConnectionFailed`` naming the URL."""
+        headers = {"Accept": accept} if accept is not None else None
+        try:
+            return self._http.request(method, path, params=params, json=json, headers=headers)
+        except httpx.TimeoutException:
+            timeout = self._http.timeout.read
+            raise ConnectionFailed(self.base_url, f"no answer within {timeout:g} s") from None
+        except httpx.TransportError as error:
+            raise ConnectionFailed(self.base_url, str(error) or type(error).__name__) from None
 
     def list_all(self, path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Fetch a list and every page its ``next`` links lead to, merged into one body.
@@ -191,8 +220,11 @@ class Client:
     ) -> ServerOut:
         """Poll until the server has ``status`` and return it.
 
-        Fails fast with ``OperationFailed`` (carrying ``status_reason``) when the server lands
-        in ``error`` instead; ``WaitTimeout`` after ``timeout`` seconds.
+        Every other status but ``error`` is taken as work in progress (``starting``,
+        ``stopping``, ``rebooting``, ``restoring``...): a reboot's ``rebooting`` is waited
+        through to ``running``. Fails fast with ``OperationFailed`` (carrying
+        ``status_reason``) when the server lands in ``error`` instead; ``WaitTimeout`` after
+        ``timeout`` seconds.
         """
         return poll(
             lambda: self.servers.get(server_id),

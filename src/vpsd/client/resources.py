@@ -1,4 +1,4 @@
-"""``client.servers`` and ``client.snapshots``: one method per API endpoint.
+"""``client.servers``, ``.snapshots``, ``.ssh_keys`` and ``.images``: one method per endpoint.
 
 Typed methods return the Pydantic models of ``vpsd.schemas``; each ``*_json`` twin returns the
 API's decoded body unchanged (vpsctl prints those for ``--output json``).
@@ -9,12 +9,22 @@ from __future__ import annotations
 import builtins
 from typing import TYPE_CHECKING, Any
 
-from vpsd.schemas import Page, RestoreStarted, ServerOut, SnapshotCreated, SnapshotOut
+from vpsd.schemas import (
+    ImageOut,
+    Page,
+    RestoreStarted,
+    ServerOut,
+    SnapshotCreated,
+    SnapshotOut,
+    SshKeyOut,
+)
 
 if TYPE_CHECKING:
     from vpsd.client.client import Client
 
 JsonObject = dict[str, Any]
+DEFAULT_CONSOLE_BYTES = 64 * 1024
+"""What ``ServersApi.console`` asks for unless told (the API's default too; at most 1 MiB)."""
 
 
 class ServersApi:
@@ -48,13 +58,30 @@ class ServersApi:
         return body
 
     def create(
-        self, name: str, disk_gb: int, memory_mb: int | None = None, vcpus: int | None = None
+        self,
+        name: str,
+        disk_gb: int,
+        memory_mb: int | None = None,
+        vcpus: int | None = None,
+        image: str | None = None,
+        ssh_keys: builtins.list[int] | None = None,
     ) -> ServerOut:
-        """Create a server (status ``starting``); sizes left out take the service's defaults."""
-        return ServerOut.model_validate(self.create_json(name, disk_gb, memory_mb, vcpus))
+        """Create a server (status ``starting``); what is left out takes the service's
+        defaults. ``image`` is a slug of ``client.images.list()`` or ``"blank"`` (an empty
+        disk, no guest); ``ssh_keys`` are ids of the account's SSH keys (at most 10) to
+        install for root."""
+        return ServerOut.model_validate(
+            self.create_json(name, disk_gb, memory_mb, vcpus, image, ssh_keys)
+        )
 
     def create_json(
-        self, name: str, disk_gb: int, memory_mb: int | None = None, vcpus: int | None = None
+        self,
+        name: str,
+        disk_gb: int,
+        memory_mb: int | None = None,
+        vcpus: int | None = None,
+        image: str | None = None,
+        ssh_keys: builtins.list[int] | None = None,
     ) -> JsonObject:
         """``create``'s body unchanged."""
         payload: JsonObject = {"name": name, "disk_gb": disk_gb}
@@ -62,6 +89,10 @@ class ServersApi:
             payload["memory_mb"] = memory_mb
         if vcpus is not None:
             payload["vcpus"] = vcpus
+        if image is not None:
+            payload["image"] = image
+        if ssh_keys is not None:
+            payload["ssh_keys"] = builtins.list(ssh_keys)
         body: JsonObject = self._client.request("POST", "servers/", json=payload)
         return body
 
@@ -82,6 +113,23 @@ class ServersApi:
         """``stop``'s body unchanged."""
         body: JsonObject = self._client.request("POST", f"servers/{server_id}/stop/")
         return body
+
+    def reboot(self, server_id: int) -> ServerOut:
+        """Reboot a running server (ACPI, forced after the service's timeout); it answers in
+        ``rebooting``, then is ``running`` again (``Client.wait_for_server(id, "running")``)."""
+        return ServerOut.model_validate(self.reboot_json(server_id))
+
+    def reboot_json(self, server_id: int) -> JsonObject:
+        """``reboot``'s body unchanged."""
+        body: JsonObject = self._client.request("POST", f"servers/{server_id}/reboot/")
+        return body
+
+    def console(self, server_id: int, max_bytes: int = DEFAULT_CONSOLE_BYTES) -> str:
+        """The last ``max_bytes`` (1 to 1 MiB) of the server's serial console as text: boot
+        messages and the login prompt, to see why a guest does not come up."""
+        return self._client.request_text(
+            "GET", f"servers/{server_id}/console/", params={"bytes": max_bytes}
+        )
 
     def delete(self, server_id: int) -> None:
         """Delete a server with its disks and snapshots (it is ``deleting``, then gone)."""
@@ -146,3 +194,69 @@ class SnapshotsApi:
     def delete(self, snapshot_id: int) -> None:
         """Permanently delete a snapshot; it is gone from the API at once."""
         self._client.request("DELETE", f"snapshots/{snapshot_id}/")
+
+
+class SshKeysApi:
+    """``/api/v1/ssh_keys/``."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def list(self) -> builtins.list[SshKeyOut]:
+        """Every SSH key of the account, newest first (all pages)."""
+        return [SshKeyOut.model_validate(k) for k in self.list_json()["results"]]
+
+    def list_json(self) -> JsonObject:
+        """The list as the API shows it, every page's results merged into one object."""
+        return self._client.list_all("ssh_keys/")
+
+    def list_page(self, page: int = 1, page_size: int = 100) -> Page[SshKeyOut]:
+        """One page of the list, with ``count`` and the ``next``/``previous`` links."""
+        body = self._client.request(
+            "GET", "ssh_keys/", params={"page": page, "page_size": page_size}
+        )
+        return Page[SshKeyOut].model_validate(body)
+
+    def get(self, key_id: int) -> SshKeyOut:
+        """One SSH key; ``NotFoundError`` if it does not exist or is not the account's."""
+        return SshKeyOut.model_validate(self.get_json(key_id))
+
+    def get_json(self, key_id: int) -> JsonObject:
+        """``get``'s body unchanged."""
+        body: JsonObject = self._client.request("GET", f"ssh_keys/{key_id}/")
+        return body
+
+    def create(self, name: str, public_key: str) -> SshKeyOut:
+        """Save an OpenSSH public key line; ``BadRequestError`` if it is not acceptable or
+        already saved (the error names the saved key)."""
+        return SshKeyOut.model_validate(self.create_json(name, public_key))
+
+    def create_json(self, name: str, public_key: str) -> JsonObject:
+        """``create``'s body unchanged."""
+        payload: JsonObject = {"name": name, "public_key": public_key}
+        body: JsonObject = self._client.request("POST", "ssh_keys/", json=payload)
+        return body
+
+    def delete(self, key_id: int) -> None:
+        """Delete an SSH key; servers created with it keep it installed."""
+        self._client.request("DELETE", f"ssh_keys/{key_id}/")
+
+
+class ImagesApi:
+    """``/api/v1/images/``: what servers can be created from (``blank`` is not listed)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def list(self) -> builtins.list[ImageOut]:
+        """Every available image, newest first (all pages)."""
+        return [ImageOut.model_validate(i) for i in self.list_json()["results"]]
+
+    def list_json(self) -> JsonObject:
+        """The list as the API shows it, every page's results merged into one object."""
+        return self._client.list_all("images/")
+
+    def list_page(self, page: int = 1, page_size: int = 100) -> Page[ImageOut]:
+        """One page of the list, with ``count`` and the ``next``/``previous`` links."""
+        body = self._client.request("GET", "images/", params={"page": page, "page_size": page_size})
+        return Page[ImageOut].model_validate(body)
