@@ -1,4 +1,4 @@
-"""``python -m bench [snapshots|guest|api|all] [--sizes 256M,2G,8G] [--quick]``.
+"""``python -m bench [snapshots|guest|api|guests|all] [--sizes 256M,2G,8G] [--quick]``.
 
 Each part prints its tables, writes ``<results-dir>/<part>.json`` and then
 ``docs/benchmarks.md`` is regenerated from every part's latest result (``--doc`` elsewhere,
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import api, guest, report, snapshots
+from bench import api, guest, guests, report, snapshots
 from bench.util import (
     ResultTable,
     console,
@@ -26,7 +26,7 @@ from bench.util import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("snapshots", "guest", "api")
+PARTS = ("snapshots", "guest", "api", "guests")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,6 +75,7 @@ def _run_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
         "api": lambda: api.run(
             args.servers, args.duration, [float(r) for r in args.rates.split(",")], args.work_dir
         ),
+        "guests": lambda: guests.run(args.reps, args.work_dir),
     }
     before = machine(args.work_dir or Path("/tmp"))
     data = runners[part]()
@@ -97,6 +98,8 @@ def render(
         return snapshots.tables(data)
     if result["part"] == "guest":
         return guest.tables(data)
+    if result["part"] == "guests":
+        return guests.tables(data)
     before_path = results_dir / "api-before.json"
     before = json.loads(before_path.read_text())["data"] if before_path.exists() else None
     return api.tables(data, None if result.get("label") == "before" else before)

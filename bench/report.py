@@ -15,6 +15,7 @@ TITLES = {
     "snapshots": "1. Snapshot and restore latency, against full copies",
     "guest": "2. The cost snapshots put on the guest",
     "api": "3. API throughput at scale",
+    "guests": "4. Real guests: boot, filesystem freeze, power",
 }
 
 HEADER = """\
@@ -31,7 +32,7 @@ copy-on-write: taking one writes metadata only, whatever the size of the disk. T
 here is what a copy-based snapshot must at least pay on the same machine: a full copy of the
 same disk (`cp --sparse=always` and `qemu-img convert -O qcow2`), made durable with fsync.
 
-Run one part: `python -m bench snapshots|guest|api [--sizes 256M,2G,8G] [--reps 5]
+Run one part: `python -m bench snapshots|guest|api|guests [--sizes 256M,2G,8G] [--reps 5]
 [--servers 10000] [--duration 10]`; `python -m bench report` only rewrites this file;
 `--quick` is the tiny run the smoke test uses (with `--results-dir`/`--no-doc` so it never
 touches this file). The api part uses `wrk` for the saturation rate when it is installed
@@ -74,7 +75,7 @@ def _targets(targets: list[dict[str, Any]]) -> str:
 
 
 def write(results_dir: Path, doc: Path, render: Render) -> None:
-    """Rewrite ``doc`` from ``<results_dir>/{snapshots,guest,api}.json`` (missing parts say so)."""
+    """Rewrite ``doc`` from ``<results_dir>/<part>.json`` of every part (missing ones say so)."""
     from bench.analysis import ANALYSIS
 
     parts = [HEADER]

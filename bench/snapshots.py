@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import qemu
+from bench import libvirt, qemu
 from bench.serve import POLL, Api, Serve, kill_qemus_under
 from bench.util import (
     GIB,
@@ -44,7 +44,9 @@ def needed_bytes(size: int) -> int:
     return 2 * size + 2 * GIB
 
 
-def _measure_size(api: Api, serve: Serve, size: int, reps: int, copy_reps: int) -> dict[str, Any]:
+def _measure_size(
+    api: Api, serve: Serve, size: int, reps: int, copy_reps: int, libvirt_reason: str | None
+) -> dict[str, Any]:
     disk_gb = max(1, -(-(size + 256 * MIB) // GIB))
     server_id: int = api.call(
         "POST", "/servers/", 201, json={"name": f"bench-{size // MIB}m", "disk_gb": disk_gb}
@@ -63,6 +65,7 @@ def _measure_size(api: Api, serve: Serve, size: int, reps: int, copy_reps: int) 
             copy_path.unlink()
 
     timings: dict[str, list[float]] = {}
+    libvirt_result: dict[str, Any] | None = None
     for power in ("stopped", "running"):
         if power == "running":
             timings["start"] = [api.server_to(server_id, "start", "running")]
@@ -75,10 +78,20 @@ def _measure_size(api: Api, serve: Serve, size: int, reps: int, copy_reps: int) 
                 api.restore(snapshot_id, server_id, power)
             )
         for snapshot_id in ids:
+            left = len(qemu.snapshot_tags(disk))
+            started = time.perf_counter()
             api.call("DELETE", f"/snapshots/{snapshot_id}/", 204)
-        deadline = time.monotonic() + 600
-        while qemu.snapshot_tags(disk) and time.monotonic() < deadline:
-            time.sleep(POLL * 10)
+            deadline = time.monotonic() + 600
+            while len(qemu.snapshot_tags(disk)) >= left and time.monotonic() < deadline:
+                time.sleep(POLL)
+            timings.setdefault(f"delete_{power}", []).append(time.perf_counter() - started)
+    if libvirt_reason is None:
+        api.server_to(server_id, "stop", "stopped")
+        twin = serve.data_dir / "libvirt.qcow2"
+        qemu.full_copy(disk, twin, "convert")
+        console.print(f"  libvirt on a copy of the same disk ({twin})")
+        libvirt_result = libvirt.measure(twin, reps)
+        twin.unlink()
     api.call("DELETE", f"/servers/{server_id}/", 204)
     deadline = time.monotonic() + 120
     while disk.exists() and time.monotonic() < deadline:
@@ -87,6 +100,7 @@ def _measure_size(api: Api, serve: Serve, size: int, reps: int, copy_reps: int) 
         "size": size,
         "fill_seconds": fill,
         "copy": {how: summary(samples) for how, samples in copies.items()},
+        "libvirt": libvirt_result,
         **{key: summary(samples) for key, samples in timings.items()},
         "samples": {**timings, **{f"copy_{k}": v for k, v in copies.items()}},
     }
@@ -99,6 +113,9 @@ def run(sizes: list[int], reps: int, copy_reps: int, work_root: Path | None) -> 
     measured: list[dict[str, Any]] = []
     skipped: list[str] = []
     api: Api | None = None
+    libvirt_reason = libvirt.unavailable()
+    if libvirt_reason:
+        console.print(f"[yellow]libvirt not measured: {libvirt_reason}[/yellow]")
     try:
         serve.start()
         api = Api(serve.base_url, serve.create_token("bench"))
@@ -112,14 +129,20 @@ def run(sizes: list[int], reps: int, copy_reps: int, work_root: Path | None) -> 
                 console.print(f"[yellow]{skipped[-1]}[/yellow]")
                 continue
             console.print(f"[bold]snapshots[/bold]: {human_size(size)}")
-            measured.append(_measure_size(api, serve, size, reps, copy_reps))
+            measured.append(_measure_size(api, serve, size, reps, copy_reps, libvirt_reason))
     finally:
         if api is not None:
             api.close()
         serve.stop()
         kill_qemus_under(root)
         shutil.rmtree(root, ignore_errors=True)
-    return {"sizes": measured, "skipped": skipped, "reps": reps, "copy_reps": copy_reps}
+    return {
+        "sizes": measured,
+        "skipped": skipped,
+        "reps": reps,
+        "copy_reps": copy_reps,
+        "libvirt": libvirt_reason or libvirt.version(),
+    }
 
 
 def tables(data: dict[str, Any]) -> tuple[list[ResultTable], list[dict[str, Any]]]:
@@ -176,7 +199,42 @@ def tables(data: dict[str, Any]) -> tuple[list[ResultTable], list[dict[str, Any]
         "source disk is in the page cache (just written), which favours the copies.",
         *data["skipped"],
     ]
-    return [latency], _targets(data)
+    return [latency, _libvirt_table(data)], _targets(data)
+
+
+def _libvirt_table(data: dict[str, Any]) -> ResultTable:
+    table = ResultTable(
+        "Beside libvirt on the same disk: a stopped server / a shut-off domain (median (min-max))",
+        ["written data", "operation", "vpsd (API)", "libvirt (virsh)", "vpsd / libvirt"],
+    )
+    for entry in data["sizes"]:
+        theirs = entry.get("libvirt")
+        for ours_key, their_key, label in (
+            ("create_stopped", "create", "create a snapshot"),
+            ("restore_stopped", "revert", "restore / revert"),
+            ("delete_stopped", "delete", "delete a snapshot"),
+        ):
+            ours = entry.get(ours_key)
+            if ours is None:
+                continue
+            other = theirs[their_key] if theirs else None
+            table.rows.append(
+                [
+                    human_size(entry["size"]),
+                    label,
+                    fmt_summary(ours),
+                    fmt_summary(other) if other else "not measured",
+                    f"{ours['median'] / other['median']:.2f}" if other else "",
+                ]
+            )
+    table.notes += [
+        f"libvirt: {data.get('libvirt', 'not measured')}; a persistent domain defined on a "
+        "qemu-img copy of the same disk, each operation one virsh call (its process start "
+        "included, as vpsd's figures include HTTP and the runner).",
+        "vpsd's delete is DELETE → the tag gone from the disk (the API answers 204 at once and "
+        "deletes in the background), polled with qemu-img snapshot -l.",
+    ]
+    return table
 
 
 def _targets(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -197,6 +255,29 @@ def _targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             worst_create_median <= CREATE_TARGET,
         )
     )
+    pairs = (
+        ("create_stopped", "create"),
+        ("restore_stopped", "revert"),
+        ("delete_stopped", "delete"),
+    )
+    compared = [
+        (e[ours]["median"], e["libvirt"][theirs]["median"])
+        for e in by_size.values()
+        if e.get("libvirt")
+        for ours, theirs in pairs
+        if ours in e
+    ]
+    if compared:
+        worst_ratio = max(ours / theirs for ours, theirs in compared)
+        found.append(
+            target(
+                "no slower than libvirt on the same disk (create, revert, delete; medians)",
+                f"worst vpsd/libvirt ratio {worst_ratio:.2f}",
+                worst_ratio <= 1.0,
+            )
+        )
+    else:
+        found.append(target("no slower than libvirt on the same disk", "not measured", None))
     worst_restore = max(e["restore_stopped"]["median"] for e in by_size.values())
     found.append(
         target(

@@ -94,11 +94,12 @@ def _cpu_model() -> str:
 
 
 def accel() -> str:
-    """What VMs run on: KVM when /dev/kvm opens (and tcg is not forced), else TCG."""
+    """What VMs run on, as vpsd chooses it (KVM only on a CPU with vmx/svm), or forced."""
+    from vpsd.hypervisor.qemu.process import resolve_accel
+
     forced = os.environ.get("VPSD_TEST_ACCEL") or os.environ.get("VPSD_ACCEL", "auto")
-    if forced == "tcg":
-        return "TCG (forced)"
-    return "KVM" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "TCG"
+    chosen = resolve_accel(forced).upper()
+    return f"{chosen} (forced)" if forced != "auto" else chosen
 
 
 def other_qemus() -> int:

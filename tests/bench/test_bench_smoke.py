@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.qemu, pytest.mark.e2e, qh.requires_qemu]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("part", ["snapshots", "guest", "api"])
+@pytest.mark.parametrize("part", ["snapshots", "guest", "api", "guests"])
 def test_each_part_writes_its_results_and_table(part: str, tmp_path: Path) -> None:
     doc = ROOT / "docs" / "benchmarks.md"
     doc_before = doc.read_bytes() if doc.exists() else None
