@@ -29,7 +29,8 @@ typecheck: ## mypy --strict on the package
 	.venv/bin/mypy
 
 db-check: ## Fail if models and migrations drift (alembic check)
-	.venv/bin/vpsd db check --data-dir $$(mktemp -d /tmp/vpsd-check-XXXX)
+	@dir=$$(mktemp -d /tmp/vpsd-check-XXXX); .venv/bin/vpsd db check --data-dir $$dir; \
+	status=$$?; rm -rf $$dir; exit $$status
 
 bench: ## Run the benchmarks and rewrite docs/benchmarks.md
 	.venv/bin/python -m bench

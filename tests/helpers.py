@@ -11,6 +11,24 @@ from typing import Any, Protocol
 TERMINAL_SNAPSHOT = {"completed", "failed"}
 
 
+def snapshot_tag(database_url: str, snapshot_id: int) -> str:
+    """A snapshot's internal tag on disk, read from the service's database (while the
+    snapshot's row exists: look it up before deleting it)."""
+    from sqlalchemy import select
+
+    from vpsd.db.models import Snapshot
+    from vpsd.db.session import Database
+
+    database = Database(database_url)
+    try:
+        with database.read() as session:
+            tag = session.scalar(select(Snapshot.tag).where(Snapshot.id == snapshot_id))
+    finally:
+        database.dispose()
+    assert tag is not None, f"snapshot {snapshot_id} has no row"
+    return tag
+
+
 def write_fake_image(
     images_dir: Path, slug: str = "debian-12", version: str = "000000000000", **manifest: Any
 ) -> Path:

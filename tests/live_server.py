@@ -107,6 +107,11 @@ class LiveServer:
         """Start again on the same data dir after ``stop`` or ``kill``."""
         self.start()
 
+    @property
+    def database_url(self) -> str:
+        """The service's database (its SQLite file unless one was given)."""
+        return self.env.get("VPSD_DATABASE_URL") or f"sqlite:///{self.data_dir / 'vpsd.db'}"
+
     def log(self) -> str:
         """Everything the service printed so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

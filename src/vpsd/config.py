@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,9 +53,34 @@ class Settings(BaseSettings):
 
     default_memory_mb: int = 256
     default_vcpus: int = 1
-    max_memory_mb: int = 65536
-    max_vcpus: int = 64
-    max_disk_gb: int = 2048
+    max_memory_mb: int | None = Field(default=None, ge=64)
+    """The largest server's memory; None: what the host can run (its memory for guests)."""
+    max_vcpus: int | None = Field(default=None, ge=1)
+    """The largest server's vCPUs; None: the host's CPU count."""
+    max_disk_gb: int | None = Field(default=None, ge=1)
+    """The largest server's disk; None: what the host can hold (see ``disk_overcommit``)."""
+
+    quota_servers: int = Field(default=10, ge=0)
+    """Servers (not deleted) an account may have, unless ``vpsd account set-quota`` says."""
+    quota_vcpus: int = Field(default=16, ge=0)
+    """vCPUs summed over an account's servers."""
+    quota_memory_mb: int = Field(default=32768, ge=0)
+    """Memory summed over an account's servers."""
+    quota_disk_gb: int = Field(default=1024, ge=0)
+    """Disk sizes summed over an account's servers."""
+
+    cpu_overcommit: float = Field(default=4.0, gt=0)
+    """vCPUs of all servers per host CPU: idle guests share CPUs well (a busy one is slower)."""
+    memory_overcommit: float = Field(default=1.0, gt=0)
+    """Guest memory per byte of host memory for guests: above 1 a host can run out of memory
+    and the kernel kills a VM, so 1 (none) by default."""
+    disk_overcommit: float = Field(default=3.0, gt=0)
+    """Disk sizes of all servers per free byte of the data dir's filesystem. qcow2 disks are
+    thin (they take only what guests wrote), and the free space already excludes what they
+    hold; guests that fill their disks, and snapshots that keep old data, are why it is not
+    higher."""
+    host_reserved_memory_mb: int = Field(default=1024, ge=0)
+    """Host memory kept out of the guests' reach (the host, vpsd, QEMU's own overhead)."""
 
     token_cache_seconds: float = Field(default=2.0, ge=0)
     """Seconds a live token is remembered: a revocation takes effect within this time."""
@@ -64,10 +90,29 @@ class Settings(BaseSettings):
     idle limits (nginx 75 s, httpx 5 s), so a client never sends on a connection the server
     is closing at that moment."""
 
+    header_timeout_seconds: float = Field(default=20.0, gt=0)
+    """Seconds a client has to send a request's line and headers, from connecting (or from
+    the first byte of a later request on a kept-alive connection), and then as long again
+    for its body; a slower one gets 408 and is closed, so slow clients cannot hold
+    connections open."""
+
+    max_connections: int = Field(default=1024, ge=1)
+    """HTTP connections open at once, at most; lowered at start to what the open files limit
+    leaves after the database, QMP sockets and qemu-img pipes. Beyond it the longest-idle
+    connection is closed to make room, or the new request gets 503."""
+
     default_image: str = "debian-12"
     """The image of servers created without one; ``blank`` for an empty disk and no guest."""
     image_cache_dir: Path = Field(default_factory=default_image_cache_dir)
     """Where ``vpsd image build`` keeps builds, by recipe hash; data dirs link to them."""
+
+    public_url: str | None = None
+    """The API's public base URL (``https://vpsd.example``): absolute links the API gives
+    (``next``/``previous``, trailing-slash redirects) start with it. Default: relative links.
+    Never taken from the request's ``Host`` header, which any client can set."""
+
+    console_log_max_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    """A running server's console log is cut to its last half when it grows past this."""
 
     ssh_listen_address: str = "127.0.0.1"
     """Host address each server's SSH port forward listens on."""
@@ -93,6 +138,27 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # VPSD_PUBLIC_URL= (empty) means unset
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range)
+        if (
+            any(char.isspace() or not char.isprintable() for char in value)
+            or parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.username is not None
+            or "?" in value
+            or "#" in value
+        ):
+            raise ValueError(
+                "must be an http(s) URL such as https://vpsd.example, "
+                "without credentials, query or fragment"
+            )
+        return value.rstrip("/")
+
     @field_validator("ssh_ports")
     @classmethod
     def _port_range(cls, value: str) -> str:
@@ -116,6 +182,11 @@ class Settings(BaseSettings):
     def images_dir(self) -> Path:
         """The images this data dir's servers boot from (``<slug>-<version>/`` each)."""
         return self.data_dir / "images"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Where the folders of servers no database record knows are moved at start."""
+        return self.data_dir / "quarantine"
 
     @property
     def servers_dir(self) -> Path:

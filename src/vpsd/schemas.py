@@ -8,7 +8,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictInt, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictInt,
+    StringConstraints,
+    WithJsonSchema,
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
 NAME_MAX_LENGTH = 64
@@ -22,7 +30,11 @@ def format_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-Timestamp = Annotated[datetime, PlainSerializer(format_time, return_type=str)]
+Timestamp = Annotated[
+    datetime,
+    PlainSerializer(format_time, return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2025-01-15T18:30:00Z"]}),
+]
 Name = Annotated[
     str,
     StringConstraints(min_length=1, max_length=NAME_MAX_LENGTH, pattern=NAME_PATTERN),
@@ -33,7 +45,15 @@ Name = Annotated[
 ]
 ObjectId = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
 ServerStatusName = Literal[
-    "starting", "running", "stopping", "stopped", "rebooting", "restoring", "deleting", "error"
+    "starting",
+    "running",
+    "paused",
+    "stopping",
+    "stopped",
+    "rebooting",
+    "restoring",
+    "deleting",
+    "error",
 ]
 Consistency = Literal["filesystem", "crash"]
 BLANK_IMAGE = "blank"
@@ -55,6 +75,13 @@ class RequestModel(BaseModel):
     """Request bodies: unknown fields and silent type coercion are refused (400)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ResponseModel(BaseModel):
+    """Response bodies: every field is always sent, so the OpenAPI document lists every
+    field as ``required`` (a field's default does not make it optional to a client)."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
 
 
 class ServerCreate(RequestModel):
@@ -103,14 +130,14 @@ class SnapshotCreate(RequestModel):
     ] = None
 
 
-class SshEndpoint(BaseModel):
+class SshEndpoint(ResponseModel):
     """Where to reach a server's SSH daemon: ``ssh -p PORT root@HOST``."""
 
     host: str
     port: int
 
 
-class ServerOut(BaseModel):
+class ServerOut(ResponseModel):
     """A server as the API shows it."""
 
     id: int
@@ -127,7 +154,7 @@ class ServerOut(BaseModel):
     created_at: Timestamp
 
 
-class ImageOut(BaseModel):
+class ImageOut(ResponseModel):
     """An image servers can be created from."""
 
     id: int
@@ -140,7 +167,7 @@ class ImageOut(BaseModel):
     status: Literal["available"]
 
 
-class SshKeyOut(BaseModel):
+class SshKeyOut(ResponseModel):
     """An SSH public key of the account."""
 
     id: int
@@ -150,14 +177,14 @@ class SshKeyOut(BaseModel):
     created_at: Timestamp
 
 
-class ServerRef(BaseModel):
+class ServerRef(ResponseModel):
     """The server a snapshot belongs to."""
 
     id: int
     name: str
 
 
-class SnapshotOut(BaseModel):
+class SnapshotOut(ResponseModel):
     """A snapshot as the page shows it, plus ``status_reason`` for failed snapshots."""
 
     id: int
@@ -183,7 +210,7 @@ class SnapshotCreated(SnapshotOut):
     message: str
 
 
-class RestoreSnapshotRef(BaseModel):
+class RestoreSnapshotRef(ResponseModel):
     """The snapshot being restored, as in the page's restore answer."""
 
     id: int
@@ -191,7 +218,7 @@ class RestoreSnapshotRef(BaseModel):
     created_at: Timestamp
 
 
-class RestoreServerRef(BaseModel):
+class RestoreServerRef(ResponseModel):
     """The server being restored, as in the page's restore answer."""
 
     id: int
@@ -199,7 +226,7 @@ class RestoreServerRef(BaseModel):
     status: ServerStatusName
 
 
-class RestoreStarted(BaseModel):
+class RestoreStarted(ResponseModel):
     """Answer to ``POST /api/v1/snapshots/{id}/restore/``."""
 
     status: Literal["success"] = "success"
@@ -211,7 +238,7 @@ class RestoreStarted(BaseModel):
 ItemT = TypeVar("ItemT", bound=BaseModel)
 
 
-class Page(BaseModel, Generic[ItemT]):
+class Page(ResponseModel, Generic[ItemT]):
     """A list: ``count`` of all matches, this page's ``results`` newest first, and links."""
 
     count: int
@@ -220,14 +247,14 @@ class Page(BaseModel, Generic[ItemT]):
     results: list[ItemT]
 
 
-class FieldError(BaseModel):
+class FieldError(ResponseModel):
     """One invalid parameter: where it is (``body.name``, ``query.server_id``) and why."""
 
     field: str
     message: str
 
 
-class ErrorBody(BaseModel):
+class ErrorBody(ResponseModel):
     """Every error answer: ``detail`` for people; ``errors`` lists bad fields on a 400."""
 
     detail: str

@@ -9,6 +9,7 @@ from tests import qemu_helpers as qh
 from vpsd.hypervisor.base import PowerState
 from vpsd.hypervisor.fake import FakeDriver
 from vpsd.hypervisor.qemu import QemuDriver
+from vpsd.hypervisor.qemu.qmp import qmp_call
 
 PATTERN_LENGTH = qh.MIB
 
@@ -20,6 +21,9 @@ class DiskProbe(Protocol):
     def has(self, server_id: int, pattern: int) -> bool:
         """True when the first MiB of the server's disk is all ``pattern``."""
 
+    def pause(self, server_id: int) -> None:
+        """Pause the running VM's CPUs from outside vpsd (QMP ``stop``)."""
+
 
 class FakeProbe:
     def __init__(self, driver: FakeDriver) -> None:
@@ -30,6 +34,9 @@ class FakeProbe:
 
     def has(self, server_id: int, pattern: int) -> bool:
         return self.driver.read(server_id) == bytes([pattern]) * PATTERN_LENGTH
+
+    def pause(self, server_id: int) -> None:
+        self.driver.pause(server_id)
 
 
 class QemuProbe:
@@ -50,3 +57,6 @@ class QemuProbe:
         if self._running(server_id):
             return qh.has_pattern_running(self.driver.qmp_socket_path(server_id), disk, pattern)
         return qh.has_pattern(disk, pattern)
+
+    def pause(self, server_id: int) -> None:
+        qmp_call(self.driver.qmp_socket_path(server_id), "stop")

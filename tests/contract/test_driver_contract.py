@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.contract.driver_probes import DiskProbe
-from vpsd.hypervisor.base import Driver, DriverError, PowerState, StopResult, VmSpec
+from vpsd.hypervisor.base import Driver, DriverError, PowerState, RunState, StopResult, VmSpec
 
 SPEC = VmSpec(server_id=7, memory_mb=128, vcpus=1, disk_gb=1)
 SID = SPEC.server_id
@@ -135,3 +135,32 @@ def test_snapshot_without_disks_fails(driver: Driver) -> None:
         driver.snapshot_create(SID, "nothing")
     driver.snapshot_delete(SID, "nothing")  # nothing to delete is fine
     assert driver.snapshot_tags(SID) == set()
+
+
+def test_run_state_follows_the_vm(driver: Driver) -> None:
+    assert driver.run_state(SID) is RunState.OFF  # no VM at all
+    driver.create_disks(SPEC)
+    assert driver.run_state(SID) is RunState.OFF
+    driver.start(SPEC)
+    assert driver.run_state(SID) is RunState.RUNNING
+    assert driver.resume(SID) is RunState.RUNNING  # nothing to resume: a no-op
+    driver.kill(SID)
+    assert driver.run_state(SID) is RunState.OFF
+    assert driver.resume(SID) is RunState.OFF
+
+
+def test_a_vm_paused_outside_vpsd_is_reported_and_left_paused(
+    driver: Driver, disk: DiskProbe
+) -> None:
+    driver.start(SPEC)
+    disk.pause(SID)
+    assert driver.info(SID).power_state is PowerState.RUNNING  # its process lives
+    assert driver.run_state(SID) is RunState.PAUSED
+    # Only a pause on a full disk is vpsd's to end: someone else's pause stays.
+    assert driver.resume(SID) is RunState.PAUSED
+    assert driver.run_state(SID) is RunState.PAUSED
+    # Paused CPUs cannot answer ACPI: the stop forces the VM off at once.
+    assert driver.stop(SID, timeout=30.0) == StopResult(forced=True, paused=True)
+    assert driver.info(SID).power_state is PowerState.STOPPED
+    driver.start(SPEC)
+    assert driver.run_state(SID) is RunState.RUNNING

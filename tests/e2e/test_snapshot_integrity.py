@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests import qemu_helpers as qh
-from tests.helpers import ApiClient
+from tests.helpers import ApiClient, snapshot_tag
 from tests.live_server import LiveServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.qemu, qh.requires_qemu]
@@ -91,6 +91,7 @@ def test_newer_snapshots_stay_usable_and_delete_reclaims_the_tag(
     alice_live.wait_server(sid, "stopped")
     assert qh.has_pattern(disk, 0x02)
 
+    first_tag = snapshot_tag(live_server.database_url, first["id"])
     assert alice_live.delete(f"/snapshots/{first['id']}/").status_code == 204
 
     def tags() -> str:
@@ -103,10 +104,10 @@ def test_newer_snapshots_stay_usable_and_delete_reclaims_the_tag(
         return listing.stdout
 
     deadline = time.monotonic() + 30
-    while f"vpsd-snap-{first['id']}" in tags() and time.monotonic() < deadline:
+    while first_tag in tags() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert f"vpsd-snap-{first['id']}" not in tags()
-    assert f"vpsd-snap-{second['id']}" in tags()
+    assert first_tag not in tags()
+    assert snapshot_tag(live_server.database_url, second["id"]) in tags()
     assert "before-update" not in tags()  # tags never carry the user's name
 
 

@@ -71,6 +71,11 @@ class Faults:
         with closing(sqlite3.connect(self.db_file, timeout=30)) as conn:
             return conn.execute(query, params).fetchall()
 
+    def tag(self, snapshot_id: int) -> str:
+        """The snapshot's internal tag on disk (read while its row exists)."""
+        ((tag,),) = self.sql("SELECT tag FROM snapshots WHERE id = ?", snapshot_id)
+        return str(tag)
+
     def unfinished_operations(self) -> list[tuple[Any, ...]]:
         """Operations still pending or running: (id, kind, status, attempts)."""
         return self.sql(
@@ -155,7 +160,9 @@ def fault_root() -> Iterator[Path]:
 
 def _start(data_dir: Path, db_file: Path | None = None, log_path: Path | None = None) -> LiveServer:
     url = f"sqlite:///{db_file}" if db_file is not None else None
-    live = LiveServer(data_dir, database_url=url)
+    # The fault tests put disks on a filesystem of a few MiB: admission control would refuse
+    # every 1 GiB (thin) disk on it, before any fault is injected.
+    live = LiveServer(data_dir, database_url=url, disk_overcommit="64")
     if log_path is not None:
         live.log_path = log_path
     live.start()

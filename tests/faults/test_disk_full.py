@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,8 @@ def test_snapshot_on_a_full_disk_fails_cleanly_and_costs_nothing(
     # space that ``qemu-img check -r leaks`` reclaims, never a damaged image.
     faults.assert_disk_clean(sid, allow_leaks=True)
     tags = faults.disk_tags(sid)
-    assert {f"vpsd-snap-{s}" for s in earlier} <= tags
-    assert f"vpsd-snap-{failed}" not in tags
+    assert {faults.tag(s) for s in earlier} <= tags
+    assert faults.tag(failed) not in tags
     assert faults.alice.post(f"/snapshots/{earlier[0]}/restore/").status_code == 200
     faults.alice.wait_server(sid, "stopped")
     assert qh.has_pattern(faults.disk(sid), OLD, 0, DATA)
@@ -149,19 +150,24 @@ def test_a_result_that_cannot_be_written_is_recorded_once_space_is_back(
 
 
 def test_a_500_keeps_the_connection_usable(
-    small_fs: SmallFs, faults_factory: Callable[..., Faults], fault_root: Path
+    small_fs: SmallFs, faults_factory: Callable[..., Faults], fault_root: Path, tmp_path: Path
 ) -> None:
     data_dir = small_fs.mountpoint / "data"
     faults = faults_factory(data_dir, data_dir / "vpsd.db", fault_root / "serve.log")
+    key = tmp_path / "key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    public_key = key.with_suffix(".pub").read_text().strip()
     small_fs.fill()
     conn = http.client.HTTPConnection("127.0.0.1", faults.live.port, timeout=30)
     headers = {"Authorization": f"Bearer {faults.alice.token}", "Content-Type": "application/json"}
     try:
-        for name in ("first", "second"):  # both on the same keep-alive connection
+        # Saving a key is a plain database write (no admission check that could refuse it
+        # first): on the full filesystem it fails, twice on the same keep-alive connection.
+        for name in ("first", "second"):
             conn.request(
                 "POST",
-                "/api/v1/servers/",
-                body=f'{{"name": "{name}", "disk_gb": 1}}',
+                "/api/v1/ssh_keys/",
+                body=json.dumps({"name": name, "public_key": public_key}),
                 headers=headers,
             )
             response = conn.getresponse()

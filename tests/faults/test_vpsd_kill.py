@@ -56,7 +56,7 @@ def _survivor_checks(faults: Faults, sid: int, before_id: int, data: int) -> Non
     """What was completed before the crash is intact: snapshot, tag, bytes, image."""
     before = faults.snapshot(before_id)
     assert before["status"] == "completed", before
-    assert f"vpsd-snap-{before_id}" in faults.disk_tags(sid)
+    assert faults.tag(before_id) in faults.disk_tags(sid)
     faults.stop_server(sid)
     faults.assert_disk_clean(sid)
     assert qh.has_pattern(faults.disk(sid), data, 0, DATA)
@@ -69,7 +69,7 @@ def _snapshot_create(faults: Faults, sid: int, before_id: int, delay_ms: int) ->
     new = faults.snapshot(new_id)
     assert new["status"] in ("completed", "failed"), new
     if new["status"] == "completed":
-        assert f"vpsd-snap-{new_id}" in faults.disk_tags(sid)
+        assert faults.tag(new_id) in faults.disk_tags(sid)
     else:
         assert new["status_reason"], f"a failed snapshot says why: {new} (caught: {caught})"
     assert faults.server(sid)["status"] == "running"
@@ -96,11 +96,12 @@ def _snapshot_restore(faults: Faults, sid: int, before_id: int, delay_ms: int) -
 
 def _snapshot_delete(faults: Faults, sid: int, before_id: int, delay_ms: int) -> None:
     doomed = faults.alice.create_snapshot(sid, "doomed")["id"]
+    doomed_tag = faults.tag(doomed)
     assert faults.alice.delete(f"/snapshots/{doomed}/").status_code == 204
     _kill_after(faults, delay_ms)
     faults.wait_settled()
     assert faults.alice.get(f"/snapshots/{doomed}/").status_code == 404
-    assert f"vpsd-snap-{doomed}" not in faults.disk_tags(sid), "the space must be reclaimed"
+    assert doomed_tag not in faults.disk_tags(sid), "the space must be reclaimed"
     assert not faults.sql("SELECT id FROM snapshots WHERE id = ?", doomed)
     _survivor_checks(faults, sid, before_id, OLD)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.guest.conftest import Guest, ssh
-from tests.helpers import wait_for, write_fake_image
+from tests.helpers import snapshot_tag, wait_for, write_fake_image
 from vpsd.hypervisor.images.store import BuiltImage
 from vpsd.hypervisor.qemu.guest_agent import GuestAgent
 
@@ -97,7 +97,8 @@ def test_a_snapshot_under_write_load_is_filesystem_consistent(guest: Guest, tmp_
     raw = tmp_path / "root.raw"
     subprocess.run(
         ["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw",
-         "-l", f"snapshot.name=vpsd-snap-{snapshot['id']}", str(guest.folder / "disk0.qcow2"),
+         "-l", f"snapshot.name={snapshot_tag(guest.service.database_url, snapshot['id'])}",
+         str(guest.folder / "disk0.qcow2"),
          str(raw)],
         check=True, timeout=300,
     )  # fmt: skip

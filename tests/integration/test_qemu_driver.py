@@ -258,3 +258,17 @@ def test_two_gib_snapshot_is_cheap(driver: QemuDriver, capsys: pytest.CaptureFix
             f"running {running_total * 1000:.0f} ms (incl. size), "
             f"size computation alone {measure * 1000:.0f} ms"
         )
+
+
+def test_a_console_log_that_grew_too_long_keeps_its_end(driver: QemuDriver, root: Path) -> None:
+    folder = root / "servers" / "1"
+    folder.mkdir(parents=True)
+    log = folder / "console.log"
+    log.write_bytes(b"".join(f"line {i:07d}\n".encode() for i in range(300_000)))  # 3.6 MB
+    assert driver.trim_console(1, 1024 * 1024) is True
+    kept = log.read_bytes()
+    assert len(kept) == 512 * 1024
+    assert kept.endswith(b"line 0299999\n")
+    assert driver.console_tail(1, 13) == b"line 0299999\n"
+    assert driver.trim_console(1, 1024 * 1024) is False  # short enough now
+    assert driver.trim_console(2, 1024) is False  # no console at all

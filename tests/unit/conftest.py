@@ -28,7 +28,8 @@ def client(settings: Settings, fake_driver: FakeDriver) -> Iterator[TestClient]:
         yield test_client
 
 
-def _token(settings: Settings, account: str) -> str:
+def account_token(settings: Settings, account: str) -> str:
+    """A new token of ``account`` (created if new) in the database of ``settings``."""
     database = Database(settings.effective_database_url)
     try:
         return create_token(database, account)[1]
@@ -39,10 +40,10 @@ def _token(settings: Settings, account: str) -> str:
 @pytest.fixture
 def alice(client: TestClient, settings: Settings) -> ApiClient:
     """An account's view of the API, with its own token."""
-    return ApiClient(client, _token(settings, "alice"))
+    return ApiClient(client, account_token(settings, "alice"))
 
 
 @pytest.fixture
 def bob(client: TestClient, settings: Settings) -> ApiClient:
     """A second account, to check that accounts never see each other's objects."""
-    return ApiClient(client, _token(settings, "bob"))
+    return ApiClient(client, account_token(settings, "bob"))

@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.helpers import ApiClient, write_fake_image
+from tests.unit.conftest import account_token
 from vpsd.api.app import create_app
 from vpsd.config import Settings
 from vpsd.hypervisor.fake import FakeDriver
@@ -93,10 +94,8 @@ def test_default_image_applies_when_none_is_given(
 ) -> None:
     settings.default_image = "debian-12"
     write_fake_image(settings.images_dir)
-    from tests.unit.conftest import _token
-
     with TestClient(create_app(settings, driver=fake_driver)) as test_client:
-        alice = ApiClient(test_client, _token(settings, "alice"))
+        alice = ApiClient(test_client, account_token(settings, "alice"))
         server = _create(alice).json()
         assert server["image"] == "debian-12" and server["ssh"] is not None
         blank = _create(alice, name="bare", image="blank").json()
@@ -107,10 +106,8 @@ def test_default_image_not_installed_is_a_clear_400(
     settings: Settings, fake_driver: FakeDriver
 ) -> None:
     settings.default_image = "debian-12"  # and no image in the data dir
-    from tests.unit.conftest import _token
-
     with TestClient(create_app(settings, driver=fake_driver)) as test_client:
-        alice = ApiClient(test_client, _token(settings, "alice"))
+        alice = ApiClient(test_client, account_token(settings, "alice"))
         response = _create(alice)
         assert response.status_code == 400
         assert "not installed" in response.json()["errors"][0]["message"]
@@ -129,20 +126,37 @@ def test_ssh_ports_are_unique_and_freed_on_delete(alice: ApiClient) -> None:
     assert again["ssh"]["port"] == ports[0]
 
 
+def _listening_with_a_free_neighbour() -> socket.socket:
+    """A listening socket on a port P below the ephemeral range whose P+1 is free."""
+    for port in range(24_000, 26_000, 2):
+        busy = socket.socket()
+        try:
+            busy.bind(("127.0.0.1", port))
+        except OSError:
+            busy.close()
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                busy.close()
+                continue
+        busy.listen()
+        return busy
+    raise AssertionError("no pair of free ports in 24000-26000")
+
+
 def test_a_port_something_else_listens_on_is_skipped(
     settings: Settings, fake_driver: FakeDriver
 ) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
+    with _listening_with_a_free_neighbour() as busy:
         port = busy.getsockname()[1]
         settings.ssh_ports = f"{port}-{port + 1}"
         write_fake_image(settings.images_dir)
-        from tests.unit.conftest import _token
-
         with TestClient(create_app(settings, driver=fake_driver)) as test_client:
-            alice = ApiClient(test_client, _token(settings, "alice"))
-            assert _create(alice, image="debian-12").json()["ssh"]["port"] == port + 1
+            alice = ApiClient(test_client, account_token(settings, "alice"))
+            created = _create(alice, image="debian-12")
+            assert created.json()["ssh"]["port"] == port + 1, created.text
             full = _create(alice, name="two", image="debian-12")
             assert full.status_code == 400
             assert "no SSH port is free" in full.json()["detail"]
@@ -150,10 +164,8 @@ def test_a_port_something_else_listens_on_is_skipped(
 
 def test_ports_survive_a_restart(settings: Settings, fake_driver: FakeDriver) -> None:
     write_fake_image(settings.images_dir)
-    from tests.unit.conftest import _token
-
     with TestClient(create_app(settings, driver=fake_driver)) as test_client:
-        token = _token(settings, "alice")
+        token = account_token(settings, "alice")
         server = _create(ApiClient(test_client, token), image="debian-12").json()
     with TestClient(create_app(settings, driver=fake_driver)) as test_client:
         again = ApiClient(test_client, token).get(f"/servers/{server['id']}/").json()
@@ -262,6 +274,17 @@ def test_a_stopped_guest_snapshot_is_filesystem_consistent_unless_forced(
     assert alice.create_snapshot(sid, "forced")["consistency"] == "crash"
 
 
+def test_after_a_restore_a_stopped_guest_is_no_longer_known_clean(alice: ApiClient) -> None:
+    sid = alice.create_server(image="debian-12", disk_gb=2)["id"]
+    live = alice.create_snapshot(sid, "live")
+    alice.post(f"/servers/{sid}/stop/")
+    alice.wait_server(sid, "stopped")
+    assert alice.post(f"/snapshots/{live['id']}/restore/").status_code == 200
+    alice.wait_server(sid, "stopped")
+    # The disk now holds the restored state, whatever its consistency was.
+    assert alice.create_snapshot(sid, "after-restore")["consistency"] == "crash"
+
+
 def test_an_image_in_use_cannot_be_deleted(
     alice: ApiClient, settings: Settings, client: TestClient
 ) -> None:
@@ -286,13 +309,30 @@ def test_a_newer_build_replaces_the_older_for_new_servers(
 ) -> None:
     write_fake_image(settings.images_dir, version="000000000000")
     write_fake_image(settings.images_dir, version="111111111111", size_mb=300)
-    from tests.unit.conftest import _token
-
     with TestClient(create_app(settings, driver=fake_driver)) as test_client:
-        alice = ApiClient(test_client, _token(settings, "alice"))
+        alice = ApiClient(test_client, account_token(settings, "alice"))
         (image,) = alice.get("/images/").json()["results"]
         assert image["size_mb"] == 300
         server = alice.create_server(image="debian-12", disk_gb=2)
         spec = fake_driver.spec(server["id"])
         assert spec.image is not None
         assert spec.image.disk.parent == Path(settings.images_dir / "debian-12-111111111111")
+
+
+def test_a_guest_flooding_its_console_cannot_fill_the_host(
+    alice: ApiClient, fake_driver: FakeDriver, settings: Settings
+) -> None:
+    from vpsd.db.session import Database
+    from vpsd.operations.context import OperationContext
+    from vpsd.operations.monitor import trim_consoles
+
+    sid = alice.create_server(image="debian-12", disk_gb=2)["id"]
+    fake_driver.write_console(sid, b"x" * settings.console_log_max_bytes + b"the end\n")
+    database = Database(settings.effective_database_url)
+    try:
+        assert trim_consoles(OperationContext(db=database, driver=fake_driver, settings=settings))
+    finally:
+        database.dispose()
+    console = fake_driver.console_tail(sid, 2 * settings.console_log_max_bytes)
+    assert len(console) == settings.console_log_max_bytes // 2
+    assert console.endswith(b"the end\n")

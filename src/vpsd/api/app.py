@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,8 +11,10 @@ from fastapi import FastAPI
 
 from vpsd import __version__
 from vpsd.api.deps import Services
+from vpsd.api.docs import install_docs
 from vpsd.api.errors import install_error_handlers
-from vpsd.api.openapi import install_openapi
+from vpsd.api.openapi import install_openapi, operation_id
+from vpsd.api.pagination import install_slash_redirects
 from vpsd.api.routes import images, servers, snapshots, ssh_keys
 from vpsd.api.strict_json import BodySizeLimit
 from vpsd.config import Settings, get_settings
@@ -23,6 +26,7 @@ from vpsd.operations.context import OperationContext
 from vpsd.operations.monitor import VmMonitor, reconcile_power_states
 from vpsd.operations.recovery import recover
 from vpsd.operations.runner import InProcessRunner
+from vpsd.services import installation
 from vpsd.services.images import ImageService
 from vpsd.services.servers import ServerService
 from vpsd.services.snapshots import SnapshotService
@@ -53,12 +57,18 @@ def create_app(settings: Settings | None = None, driver: Driver | None = None) -
     monitor = VmMonitor(ctx, settings.monitor_interval)
     image_service = ImageService(db, settings)
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    def start_up() -> None:
         migrate.upgrade(db)
+        installation.verify(db, settings)  # before anything acts on the data dir
         image_service.sync()
         recover(ctx)
         reconcile_power_states(ctx)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Blocking work (the database, QEMU's monitors), so off the event loop: a QMP session
+        # runs an event loop of its own, which cannot run inside this one.
+        await asyncio.to_thread(start_up)
         runner.start()
         runner.notify()
         monitor.start()
@@ -80,9 +90,10 @@ def create_app(settings: Settings | None = None, driver: Driver | None = None) -
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/api/v1/docs",
+        docs_url=None,  # vpsd.api.docs serves it, without a CDN
         redoc_url=None,
         openapi_url="/api/v1/openapi.json",
+        generate_unique_id_function=operation_id,
     )
     app.state.services = Services(
         settings=settings,
@@ -101,6 +112,8 @@ def create_app(settings: Settings | None = None, driver: Driver | None = None) -
     app.include_router(snapshots.router, prefix="/api/v1")
     app.include_router(images.router, prefix="/api/v1")
     app.include_router(ssh_keys.router, prefix="/api/v1")
+    install_docs(app, docs_url="/api/v1/docs", openapi_url="/api/v1/openapi.json")
+    install_slash_redirects(app, settings.public_url)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

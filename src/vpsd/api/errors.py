@@ -40,6 +40,17 @@ def error_response(
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
+class OversizedInteger:
+    """What strict JSON parsing reads in place of an integer literal too long to convert
+    (``vpsd.api.strict_json``): no field accepts it, and its error names the field."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<integer of {self.digits} digits>"
+
+
 def _field_name(location: Sequence[Any]) -> str:
     return ".".join(str(part) for part in location) or "body"
 
@@ -51,6 +62,8 @@ def _message(error: dict[str, Any]) -> str:
         return f"malformed JSON: {reason}" if reason else "malformed JSON"
     if kind == "extra_forbidden":
         return "unknown field"
+    if isinstance(error.get("input"), OversizedInteger):
+        return f"integer too large ({error['input'].digits} digits)"
     if kind == "missing":
         return "this field is required"
     if kind == "value_error":

@@ -11,7 +11,7 @@ DESCRIPTIONS = {
     401: "Unauthorized: missing, invalid or revoked token",
     404: "Not Found: the object does not exist (or is not yours)",
     413: "Request body too large",
-    415: "Request body is not JSON",
+    415: "Request body is not JSON, or not in UTF-8",
 }
 
 

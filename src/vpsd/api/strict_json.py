@@ -1,7 +1,13 @@
-"""Request parsing stricter than FastAPI's: JSON only, no duplicate keys, no NaN, size-capped."""
+"""Request parsing stricter than FastAPI's: JSON only, no duplicate keys, no NaN, size-capped.
+
+Bodies are UTF-8 without a byte order mark (RFC 8259 section 8.1: JSON exchanged between
+systems is UTF-8 and carries no BOM). A BOM is refused as malformed JSON rather than skipped, as
+other encodings are (they are never guessed); a ``charset`` other than UTF-8 is a ``415``.
+"""
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -10,10 +16,14 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vpsd.api.errors import error_response
+from vpsd.api.errors import OversizedInteger, error_response
 from vpsd.schemas import FieldError
 
 NOT_JSON = FieldError(field="header.content-type", message="must be application/json")
+NOT_UTF8 = FieldError(field="header.content-type", message="the only charset accepted is utf-8")
+MAX_INTEGER_DIGITS = 4300
+"""Python's default limit on converting digits to an int (``sys.set_int_max_str_digits``);
+every integer the API takes has at most 19."""
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -30,20 +40,52 @@ def _reject_constant(name: str) -> Any:
     raise json.JSONDecodeError(f"{name} is not valid JSON", "", 0)
 
 
+def _parse_int(literal: str) -> int | OversizedInteger:
+    digits = len(literal.lstrip("-"))
+    # Past the limit int() raises a ValueError, which FastAPI would answer with a bare
+    # "There was an error parsing the body"; the marker lets validation name the field.
+    return OversizedInteger(digits) if digits > MAX_INTEGER_DIGITS else int(literal)
+
+
 def parse_json(body: bytes) -> Any:
-    """Parse a request body as strict JSON: duplicate keys and NaN/Infinity are errors.
+    """Parse a request body as strict JSON: UTF-8 without a BOM, duplicate keys and
+    NaN/Infinity are errors; an integer of over 4300 digits fails the field it is in.
 
     Every failure is a ``json.JSONDecodeError``, which FastAPI answers as malformed JSON
     (a 400 naming ``body``).
     """
+    if body.startswith(codecs.BOM_UTF8):
+        raise json.JSONDecodeError("the body starts with a byte order mark (send none)", "", 0)
     try:
-        return json.loads(
-            body, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
-        )
+        # Decoded here: json.loads would guess UTF-16 or UTF-32 from the bytes, and skip a BOM.
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise json.JSONDecodeError("the body is not UTF-8 text", "", 0) from None
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_reject_constant,
+            parse_int=_parse_int,
+        )
+    except json.JSONDecodeError:
+        raise
     except RecursionError:
         raise json.JSONDecodeError("nested too deeply", "", 0) from None
+    except ValueError as error:  # anything else json.loads refuses: still malformed JSON
+        raise json.JSONDecodeError(str(error), "", 0) from None
+    if isinstance(value, OversizedInteger):  # the whole body: no field to name
+        raise json.JSONDecodeError(f"integer too large ({value.digits} digits)", "", 0)
+    return value
+
+
+def charset_of(content_type: str) -> str | None:
+    """The ``charset`` parameter of a ``Content-Type`` value, lower-cased; None without one."""
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
 
 
 class StrictJSONRequest(Request):
@@ -76,6 +118,10 @@ class StrictJSONRoute(APIRoute):
                         415,
                         "the request body must be JSON (Content-Type: application/json)",
                         [NOT_JSON],
+                    )
+                if body and charset_of(content_type) not in (None, "utf-8"):
+                    return error_response(
+                        415, "the request body must be UTF-8 JSON (charset=utf-8)", [NOT_UTF8]
                     )
             return await handler(strict)
 

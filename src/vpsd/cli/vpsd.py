@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -17,14 +19,17 @@ from vpsd.config import Settings
 from vpsd.db import migrate
 from vpsd.db.session import Database
 from vpsd.hypervisor.images.recipes import RECIPES
-from vpsd.services import tokens
+from vpsd.services import installation, quotas, tokens
 from vpsd.services.errors import DomainError
+from vpsd.services.installation import InstallationMismatch
 
 app = typer.Typer(help="vpsd: snapshots of QEMU virtual private servers.", no_args_is_help=True)
 token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
+account_app = typer.Typer(help="Show accounts and set their quotas.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 image_app = typer.Typer(help="Build, list and delete guest images.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+app.add_typer(account_app, name="account")
 app.add_typer(db_app, name="db")
 app.add_typer(image_app, name="image")
 err = Console(stderr=True, soft_wrap=True)
@@ -40,7 +45,15 @@ DataDirOption = Annotated[
 ]
 
 
+PRIVATE_UMASK = 0o077
+"""What vpsd, and the QEMU and qemu-img it starts, create is its user's alone: files 0600,
+folders 0700 (disks and the database hold tenants' data and token hashes)."""
+
+
 def _settings(data_dir: Path | None) -> Settings:
+    """The settings, ``--data-dir`` first; every command working on a data dir calls this
+    first, so it also sets the private umask before anything is written there."""
+    os.umask(PRIVATE_UMASK)
     overrides = {"data_dir": data_dir} if data_dir is not None else {}
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
@@ -65,9 +78,15 @@ def serve(
     data_dir: DataDirOption = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
-    """Run the API, the operation runner and the QEMU driver in one process."""
-    import uvicorn
+    """Run the API, the operation runner and the QEMU driver in one process.
 
+    One per data dir: it locks the data dir (and a PostgreSQL database) and binds its port
+    before migrating or recovering anything, and exits 1 with the reason when another
+    instance or program is in the way."""
+    import uvicorn
+    from rich.markup import escape
+
+    from vpsd import serving
     from vpsd.api.app import create_app
 
     settings = _settings(data_dir)
@@ -76,17 +95,73 @@ def serve(
     )
     # qemu.qmp logs every closed QMP connection at INFO; those are routine here.
     logging.getLogger("qemu.qmp").setLevel(logging.WARNING)
+    try:
+        instance = serving.claim_instance(settings, host, port)
+    except serving.StartupError as error:
+        err.print(f"[red]error:[/red] {escape(str(error))}")
+        raise typer.Exit(1) from None
+    try:
+        _check_installation(settings)
+    except InstallationMismatch as error:
+        instance.release()
+        err.print(f"[red]error:[/red] {escape(str(error))}")
+        raise typer.Exit(1) from None
+    serving.tighten_permissions(settings)
+    cap = serving.connection_cap(settings, serving.raise_descriptor_limit())
     application = create_app(settings)
-    err.print(
-        f"vpsd {__version__}: http://{host}:{port}/api/v1/ "
-        f"(data dir {settings.data_dir}, driver {settings.driver})"
-    )
-    uvicorn.run(
+    _log_start(settings, instance.url, cap)
+    config = uvicorn.Config(
         application,
-        host=host,
-        port=port,
+        http=serving.guarded_protocol(cap, settings.header_timeout_seconds),
+        ws="none",
+        # asyncio's accept loop takes at most `backlog` connections per wake-up, so a flood
+        # overshoots the cap by a bounded number of descriptors (uvloop's has no bound).
+        loop="asyncio",
+        backlog=serving.BACKLOG,
         log_level=log_level.lower(),
         timeout_keep_alive=settings.keep_alive_seconds,
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[instance.socket])
+    finally:
+        instance.release()
+    if not server.started:
+        raise typer.Exit(3)
+
+
+def _check_installation(settings: Settings) -> None:
+    """Refuse a database and a data dir that were not made together, before the app (its
+    recovery) touches either; the app checks again at start, for every other entry point."""
+    database = Database(settings.effective_database_url)
+    try:
+        migrate.upgrade(database)
+        installation.verify(database, settings)
+    finally:
+        database.dispose()
+
+
+def _log_start(settings: Settings, url: str, connections: int) -> None:
+    """Say what this ``vpsd serve`` serves, and how to make a token for exactly its data."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(settings.effective_database_url).render_as_string(hide_password=True)
+    logging.getLogger("vpsd").info(
+        "vpsd %s on %s: data dir %s, database %s, driver %s, at most %d connections",
+        __version__,
+        url,
+        settings.data_dir,
+        database,
+        settings.driver,
+        connections,
+    )
+    command = shlex.join(
+        [sys.argv[0], "token", "create", "--account", "NAME", "--data-dir", str(settings.data_dir)]
+    )
+    same_database = " (with the same VPSD_DATABASE_URL)" if settings.database_url else ""
+    err.print(f"vpsd {__version__}: {url}/api/v1/", markup=False, highlight=False)
+    err.print(
+        f"API tokens for this data dir: {command}{same_database}", markup=False, highlight=False
     )
 
 
@@ -138,6 +213,61 @@ def token_revoke(
         err.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from None
     err.print(f"token {info.id} ({info.prefix}…) of {info.account!r} is revoked")
+
+
+def _quota_option(what: str) -> Any:
+    return typer.Option(min=0, show_default=False, help=f"at most this many {what}")
+
+
+@account_app.command("set-quota")
+def account_set_quota(
+    name: Annotated[str, typer.Argument(help="the account's name")],
+    servers: Annotated[int | None, _quota_option("servers")] = None,
+    vcpus: Annotated[int | None, _quota_option("vCPUs, summed over its servers")] = None,
+    memory_mb: Annotated[int | None, _quota_option("MiB of memory, summed")] = None,
+    disk_gb: Annotated[int | None, _quota_option("GiB of disk, summed")] = None,
+    reset: Annotated[
+        bool, typer.Option("--reset", help="return every quota not given to the default")
+    ] = False,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Set an account's own quotas; the others keep the defaults (env VPSD_QUOTA_*).
+    Existing servers are kept even above a lowered quota: it only refuses new ones."""
+    settings = _settings(data_dir)
+    values = {"servers": servers, "vcpus": vcpus, "memory_mb": memory_mb, "disk_gb": disk_gb}
+    try:
+        view = quotas.set_quota(_database(settings), settings, name, values, reset=reset)
+    except DomainError as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+    _print_quota(view)
+
+
+@account_app.command("show")
+def account_show(
+    name: Annotated[str, typer.Argument(help="the account's name")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Show an account's quotas (its own or the default) and what its servers use."""
+    settings = _settings(data_dir)
+    try:
+        view = quotas.show_quota(_database(settings), settings, name)
+    except DomainError as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+    _print_quota(view)
+
+
+def _print_quota(view: quotas.QuotaView) -> None:
+    table = Table("resource", "used", "quota", "set by", title=f"account {view.account}")
+    for resource in ("servers", "vcpus", "memory_mb", "disk_gb"):
+        table.add_row(
+            resource,
+            str(getattr(view.used, resource)),
+            str(getattr(view.quota, resource)),
+            "account" if resource in view.overridden else "default",
+        )
+    Console().print(table)
 
 
 @db_app.command("upgrade")

@@ -21,6 +21,8 @@ class ServerStatus(StrEnum):
 
     STARTING = "starting"
     RUNNING = "running"
+    PAUSED = "paused"
+    """The VM's process lives but QEMU paused its CPUs (e.g. its disk's filesystem is full)."""
     STOPPING = "stopping"
     STOPPED = "stopped"
     REBOOTING = "rebooting"
@@ -62,7 +64,11 @@ class OperationKind(StrEnum):
 
 
 class Account(Base):
-    """A customer: owns servers and API tokens."""
+    """A customer: owns servers and API tokens.
+
+    The ``quota_*`` columns override the settings' default quotas for this account; None
+    means the default (``VPSD_QUOTA_*``). See ``vpsd.services.quotas``.
+    """
 
     __tablename__ = "accounts"
     __table_args__ = {"sqlite_autoincrement": True}
@@ -70,6 +76,10 @@ class Account(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    quota_servers: Mapped[int | None] = mapped_column(Integer)
+    quota_vcpus: Mapped[int | None] = mapped_column(Integer)
+    quota_memory_mb: Mapped[int | None] = mapped_column(Integer)
+    quota_disk_gb: Mapped[int | None] = mapped_column(Integer)
 
 
 class ApiToken(Base):
@@ -193,17 +203,27 @@ class Snapshot(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
+    tag: Mapped[str] = mapped_column(String(64), unique=True, default=lambda: new_snapshot_tag())
+    """The internal snapshot's name on disk: never the user's name, and never made from the id,
+    which another database (a restored backup, a new one) could hand out again."""
+
     server: Mapped[Server] = relationship()
 
-    @property
-    def tag(self) -> str:
-        """The internal snapshot's name on disk: derived from the id, never the user's name."""
-        return snapshot_tag(self.id)
+
+def new_snapshot_tag() -> str:
+    """A qcow2 internal snapshot tag no database will ever hand out again."""
+    return f"vpsd-snap-{uuid4().hex}"
 
 
-def snapshot_tag(snapshot_id: int) -> str:
-    """The qcow2 internal snapshot tag of snapshot ``snapshot_id``."""
-    return f"vpsd-snap-{snapshot_id}"
+class Installation(Base):
+    """The one row naming this installation: the data dir holds the same id in a file, and
+    vpsd refuses to start when they differ (see ``vpsd.services.installation``)."""
+
+    __tablename__ = "installation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    installation_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Operation(Base):

@@ -14,7 +14,37 @@ from typing import Literal, Protocol
 
 
 class DriverError(Exception):
-    """A hypervisor action failed; ``str(error)`` is a reason fit to show a user."""
+    """A hypervisor action failed; ``str(error)`` is a reason fit to show a user.
+
+    ``detail``, when set, is for the operator's log only: QEMU's own words, host resources,
+    paths and pids, which a tenant must never see.
+    """
+
+    detail: str | None = None
+
+
+class LivenessUnknown(DriverError):
+    """Whether the VM's process is alive could not be read (e.g. ``/proc`` unreadable for
+    lack of file descriptors: EMFILE, ENFILE; or EACCES).
+
+    It means neither "running" nor "stopped": the caller retries or fails, and never records
+    either state on its strength.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            "the host could not tell whether the VM is running (a temporary problem on the host)"
+        )
+        self.detail = detail
+
+
+class BootFailed(DriverError):
+    """QEMU could not start the VM.
+
+    Unlike other driver errors, ``str(error)`` is QEMU's own account (host memory, KVM
+    limits, paths): the operator's, never the tenant's. Operation handlers log it and show
+    the server's owner a generic reason instead.
+    """
 
 
 class PowerState(StrEnum):
@@ -22,6 +52,19 @@ class PowerState(StrEnum):
 
     RUNNING = "running"
     STOPPED = "stopped"
+
+
+class RunState(StrEnum):
+    """What a VM's CPUs are doing, from QMP ``query-status``, apart from its process's life."""
+
+    RUNNING = "running"
+    DISK_FULL = "disk-full"
+    """QEMU paused the guest because a disk write found no space on the host (its default
+    ``werror=enospc``); ``cont`` retries the write once there is space again."""
+    PAUSED = "paused"
+    """Paused for another reason (a QMP ``stop``, another I/O error, a guest sleep...)."""
+    OFF = "off"
+    """No VM process (or the guest powered off and QEMU is exiting)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +114,11 @@ class VmSpec:
 
 @dataclass(frozen=True, slots=True)
 class StopResult:
-    """How a VM stopped: ``forced`` is true when the graceful power-down timed out."""
+    """How a VM stopped: ``forced`` is true when the graceful power-down timed out, or was
+    not tried because the VM was ``paused`` (its guest could not answer the power button)."""
 
     forced: bool
+    paused: bool = False
 
 
 Consistency = Literal["filesystem", "crash"]
@@ -118,7 +163,25 @@ class Driver(Protocol):
         ...
 
     def info(self, server_id: int) -> VmInfo:
-        """Report whether the VM's process is alive, from its pidfile and /proc."""
+        """Report whether the VM's process is alive, from its pidfile and /proc.
+
+        Raises ``LivenessUnknown`` when that cannot be read (never guesses "stopped"); so do
+        ``start``, ``stop``, ``kill`` and ``destroy``, which act on the answer.
+        """
+        ...
+
+    def run_state(self, server_id: int) -> RunState:
+        """What the VM's CPUs are doing (``OFF`` when it is not running).
+
+        Raises ``DriverError`` when the VM's monitor cannot be asked right now (another call
+        on this VM is under way, or QEMU does not answer).
+        """
+        ...
+
+    def resume(self, server_id: int) -> RunState:
+        """Continue a VM paused on a full disk (``DISK_FULL``) once the filesystem holding
+        its disks has room again; return the state afterwards. Any other state is left
+        alone (a VM paused for another reason stays paused)."""
         ...
 
     def destroy(self, server_id: int) -> None:
@@ -150,6 +213,19 @@ class Driver(Protocol):
 
     def console_tail(self, server_id: int, max_bytes: int) -> bytes:
         """The last ``max_bytes`` of the VM's serial console (this boot, then the one before)."""
+        ...
+
+    def trim_console(self, server_id: int, max_bytes: int) -> bool:
+        """Cut the console log to its end when it grew past ``max_bytes``; True if cut."""
+        ...
+
+    def server_ids_on_disk(self) -> set[int]:
+        """Every server this host has files or a running VM for, known to vpsd or not."""
+        ...
+
+    def quarantine(self, server_id: int) -> Path | None:
+        """Stop the VM of a server no record knows and move its files aside, deleting
+        nothing; where they went (None when there were none)."""
         ...
 
     def recover(self, server_id: int) -> None:

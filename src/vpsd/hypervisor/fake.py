@@ -11,11 +11,14 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from vpsd.hypervisor.base import (
     Consistency,
     DriverError,
+    LivenessUnknown,
     PowerState,
+    RunState,
     SnapshotResult,
     StopResult,
     VmInfo,
@@ -29,12 +32,17 @@ _METHODS = frozenset(
         "stop",
         "kill",
         "info",
+        "run_state",
+        "resume",
         "destroy",
         "snapshot_create",
         "snapshot_restore",
         "snapshot_delete",
         "snapshot_tags",
         "console_tail",
+        "trim_console",
+        "server_ids_on_disk",
+        "quarantine",
         "recover",
     }
 )
@@ -48,6 +56,8 @@ class _FakeVm:
     pid: int | None = None
     console: bytes = b""
     shut_down_cleanly: bool = False
+    run_state: RunState = RunState.RUNNING
+    """What the CPUs of the running VM do (meaningless while it is off)."""
 
 
 class FakeDriver:
@@ -63,10 +73,14 @@ class FakeDriver:
         self.calls: list[tuple[str, int | None]] = []
         """Every driver call as (method, server_id), in order, for assertions."""
         self._vms: dict[int, _FakeVm] = {}
+        self.quarantined: dict[int, _FakeVm] = {}
+        """Servers ``quarantine`` moved aside, by id."""
         self._faults: dict[str, list[str]] = {}
         self._delays: dict[str, float] = {}
         self._pids = itertools.count(10_000)
         self._lock = threading.RLock()
+        self._unknown: set[int] = set()
+        self._disk_full = False
 
     # -- test hooks --------------------------------------------------------------------------
 
@@ -92,6 +106,11 @@ class FakeDriver:
         with self._lock:
             return self._vm(server_id).disk
 
+    def write_console(self, server_id: int, data: bytes) -> None:
+        """Append to the server's console, as its guest writing to the serial port would."""
+        with self._lock:
+            self._vm(server_id).console += data
+
     def spec(self, server_id: int) -> VmSpec:
         """The spec the server was last created or started with."""
         with self._lock:
@@ -101,6 +120,36 @@ class FakeDriver:
         """True while the server has disks (between ``create_disks`` and ``destroy``)."""
         with self._lock:
             return server_id in self._vms
+
+    def set_liveness_unknown(self, server_id: int, unknown: bool = True) -> None:
+        """Make liveness unreadable for the server (as /proc failing with EMFILE would):
+        ``info``, ``start``, ``stop``, ``kill`` and ``destroy`` raise ``LivenessUnknown``."""
+        with self._lock:
+            if unknown:
+                self._unknown.add(server_id)
+            else:
+                self._unknown.discard(server_id)
+
+    def fill_disk(self, server_id: int) -> None:
+        """The host's disk is full and the running VM's guest writes: QEMU pauses it
+        (``DISK_FULL``) until ``free_disk`` and a ``resume``."""
+        with self._lock:
+            self._disk_full = True
+            vm = self._vm(server_id)
+            if vm.pid is not None:
+                vm.run_state = RunState.DISK_FULL
+
+    def free_disk(self) -> None:
+        """Space is back on the host's disk (paused VMs stay paused until ``resume``)."""
+        with self._lock:
+            self._disk_full = False
+
+    def pause(self, server_id: int) -> None:
+        """Pause the running VM for a reason other than a full disk (a QMP ``stop``)."""
+        with self._lock:
+            vm = self._vm(server_id)
+            if vm.pid is not None:
+                vm.run_state = RunState.PAUSED
 
     # -- Driver ------------------------------------------------------------------------------
 
@@ -114,21 +163,28 @@ class FakeDriver:
         """Mark the VM running (creating its disk if needed)."""
         self._enter("start", spec.server_id)
         with self._lock:
+            self._check_liveness(spec.server_id)
             vm = self._vms.setdefault(spec.server_id, _FakeVm(spec))
             vm.spec = spec
             if vm.pid is None:
                 vm.pid = next(self._pids)
+                vm.run_state = RunState.RUNNING
                 vm.shut_down_cleanly = False
                 vm.console += f"[fake] server {spec.server_id} booted (pid {vm.pid})\n".encode()
 
     def stop(self, server_id: int, timeout: float) -> StopResult:
-        """Mark the VM stopped; ``forced`` follows ``force_stops`` (False if not running)."""
+        """Mark the VM stopped; ``forced`` follows ``force_stops`` (False if not running),
+        and a paused VM is forced off at once, as the real driver does."""
         self._enter("stop", server_id)
         with self._lock:
+            self._check_liveness(server_id)
             vm = self._vms.get(server_id)
             if vm is None or vm.pid is None:
                 return StopResult(forced=False)
             vm.pid = None
+            if vm.run_state is not RunState.RUNNING:
+                vm.shut_down_cleanly = False
+                return StopResult(forced=True, paused=True)
             vm.shut_down_cleanly = not self.force_stops and vm.spec.image is not None
             return StopResult(forced=self.force_stops)
 
@@ -136,6 +192,7 @@ class FakeDriver:
         """Mark the VM stopped at once."""
         self._enter("kill", server_id)
         with self._lock:
+            self._check_liveness(server_id)
             vm = self._vms.get(server_id)
             if vm is not None:
                 vm.pid = None
@@ -144,15 +201,37 @@ class FakeDriver:
         """Running with a fake pid, or stopped."""
         self._enter("info", server_id)
         with self._lock:
+            self._check_liveness(server_id)
             vm = self._vms.get(server_id)
             if vm is None or vm.pid is None:
                 return VmInfo(PowerState.STOPPED, None)
             return VmInfo(PowerState.RUNNING, vm.pid)
 
+    def run_state(self, server_id: int) -> RunState:
+        """The running VM's run state, ``OFF`` when it is not running."""
+        self._enter("run_state", server_id)
+        with self._lock:
+            self._check_liveness(server_id)
+            vm = self._vms.get(server_id)
+            return RunState.OFF if vm is None or vm.pid is None else vm.run_state
+
+    def resume(self, server_id: int) -> RunState:
+        """Continue a VM paused on a full disk once ``free_disk`` was called."""
+        self._enter("resume", server_id)
+        with self._lock:
+            self._check_liveness(server_id)
+            vm = self._vms.get(server_id)
+            if vm is None or vm.pid is None:
+                return RunState.OFF
+            if vm.run_state is RunState.DISK_FULL and not self._disk_full:
+                vm.run_state = RunState.RUNNING
+            return vm.run_state
+
     def destroy(self, server_id: int) -> None:
         """Forget the server, its disk and snapshots."""
         self._enter("destroy", server_id)
         with self._lock:
+            self._check_liveness(server_id)
             self._vms.pop(server_id, None)
 
     def snapshot_create(self, server_id: int, tag: str) -> SnapshotResult:
@@ -178,6 +257,7 @@ class FakeDriver:
             if tag not in vm.snapshots:
                 raise DriverError(f"snapshot {tag!r} not found on disk0.qcow2")
             vm.disk = vm.snapshots[tag]
+            vm.shut_down_cleanly = False  # the disk holds the snapshot's state now
 
     def snapshot_delete(self, server_id: int, tag: str) -> None:
         """Drop ``tag`` if present."""
@@ -201,6 +281,33 @@ class FakeDriver:
             vm = self._vms.get(server_id)
             return vm.console[-max_bytes:] if vm is not None and max_bytes > 0 else b""
 
+    def trim_console(self, server_id: int, max_bytes: int) -> bool:
+        """Cut the fake console to its last half when longer than ``max_bytes``."""
+        self._enter("trim_console", server_id)
+        with self._lock:
+            vm = self._vms.get(server_id)
+            if vm is None or len(vm.console) <= max_bytes:
+                return False
+            vm.console = vm.console[-(max_bytes // 2) :]
+            return True
+
+    def server_ids_on_disk(self) -> set[int]:
+        """Every server with a fake disk."""
+        self._enter("server_ids_on_disk", None)
+        with self._lock:
+            return set(self._vms)
+
+    def quarantine(self, server_id: int) -> Path | None:
+        """Move the server's fake disk to ``quarantined`` (stopping it)."""
+        self._enter("quarantine", server_id)
+        with self._lock:
+            vm = self._vms.pop(server_id, None)
+            if vm is None:
+                return None
+            vm.pid = None
+            self.quarantined[server_id] = vm
+            return Path(f"/fake/quarantine/server-{server_id}")
+
     def recover(self, server_id: int) -> None:
         """Nothing to undo in memory."""
         self._enter("recover", server_id)
@@ -211,7 +318,7 @@ class FakeDriver:
         if method_name not in _METHODS:
             raise ValueError(f"FakeDriver has no driver method {method_name!r}")
 
-    def _enter(self, method_name: str, server_id: int) -> None:
+    def _enter(self, method_name: str, server_id: int | None) -> None:
         """Record the call, apply its delay (outside the lock), then any queued fault."""
         with self._lock:
             self.calls.append((method_name, server_id))
@@ -223,6 +330,10 @@ class FakeDriver:
             reason = queued.pop(0) if queued else None
         if reason is not None:
             raise DriverError(reason)
+
+    def _check_liveness(self, server_id: int) -> None:
+        if server_id in self._unknown:
+            raise LivenessUnknown(f"fake: liveness of server {server_id} set unknown")
 
     def _vm(self, server_id: int) -> _FakeVm:
         vm = self._vms.get(server_id)

@@ -11,7 +11,9 @@ from vpsd.hypervisor.base import Driver
 def _qemu(settings: Settings) -> Driver:
     from vpsd.hypervisor.qemu import QemuDriver
 
-    return QemuDriver(settings.servers_dir, accel=settings.accel)
+    return QemuDriver(
+        settings.servers_dir, accel=settings.accel, quarantine_dir=settings.quarantine_dir
+    )
 
 
 def _fake(settings: Settings) -> Driver:

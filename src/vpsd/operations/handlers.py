@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Executable, delete, update
+from sqlalchemy import Executable, delete, select, update
 from sqlalchemy.orm import joinedload
 
 from vpsd.config import Settings
@@ -25,14 +26,27 @@ from vpsd.db.models import (
     ServerStatus,
     Snapshot,
     SnapshotStatus,
-    snapshot_tag,
 )
-from vpsd.hypervisor.base import DriverError, GuestConfig, SshForward, VmSpec
+from vpsd.hypervisor.base import (
+    BootFailed,
+    DriverError,
+    GuestConfig,
+    LivenessUnknown,
+    SshForward,
+    VmSpec,
+)
 from vpsd.hypervisor.images.store import guest_image
 from vpsd.operations.context import OperationContext
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
+LIVENESS_RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+"""Seconds between the runs of an operation whose VM's liveness could not be read: the
+handlers are idempotent, so the operation is simply run again, and fails only after these."""
+BOOT_FAILED = (
+    "the VM could not be started on this host; try again later, or with a smaller size "
+    "(the operator's log has the details)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +57,8 @@ class Job:
     kind: OperationKind
     spec: VmSpec
     snapshot_id: int | None
+    snapshot_tag: str | None
+    """The snapshot's tag on disk; None when its row is gone (deleted with its server)."""
     payload: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -53,8 +69,9 @@ class Job:
     @property
     def tag(self) -> str:
         """The internal snapshot tag of this operation's snapshot."""
-        assert self.snapshot_id is not None, f"{self.kind} needs a snapshot"
-        return snapshot_tag(self.snapshot_id)
+        if self.snapshot_tag is None:
+            raise DriverError(f"snapshot {self.snapshot_id} no longer exists")
+        return self.snapshot_tag
 
 
 def _set_server(job: Job, status: ServerStatus, reason: str | None) -> Executable:
@@ -73,8 +90,7 @@ def _server_failed(ctx: OperationContext, job: Job, reason: str) -> Result:
 
 
 def _server_create(ctx: OperationContext, job: Job) -> Result:
-    ctx.driver.create_disks(job.spec)
-    ctx.driver.start(job.spec)
+    ctx.driver.start(job.spec)  # creates the disks first when they are missing
     return [_set_server(job, ServerStatus.RUNNING, None)]
 
 
@@ -86,7 +102,10 @@ def _server_start(ctx: OperationContext, job: Job) -> Result:
 def _power_down(ctx: OperationContext, job: Job) -> str | None:
     """ACPI power-down, forced after the timeout; the reason to show when it was forced."""
     timeout = ctx.settings.stop_timeout
-    if ctx.driver.stop(job.server_id, timeout).forced:
+    stopped = ctx.driver.stop(job.server_id, timeout)
+    if stopped.paused:
+        return "forced off: the VM was paused, so its guest could not power down by itself"
+    if stopped.forced:
         return f"forced off: the guest did not power down within {timeout:g} s of the ACPI request"
     return None
 
@@ -156,6 +175,8 @@ def _snapshot_restore_failed(ctx: OperationContext, job: Job, reason: str) -> Re
 
 
 def _snapshot_delete(ctx: OperationContext, job: Job) -> Result:
+    if job.snapshot_tag is None:
+        return []  # its server's deletion took it
     ctx.driver.snapshot_delete(job.server_id, job.tag)
     return [delete(Snapshot).where(Snapshot.id == job.snapshot_id)]
 
@@ -211,11 +232,15 @@ def load_job(ctx: OperationContext, operation_id: int) -> Job | None:
             return None
         server = session.get(Server, operation.server_id, options=[joinedload(Server.image)])
         assert server is not None  # operations cascade with their server
+        tag = None
+        if operation.snapshot_id is not None:
+            tag = session.scalar(select(Snapshot.tag).where(Snapshot.id == operation.snapshot_id))
         return Job(
             operation.id,
             operation.kind,
             vm_spec(server, ctx.settings),
             operation.snapshot_id,
+            tag,
             dict(operation.payload),
         )
 
@@ -251,10 +276,16 @@ def execute(ctx: OperationContext, operation_id: int) -> None:
     run, fail = HANDLERS[job.kind]
     log.info("operation %s (%s) on server %s started", job.id, job.kind, job.server_id)
     try:
-        result = run(ctx, job)
+        result = _run_while_liveness_unknown(ctx, job, run)
     except DriverError as error:
-        reason = str(error)
-        log.warning("operation %s (%s) failed: %s", job.id, job.kind, reason)
+        reason = _tenant_reason(job, error)
+        log.warning(
+            "operation %s (%s) failed: %s%s",
+            job.id,
+            job.kind,
+            reason,
+            "".join(f" ({why})" for why in (str(error), error.detail) if why and why != reason),
+        )
     except Exception:
         log.exception("operation %s (%s) crashed", job.id, job.kind)
         reason = "internal error in vpsd; see the service log"
@@ -263,6 +294,44 @@ def execute(ctx: OperationContext, operation_id: int) -> None:
         log.info("operation %s (%s) completed", job.id, job.kind)
         return
     _finish(ctx, job, fail(ctx, job, reason), reason)
+
+
+def _run_while_liveness_unknown(ctx: OperationContext, job: Job, run: Handler) -> Result:
+    """Run the handler; while the driver cannot tell whether the VM runs, wait and run it
+    again (handlers are idempotent), raising the last ``LivenessUnknown`` in the end."""
+    for delay in LIVENESS_RETRY_DELAYS:
+        try:
+            return run(ctx, job)
+        except LivenessUnknown as error:
+            log.warning(
+                "operation %s (%s): %s (%s); trying again in %g s",
+                job.id, job.kind, error, error.detail, delay,
+            )  # fmt: skip
+            time.sleep(delay)
+    return run(ctx, job)
+
+
+def _tenant_reason(job: Job, error: DriverError) -> str:
+    """What the server's owner is told: never QEMU's own words on a failed boot, nor the
+    error's ``detail``; those are for the log only."""
+    if isinstance(error, BootFailed):
+        return BOOT_FAILED
+    if isinstance(error, LivenessUnknown) and job.kind in SERVER_KINDS:
+        return f"{error}; start the server again to find out, or delete it"
+    return str(error)
+
+
+SERVER_KINDS = frozenset(
+    {
+        OperationKind.SERVER_CREATE,
+        OperationKind.SERVER_START,
+        OperationKind.SERVER_STOP,
+        OperationKind.SERVER_REBOOT,
+        OperationKind.SERVER_DELETE,
+        OperationKind.SNAPSHOT_RESTORE,
+    }
+)
+"""Kinds whose failure puts the server in ``error``."""
 
 
 def abandon(ctx: OperationContext, operation_id: int, reason: str) -> None:

@@ -1,4 +1,5 @@
-"""Keeps each server's status true to its VM: a VM that died outside vpsd is ``stopped``."""
+"""Keeps each server's status true to its VM: a VM that died outside vpsd is ``stopped``, one
+QEMU paused (its disk's filesystem full) is ``paused``, and is continued once there is room."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from sqlalchemy import exists, select, update
 
 from vpsd.db.base import utcnow
 from vpsd.db.models import Operation, Server, ServerStatus
-from vpsd.hypervisor.base import PowerState
+from vpsd.hypervisor.base import DriverError, LivenessUnknown, PowerState, RunState
 from vpsd.operations.context import OperationContext
 from vpsd.services.common import ACTIVE_OPERATION
 
@@ -17,44 +18,108 @@ log = logging.getLogger(__name__)
 
 DIED = "the VM's QEMU process exited without a stop request (guest power-off, crash or kill)"
 CAME_BACK = "the VM was found running although vpsd had it stopped"
+DISK_FULL = "the disk is full: the guest's writes are paused; they resume when space is freed"
+PAUSED = "the VM is paused by the hypervisor; stop or reboot the server to end it"
+PAUSE_REASONS = {RunState.DISK_FULL: DISK_FULL, RunState.PAUSED: PAUSED}
+
+Change = tuple[ServerStatus, str | None]
 
 
 def reconcile_power_states(ctx: OperationContext, *, running_only: bool = False) -> int:
-    """Correct ``running``/``stopped`` servers whose VM says otherwise; return how many.
+    """Correct servers whose VM says otherwise; return how many changed.
 
-    ``running_only`` checks only servers believed running (the periodic check: VMs die, but
-    stopped VMs do not start by themselves, and a host may have thousands of them).
-    Servers with an operation under way are left to it. Each correction is a conditional
-    UPDATE, so a request that changed the server meanwhile wins.
+    ``running`` and ``paused`` servers are checked every time: a VM that died turns
+    ``stopped``. The periodic check (``running_only``) also reads QEMU's run state: a VM
+    whose CPUs QEMU paused turns ``paused`` (with the reason), and one paused on a full disk
+    is continued once its filesystem has room, turning ``running`` again. It skips
+    ``stopped`` servers: stopped VMs do not start by themselves, and a host may have
+    thousands of them. The start-up pass reads liveness only (the periodic check reads the
+    run state within one interval).
+
+    A VM whose liveness cannot be read (``LivenessUnknown``) or whose monitor does not
+    answer keeps its status until a later check can tell. Servers with an operation under
+    way are left to it. Each correction is a conditional UPDATE, so a request that changed
+    the server meanwhile wins.
     """
     idle = ~exists().where(Operation.server_id == Server.id, Operation.status.in_(ACTIVE_OPERATION))
-    watched = [ServerStatus.RUNNING]
+    watched = [ServerStatus.RUNNING, ServerStatus.PAUSED]
     if not running_only:
         watched.append(ServerStatus.STOPPED)
     with ctx.db.read() as session:
         rows = session.execute(
-            select(Server.id, Server.status).where(Server.status.in_(watched), idle)
+            select(Server.id, Server.status, Server.status_reason).where(
+                Server.status.in_(watched), idle
+            )
         ).all()
     changed = 0
-    for server_id, status in rows:
-        info = ctx.driver.info(server_id)
-        actual = ServerStatus.RUNNING if info.power_state is PowerState.RUNNING else None
-        actual = actual or ServerStatus.STOPPED
-        if actual == status:
+    for server_id, status, reason in rows:
+        try:
+            change = _observe(ctx, server_id, status, run_state=running_only)
+        except LivenessUnknown as error:
+            log.warning(
+                "server %s: %s (%s); its status stays %s", server_id, error, error.detail, status
+            )
             continue
-        reason = DIED if actual == ServerStatus.STOPPED else CAME_BACK
-        if info.reason:
-            reason = f"{reason}: {info.reason}"
+        except (DriverError, OSError) as error:
+            log.warning(
+                "server %s: cannot read its VM's state (%s); checked again later", server_id, error
+            )
+            continue
+        if change is None or change == (status, reason):
+            continue
+        actual, new_reason = change
         with ctx.db.write() as session:
             result = session.execute(
                 update(Server)
                 .where(Server.id == server_id, Server.status == status, idle)
-                .values(status=actual, status_reason=reason, updated_at=utcnow())
+                .values(status=actual, status_reason=new_reason, updated_at=utcnow())
             )
         if result.rowcount:  # type: ignore[attr-defined]
-            log.warning("server %s: %s -> %s (%s)", server_id, status, actual, reason)
+            log.warning("server %s: %s -> %s (%s)", server_id, status, actual, new_reason)
             changed += 1
     return changed
+
+
+def _observe(
+    ctx: OperationContext, server_id: int, status: ServerStatus, *, run_state: bool
+) -> Change | None:
+    """What the server's status should be, by its VM; None when nothing can be said now."""
+    info = ctx.driver.info(server_id)
+    if info.power_state is PowerState.STOPPED:
+        if status == ServerStatus.STOPPED:
+            return None
+        if info.reason:
+            log.warning("server %s: %s", server_id, info.reason)  # host details: log only
+        return ServerStatus.STOPPED, DIED
+    if status == ServerStatus.STOPPED:
+        return ServerStatus.RUNNING, CAME_BACK  # paused or not: the next check tells
+    if not run_state:
+        return None
+    state = ctx.driver.run_state(server_id)
+    if state is RunState.DISK_FULL and status == ServerStatus.PAUSED:
+        state = ctx.driver.resume(server_id)
+    if state is RunState.RUNNING:
+        # A running server keeps its reason (a forced reboot's, say); a paused one is over.
+        return (ServerStatus.RUNNING, None) if status == ServerStatus.PAUSED else None
+    if state is RunState.OFF:
+        return None  # it died meanwhile: the next check records it
+    return ServerStatus.PAUSED, PAUSE_REASONS[state]
+
+
+def trim_consoles(ctx: OperationContext) -> int:
+    """Cut the console logs of running servers that grew past the configured size (a guest
+    writing endlessly to its serial port must not fill the host's disk); return how many."""
+    with ctx.db.read() as session:
+        running = session.scalars(
+            select(Server.id).where(Server.status.in_((ServerStatus.RUNNING, ServerStatus.PAUSED)))
+        ).all()
+    trimmed = 0
+    for server_id in running:
+        try:
+            trimmed += ctx.driver.trim_console(server_id, ctx.settings.console_log_max_bytes)
+        except (DriverError, OSError) as error:
+            log.warning("server %s: cannot trim its console log: %s", server_id, error)
+    return trimmed
 
 
 class VmMonitor:
@@ -80,5 +145,6 @@ class VmMonitor:
         while not self._stopping.wait(self.interval):
             try:
                 reconcile_power_states(self.ctx, running_only=True)
+                trim_consoles(self.ctx)
             except Exception:
                 log.exception("checking the VMs failed")

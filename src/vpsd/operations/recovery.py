@@ -19,7 +19,7 @@ from vpsd.db.models import (
     Snapshot,
     SnapshotStatus,
 )
-from vpsd.hypervisor.base import PowerState
+from vpsd.hypervisor.base import DriverError, LivenessUnknown, PowerState
 from vpsd.operations.context import OperationContext
 from vpsd.operations.handlers import abandon
 from vpsd.services.common import ACTIVE_OPERATION, enqueue
@@ -39,11 +39,59 @@ TRANSITIONAL = (
 
 
 def recover(ctx: OperationContext) -> None:
-    """Undo what interrupted driver calls left in live VMs (a guest left frozen), requeue
-    interrupted operations, and repair states no operation will settle."""
+    """Quarantine what no record knows, undo what interrupted driver calls left in live VMs
+    (a guest left frozen), requeue interrupted operations, and repair states no operation
+    will settle."""
+    quarantine_unknown_servers(ctx)
+    report_unknown_snapshots(ctx)
     _recover_vms(ctx)
     _requeue_interrupted(ctx)
     _settle_orphans(ctx)
+
+
+def quarantine_unknown_servers(ctx: OperationContext) -> list[int]:
+    """Stop the VMs and move aside the folders of servers the database does not know (or
+    knows as deleted), so that no new server is ever handed them; delete nothing. Returns
+    the ids quarantined."""
+    with ctx.db.read() as session:
+        known = set(session.scalars(select(Server.id).where(Server.status != ServerStatus.DELETED)))
+    unknown = sorted(ctx.driver.server_ids_on_disk() - known)
+    for server_id in unknown:
+        moved = ctx.driver.quarantine(server_id)
+        log.error(
+            "server %s has files or a VM on this host but no record in the database: its VM "
+            "was stopped and its files moved to %s; nothing was deleted",
+            server_id,
+            moved or "(there were no files)",
+        )
+    return unknown
+
+
+def report_unknown_snapshots(ctx: OperationContext) -> None:
+    """Log the internal snapshots on known servers' disks that no record knows (left by
+    another database). Tags are never reused, so they cannot be mistaken for new ones."""
+    with ctx.db.read() as session:
+        servers = session.scalars(
+            select(Server.id).where(Server.status.in_((ServerStatus.RUNNING, ServerStatus.STOPPED)))
+        ).all()
+        rows = session.execute(
+            select(Snapshot.server_id, Snapshot.tag).where(Snapshot.server_id.in_(servers))
+        ).all()
+    recorded: dict[int, set[str]] = {}
+    for server_id, tag in rows:
+        recorded.setdefault(server_id, set()).add(tag)
+    for server_id in servers:
+        try:
+            stray = ctx.driver.snapshot_tags(server_id) - recorded.get(server_id, set())
+        except DriverError as error:
+            log.warning("server %s: cannot list its snapshots: %s", server_id, error)
+            continue
+        if stray:
+            log.warning(
+                "server %s has internal snapshots no record knows (kept, never used): %s",
+                server_id,
+                ", ".join(sorted(stray)),
+            )
 
 
 def _recover_vms(ctx: OperationContext) -> None:
@@ -91,7 +139,17 @@ def _settle_orphans(ctx: OperationContext) -> None:
             if server.status == ServerStatus.DELETING:
                 enqueue(session, OperationKind.SERVER_DELETE, server.id)
                 continue
-            power = ctx.driver.info(server.id).power_state
+            try:
+                power = ctx.driver.info(server.id).power_state
+            except LivenessUnknown as error:
+                # Neither state may be recorded on a guess; error lets the user start it again.
+                log.warning("server %s was left %s; %s", server.id, server.status, error)
+                server.status_reason = (
+                    f"vpsd restarted while the server was {server.status}, and could not tell "
+                    "whether its VM is running; start the server again to find out"
+                )
+                server.status = ServerStatus.ERROR
+                continue
             log.warning("server %s was left %s; it is %s", server.id, server.status, power)
             server.status_reason = f"vpsd restarted while the server was {server.status}"
             server.status = (

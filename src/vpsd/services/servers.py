@@ -15,7 +15,7 @@ from vpsd.db.models import OperationKind, Server, ServerStatus, Snapshot, Snapsh
 from vpsd.db.session import Database
 from vpsd.hypervisor.base import Driver
 from vpsd.schemas import BLANK_IMAGE, ServerCreate
-from vpsd.services import ssh_keys
+from vpsd.services import quotas, ssh_keys
 from vpsd.services.common import Dispatcher, PageRequest, enqueue, lock_server, transition
 from vpsd.services.errors import Invalid, NotFound
 from vpsd.services.images import resolve_image
@@ -89,21 +89,24 @@ class ServerService:
 
         Raises Invalid for sizes beyond the host's maximums or below the image's minimums,
         an unknown image, SSH keys on a blank server; NotFound for an SSH key id that is not
-        the account's; LimitReached when no SSH port is free.
+        the account's; LimitReached when no SSH port is free, when the account's quota or the
+        host's capacity would be exceeded (``vpsd.services.quotas``).
         """
         memory_mb = request.memory_mb or self.settings.default_memory_mb
         vcpus = request.vcpus or self.settings.default_vcpus
+        host = quotas.measure_host(self.settings)
+        maximum = quotas.max_sizes(self.settings, host)
         limits = (
-            ("disk_gb", request.disk_gb, self.settings.max_disk_gb),
-            ("memory_mb", memory_mb, self.settings.max_memory_mb),
-            ("vcpus", vcpus, self.settings.max_vcpus),
+            ("disk_gb", request.disk_gb, maximum.disk_gb),
+            ("memory_mb", memory_mb, maximum.memory_mb),
+            ("vcpus", vcpus, maximum.vcpus),
         )
-        for field, value, maximum in limits:
-            if value > maximum:
-                raise Invalid(f"body.{field}", f"must be at most {maximum} on this host")
+        for field, value, largest in limits:
+            if value > largest:
+                raise Invalid(f"body.{field}", f"must be at most {largest} on this host")
         for attempt in range(1, CREATE_ATTEMPTS + 1):
             try:
-                view = self._insert(account_id, request, memory_mb, vcpus)
+                view = self._insert(account_id, request, memory_mb, vcpus, host)
                 break
             except IntegrityError:
                 if attempt == CREATE_ATTEMPTS:
@@ -113,7 +116,12 @@ class ServerService:
         return view
 
     def _insert(
-        self, account_id: int, request: ServerCreate, memory_mb: int, vcpus: int
+        self,
+        account_id: int,
+        request: ServerCreate,
+        memory_mb: int,
+        vcpus: int,
+        host: quotas.HostCapacity,
     ) -> ServerView:
         with self.db.write() as session:
             image = resolve_image(session, self.settings, request.image)
@@ -135,6 +143,8 @@ class ServerService:
                         f"image {image.slug!r} needs at least {image.min_memory_mb} MiB of memory",
                     )
                 keys = ssh_keys.resolve(session, account_id, request.ssh_keys or [])
+            wanted = quotas.Resources(1, vcpus, memory_mb, request.disk_gb)
+            quotas.admit(session, self.settings, account_id, wanted, host)
             server = Server(
                 account_id=account_id,
                 name=request.name,

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Row, Select, func, select
+from sqlalchemy import Row, Select, exists, func, select
 from sqlalchemy.orm import Session, joinedload
 
 from vpsd.config import Settings
 from vpsd.db.models import (
+    Operation,
     OperationKind,
     PowerStateName,
     Server,
@@ -20,6 +21,7 @@ from vpsd.db.models import (
 from vpsd.db.session import Database
 from vpsd.schemas import SnapshotCreate
 from vpsd.services.common import (
+    ACTIVE_OPERATION,
     Dispatcher,
     PageRequest,
     enqueue,
@@ -209,11 +211,29 @@ class SnapshotService:
         return snapshot, prior
 
     def delete(self, account_id: int, snapshot_id: int) -> None:
-        """Hide the snapshot at once and queue removing it from the disks."""
+        """Hide the snapshot at once and queue removing it from the disks.
+
+        Raises NotFound, or InvalidState while a restore from this snapshot is queued or
+        running (its disks are being reverted to it).
+        """
         with self.db.write() as session:
             server_id = self._find(session, account_id, snapshot_id).server_id
             lock_server(session, account_id, server_id)
             snapshot = self._find(session, account_id, snapshot_id)
+            restoring = session.scalar(
+                select(
+                    exists().where(
+                        Operation.server_id == server_id,  # ix_operations_server_id_status
+                        Operation.snapshot_id == snapshot.id,
+                        Operation.kind == OperationKind.SNAPSHOT_RESTORE,
+                        Operation.status.in_(ACTIVE_OPERATION),
+                    )
+                )
+            )
+            if restoring:
+                raise InvalidState(
+                    "this snapshot is being restored; delete it when the restore has finished"
+                )
             snapshot.status = SnapshotStatus.DELETING
             enqueue(session, OperationKind.SNAPSHOT_DELETE, server_id, snapshot_id=snapshot.id)
         self.dispatcher.notify()

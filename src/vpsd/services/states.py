@@ -6,11 +6,15 @@
                   │          │  ▲                          │  ▲
                   ▼          │  └────── restoring ◄────────┘  │   (back to the prior
                 error        └─────────► restoring ───────────┘    power state)
-    reboot: running ─► rebooting ─► running (a graceful power cycle)
-    delete: running | stopped | error ─► deleting ─► deleted (gone from the API)
+    reboot: running | paused ─► rebooting ─► running (a graceful power cycle)
+    delete: running | paused | stopped | error ─► deleting ─► deleted (gone from the API)
     start:  stopped | error ─► starting          any failure ─► error (with a reason)
+    stop:   paused ─► stopping ─► stopped (forced at once: paused CPUs cannot power down)
+    restore: paused ─► restoring ─► stopped
 
-The monitor also moves ``running`` to ``stopped`` when a VM's process dies outside vpsd.
+The monitor also moves ``running``/``paused`` to ``stopped`` when a VM's process dies outside
+vpsd, ``running`` to ``paused`` when QEMU pauses the VM (a full disk), and ``paused`` back to
+``running`` once it is continued.
 """
 
 from __future__ import annotations
@@ -32,13 +36,15 @@ class ServerAction(StrEnum):
 
 
 ALLOWED_FROM: dict[ServerAction, frozenset[ServerStatus]] = {
-    ServerAction.STOP: frozenset({ServerStatus.RUNNING}),
+    ServerAction.STOP: frozenset({ServerStatus.RUNNING, ServerStatus.PAUSED}),
     ServerAction.START: frozenset({ServerStatus.STOPPED, ServerStatus.ERROR}),
-    ServerAction.REBOOT: frozenset({ServerStatus.RUNNING}),
+    ServerAction.REBOOT: frozenset({ServerStatus.RUNNING, ServerStatus.PAUSED}),
     ServerAction.DELETE: frozenset(
-        {ServerStatus.RUNNING, ServerStatus.STOPPED, ServerStatus.ERROR}
+        {ServerStatus.RUNNING, ServerStatus.PAUSED, ServerStatus.STOPPED, ServerStatus.ERROR}
     ),
-    ServerAction.RESTORE: frozenset({ServerStatus.RUNNING, ServerStatus.STOPPED}),
+    ServerAction.RESTORE: frozenset(
+        {ServerStatus.RUNNING, ServerStatus.PAUSED, ServerStatus.STOPPED}
+    ),
     ServerAction.SNAPSHOT: frozenset({ServerStatus.RUNNING, ServerStatus.STOPPED}),
 }
 

@@ -14,7 +14,7 @@ from vpsd.schemas import ImageOut, Page
 router = APIRouter(prefix="/images", tags=["images"], route_class=StrictJSONRoute)
 
 
-@router.get("/", responses=responses(400, 401))
+@router.get("/", operation_id="listImages", responses=responses(400, 401))
 def list_images(
     request: Request, principal: PrincipalDep, services: ServicesDep, page: PageDep
 ) -> Page[ImageOut]:

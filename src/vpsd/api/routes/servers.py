@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
-from vpsd.api.deps import DecimalId, PageDep, PrincipalDep, ServicesDep
+from vpsd.api.deps import DIGITS_ONLY, PageDep, PrincipalDep, ServicesDep
 from vpsd.api.pagination import page_links
 from vpsd.api.presenters import server_out
 from vpsd.api.responses import responses, text_route_responses
@@ -17,10 +17,10 @@ from vpsd.schemas import MAX_ID, Page, ServerCreate, ServerOut
 router = APIRouter(prefix="/servers", tags=["servers"], route_class=StrictJSONRoute)
 DEFAULT_CONSOLE_BYTES = 64 * 1024
 MAX_CONSOLE_BYTES = 1024 * 1024
-ServerId = Annotated[DecimalId, Path(ge=1, le=MAX_ID, description="the server's id")]
+ServerId = Annotated[int, Path(ge=1, le=MAX_ID, description="the server's id"), DIGITS_ONLY]
 
 
-@router.get("/", responses=responses(400, 401))
+@router.get("/", operation_id="listServers", responses=responses(400, 401))
 def list_servers(
     request: Request, principal: PrincipalDep, services: ServicesDep, page: PageDep
 ) -> Page[ServerOut]:
@@ -32,31 +32,35 @@ def list_servers(
     )
 
 
-@router.post("/", status_code=201, responses=responses(400, 401, 413, 415))
+@router.post(
+    "/", operation_id="createServer", status_code=201, responses=responses(400, 401, 413, 415)
+)
 def create_server(body: ServerCreate, principal: PrincipalDep, services: ServicesDep) -> ServerOut:
     """Create a server: its disk is made and its VM boots (status ``starting``→``running``)."""
     return server_out(services.servers.create(principal.account_id, body))
 
 
-@router.get("/{server_id}/", responses=responses(400, 401, 404))
+@router.get("/{server_id}/", operation_id="getServer", responses=responses(400, 401, 404))
 def get_server(server_id: ServerId, principal: PrincipalDep, services: ServicesDep) -> ServerOut:
     """One server."""
     return server_out(services.servers.get(principal.account_id, server_id))
 
 
-@router.post("/{server_id}/stop/", responses=responses(400, 401, 404))
+@router.post("/{server_id}/stop/", operation_id="stopServer", responses=responses(400, 401, 404))
 def stop_server(server_id: ServerId, principal: PrincipalDep, services: ServicesDep) -> ServerOut:
     """Power the server down: ACPI first, forced after the configured timeout."""
     return server_out(services.servers.stop(principal.account_id, server_id))
 
 
-@router.post("/{server_id}/start/", responses=responses(400, 401, 404))
+@router.post("/{server_id}/start/", operation_id="startServer", responses=responses(400, 401, 404))
 def start_server(server_id: ServerId, principal: PrincipalDep, services: ServicesDep) -> ServerOut:
     """Boot a stopped server (or retry one in ``error``)."""
     return server_out(services.servers.start(principal.account_id, server_id))
 
 
-@router.post("/{server_id}/reboot/", responses=responses(400, 401, 404))
+@router.post(
+    "/{server_id}/reboot/", operation_id="rebootServer", responses=responses(400, 401, 404)
+)
 def reboot_server(server_id: ServerId, principal: PrincipalDep, services: ServicesDep) -> ServerOut:
     """Reboot a running server: a graceful power cycle (ACPI, forced after the timeout)."""
     return server_out(services.servers.reboot(principal.account_id, server_id))
@@ -64,6 +68,7 @@ def reboot_server(server_id: ServerId, principal: PrincipalDep, services: Servic
 
 @router.get(
     "/{server_id}/console/",
+    operation_id="getServerConsole",
     response_class=PlainTextResponse,
     responses=text_route_responses(400, 401, 404, description="the console's last bytes"),
 )
@@ -72,7 +77,9 @@ def server_console(
     principal: PrincipalDep,
     services: ServicesDep,
     max_bytes: Annotated[
-        int, Query(alias="bytes", ge=1, le=MAX_CONSOLE_BYTES, description="at most this much")
+        int,
+        Query(alias="bytes", ge=1, le=MAX_CONSOLE_BYTES, description="at most this much"),
+        DIGITS_ONLY,
     ] = DEFAULT_CONSOLE_BYTES,
 ) -> PlainTextResponse:
     """The last bytes of the server's serial console (boot messages, login prompt), so you
@@ -82,7 +89,11 @@ def server_console(
 
 
 @router.delete(
-    "/{server_id}/", status_code=204, response_class=Response, responses=responses(400, 401, 404)
+    "/{server_id}/",
+    operation_id="deleteServer",
+    status_code=204,
+    response_class=Response,
+    responses=responses(400, 401, 404),
 )
 def delete_server(server_id: ServerId, principal: PrincipalDep, services: ServicesDep) -> None:
     """Delete the server: its VM is killed, its disks and snapshots removed."""

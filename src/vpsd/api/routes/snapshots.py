@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from vpsd.api.deps import DecimalId, PageDep, PrincipalDep, ServicesDep
+from vpsd.api.deps import DIGITS_ONLY, PageDep, PrincipalDep, ServicesDep
 from vpsd.api.pagination import page_links
 from vpsd.api.presenters import snapshot_out
 from vpsd.api.responses import responses
@@ -23,7 +23,7 @@ from vpsd.schemas import (
 )
 
 router = APIRouter(prefix="/snapshots", tags=["snapshots"], route_class=StrictJSONRoute)
-SnapshotId = Annotated[DecimalId, Path(ge=1, le=MAX_ID, description="the snapshot's id")]
+SnapshotId = Annotated[int, Path(ge=1, le=MAX_ID, description="the snapshot's id"), DIGITS_ONLY]
 
 CREATE_MESSAGE = (
     "Snapshot is being created. qcow2 snapshots are copy-on-write, so this usually takes "
@@ -37,14 +37,16 @@ RESTORE_MESSAGE = (
 )
 
 
-@router.get("/", responses=responses(400, 401))
+@router.get("/", operation_id="listSnapshots", responses=responses(400, 401))
 def list_snapshots(
     request: Request,
     principal: PrincipalDep,
     services: ServicesDep,
     page: PageDep,
     server_id: Annotated[
-        DecimalId | None, Query(ge=1, le=MAX_ID, description="only the snapshots of this server")
+        int | None,
+        Query(ge=1, le=MAX_ID, description="only the snapshots of this server"),
+        DIGITS_ONLY,
     ] = None,
 ) -> Page[SnapshotOut]:
     """All snapshots on your servers, newest first."""
@@ -58,7 +60,12 @@ def list_snapshots(
     )
 
 
-@router.post("/", status_code=201, responses=responses(400, 401, 404, 413, 415))
+@router.post(
+    "/",
+    operation_id="createSnapshot",
+    status_code=201,
+    responses=responses(400, 401, 404, 413, 415),
+)
 def create_snapshot(
     body: SnapshotCreate, principal: PrincipalDep, services: ServicesDep
 ) -> SnapshotCreated:
@@ -70,7 +77,7 @@ def create_snapshot(
     )
 
 
-@router.get("/{snapshot_id}/", responses=responses(400, 401, 404))
+@router.get("/{snapshot_id}/", operation_id="getSnapshot", responses=responses(400, 401, 404))
 def get_snapshot(
     snapshot_id: SnapshotId, principal: PrincipalDep, services: ServicesDep
 ) -> SnapshotOut:
@@ -78,7 +85,9 @@ def get_snapshot(
     return snapshot_out(services.snapshots.get(principal.account_id, snapshot_id))
 
 
-@router.post("/{snapshot_id}/restore/", responses=responses(400, 401, 404))
+@router.post(
+    "/{snapshot_id}/restore/", operation_id="restoreSnapshot", responses=responses(400, 401, 404)
+)
 def restore_snapshot(
     snapshot_id: SnapshotId, principal: PrincipalDep, services: ServicesDep
 ) -> RestoreStarted:
@@ -98,7 +107,11 @@ def restore_snapshot(
 
 
 @router.delete(
-    "/{snapshot_id}/", status_code=204, response_class=Response, responses=responses(400, 401, 404)
+    "/{snapshot_id}/",
+    operation_id="deleteSnapshot",
+    status_code=204,
+    response_class=Response,
+    responses=responses(400, 401, 404),
 )
 def delete_snapshot(
     snapshot_id: SnapshotId, principal: PrincipalDep, services: ServicesDep

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 
-from vpsd.api.deps import DecimalId, PageDep, PrincipalDep, ServicesDep
+from vpsd.api.deps import DIGITS_ONLY, PageDep, PrincipalDep, ServicesDep
 from vpsd.api.pagination import page_links
 from vpsd.api.presenters import ssh_key_out
 from vpsd.api.responses import responses
@@ -14,10 +14,10 @@ from vpsd.api.strict_json import StrictJSONRoute
 from vpsd.schemas import MAX_ID, Page, SshKeyCreate, SshKeyOut
 
 router = APIRouter(prefix="/ssh_keys", tags=["ssh keys"], route_class=StrictJSONRoute)
-SshKeyId = Annotated[DecimalId, Path(ge=1, le=MAX_ID, description="the SSH key's id")]
+SshKeyId = Annotated[int, Path(ge=1, le=MAX_ID, description="the SSH key's id"), DIGITS_ONLY]
 
 
-@router.get("/", responses=responses(400, 401))
+@router.get("/", operation_id="listSshKeys", responses=responses(400, 401))
 def list_ssh_keys(
     request: Request, principal: PrincipalDep, services: ServicesDep, page: PageDep
 ) -> Page[SshKeyOut]:
@@ -29,21 +29,27 @@ def list_ssh_keys(
     )
 
 
-@router.post("/", status_code=201, responses=responses(400, 401, 413, 415))
+@router.post(
+    "/", operation_id="createSshKey", status_code=201, responses=responses(400, 401, 413, 415)
+)
 def create_ssh_key(body: SshKeyCreate, principal: PrincipalDep, services: ServicesDep) -> SshKeyOut:
     """Save an OpenSSH public key (ssh-ed25519, ecdsa-sha2-nistp256/384/521, or ssh-rsa of at
     least 2048 bits); at most 100 per account, each key once."""
     return ssh_key_out(services.ssh_keys.create(principal.account_id, body))
 
 
-@router.get("/{key_id}/", responses=responses(400, 401, 404))
+@router.get("/{key_id}/", operation_id="getSshKey", responses=responses(400, 401, 404))
 def get_ssh_key(key_id: SshKeyId, principal: PrincipalDep, services: ServicesDep) -> SshKeyOut:
     """One SSH key."""
     return ssh_key_out(services.ssh_keys.get(principal.account_id, key_id))
 
 
 @router.delete(
-    "/{key_id}/", status_code=204, response_class=Response, responses=responses(400, 401, 404)
+    "/{key_id}/",
+    operation_id="deleteSshKey",
+    status_code=204,
+    response_class=Response,
+    responses=responses(400, 401, 404),
 )
 def delete_ssh_key(key_id: SshKeyId, principal: PrincipalDep, services: ServicesDep) -> None:
     """Delete an SSH key; servers created with it keep it installed."""

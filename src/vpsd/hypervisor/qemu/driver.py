@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from vpsd.hypervisor.base import (
+    BootFailed,
     Consistency,
     DriverError,
+    LivenessUnknown,
     PowerState,
+    RunState,
     SnapshotResult,
     StopResult,
     VmInfo,
@@ -33,16 +36,29 @@ from vpsd.hypervisor.qemu.quiesce import quiesced, thaw_left_frozen
 log = logging.getLogger(__name__)
 
 GIB = 1024**3
+MIB = 1024**2
 QMP_TIMEOUT = 30.0
+STATUS_TIMEOUT = 5.0
+"""Seconds the monitor's ``run_state``/``resume`` wait for QEMU's answer."""
 START_TIMEOUT = 60.0
 KILL_TIMEOUT = 10.0
+RESUME_MIN_FREE = 64 * MIB
+"""Free bytes the disks' filesystem needs before a VM paused on a full disk is continued:
+less, and the guest's retried write would pause it again at once."""
 
 
 class QemuDriver:
     """Runs each server as a daemonized qemu-system-x86_64 below ``servers_dir``."""
 
-    def __init__(self, servers_dir: Path, accel: str = "auto", command_timeout: float = 600.0):
+    def __init__(
+        self,
+        servers_dir: Path,
+        accel: str = "auto",
+        command_timeout: float = 600.0,
+        quarantine_dir: Path | None = None,
+    ):
         self.servers_dir = servers_dir.absolute()
+        self.quarantine_dir = (quarantine_dir or servers_dir.parent / "quarantine").absolute()
         self.accel = accel
         self.command_timeout = command_timeout
         self._locks: dict[int, threading.RLock] = {}
@@ -78,14 +94,24 @@ class QemuDriver:
             )
 
     def start(self, spec: VmSpec) -> None:
-        """Boot the VM unless it runs; return once QMP ``query-status`` says running."""
+        """Boot the VM unless it runs; return once QMP ``query-status`` says running.
+
+        Raises ``LivenessUnknown`` when it cannot tell whether the VM runs (it never boots a
+        second QEMU on a guess), and ``BootFailed`` with QEMU's own words (host memory, KVM
+        limits) when QEMU cannot start it: they are for the operator, not the tenant.
+        """
         with self._lock(spec.server_id):
             paths = self._paths(spec.server_id)
-            if process.alive_pid(paths, spec.server_id) is None:
-                self.create_disks(spec)
-                accel = process.resolve_accel(self.accel)
-                process.launch(spec, paths, paths.disks(), accel, timeout=START_TIMEOUT)
-            self._wait_running(spec.server_id, paths)
+            try:
+                if process.alive_pid(paths, spec.server_id) is None:
+                    self.create_disks(spec)
+                    accel = process.resolve_accel(self.accel)
+                    process.launch(spec, paths, paths.disks(), accel, timeout=START_TIMEOUT)
+                self._wait_running(spec.server_id, paths)
+            except (LivenessUnknown, BootFailed):
+                raise
+            except DriverError as exc:
+                raise BootFailed(str(exc)) from exc
 
     def stop(self, server_id: int, timeout: float) -> StopResult:
         """ACPI power-down; after ``timeout`` seconds (or if refused) force the VM off.
@@ -97,11 +123,18 @@ class QemuDriver:
             pid = process.alive_pid(paths, server_id)
             if pid is None:
                 return StopResult(forced=False)
+            paused = False
             try:
                 with QmpSession(paths.qmp_socket, timeout=QMP_TIMEOUT) as qmp:
-                    qmp.execute("system_powerdown")
+                    paused = _run_state(qmp, server_id) in (RunState.DISK_FULL, RunState.PAUSED)
+                    if not paused:
+                        qmp.execute("system_powerdown")
             except QmpError:
                 pass  # the monitor is wedged or gone: the forced path below handles both
+            if paused:
+                # Paused CPUs cannot answer the power button: no point in waiting.
+                self._kill(server_id, paths, pid)
+                return StopResult(forced=True, paused=True)
             if process.wait_gone(paths, server_id, pid, timeout):
                 # The guest shut down by itself: its filesystems are clean (see snapshots).
                 paths.clean_shutdown_marker.touch()
@@ -118,7 +151,8 @@ class QemuDriver:
                 self._kill(server_id, paths, pid)
 
     def info(self, server_id: int) -> VmInfo:
-        """Running with its pid if our QEMU process is alive, else stopped."""
+        """Running with its pid if our QEMU process is alive, else stopped; raises
+        ``LivenessUnknown`` when the pidfile or ``/proc`` cannot be read."""
         paths = self._paths(server_id)
         pid = process.alive_pid(paths, server_id)
         if pid is not None:
@@ -126,6 +160,41 @@ class QemuDriver:
         stale = process.read_pidfile(paths)
         reason = f"stale pidfile (process {stale} is not this VM)" if stale is not None else None
         return VmInfo(PowerState.STOPPED, None, reason)
+
+    def run_state(self, server_id: int) -> RunState:
+        """QMP ``query-status`` (and ``query-block`` for an I/O error) of the running VM.
+
+        Raises ``DriverError`` when another call on this VM holds it (the monitor asks
+        again later) or QEMU does not answer within ``STATUS_TIMEOUT``.
+        """
+        with self._lock(server_id, blocking=False):
+            paths = self._paths(server_id)
+            if process.alive_pid(paths, server_id) is None:
+                return RunState.OFF
+            with QmpSession(paths.qmp_socket, timeout=STATUS_TIMEOUT) as qmp:
+                return _run_state(qmp, server_id)
+
+    def resume(self, server_id: int) -> RunState:
+        """QMP ``cont`` for a VM paused on a full disk, once its folder's filesystem has
+        ``RESUME_MIN_FREE`` bytes free; the state afterwards (another pause stays)."""
+        with self._lock(server_id, blocking=False):
+            paths = self._paths(server_id)
+            if process.alive_pid(paths, server_id) is None:
+                return RunState.OFF
+            with QmpSession(paths.qmp_socket, timeout=STATUS_TIMEOUT) as qmp:
+                state = _run_state(qmp, server_id)
+                if state is not RunState.DISK_FULL:
+                    return state
+                try:
+                    free = _free_bytes(paths.folder)
+                except OSError as exc:
+                    raise DriverError(f"cannot read the free space of {paths.folder}") from exc
+                if free < RESUME_MIN_FREE:
+                    log.info("server %s: paused on a full disk; %d bytes free", server_id, free)
+                    return state
+                log.warning("server %s: %d bytes free again: continuing the VM", server_id, free)
+                qmp.execute("cont")
+                return _run_state(qmp, server_id)
 
     def destroy(self, server_id: int) -> None:
         """Kill the VM and delete the server's folder (disks included)."""
@@ -184,6 +253,8 @@ class QemuDriver:
             missing = [d.name for d, names in zip(disks, tags, strict=True) if tag not in names]
             if missing:
                 raise DriverError(f"snapshot {tag!r} not found on {', '.join(missing)}")
+            # The disks now hold the snapshot's state, whose consistency is not known here.
+            paths.clean_shutdown_marker.unlink(missing_ok=True)
             for disk in disks:
                 # Not atomic across disks, but idempotent: a retry finishes the job.
                 img.snapshot_apply(disk, tag, timeout=self.command_timeout)
@@ -210,6 +281,33 @@ class QemuDriver:
             per_disk = self._tags_per_disk(paths, disks, running)
             return set.intersection(*(set(names) for names in per_disk))
 
+    # -- servers the database does not know -------------------------------------------------
+
+    def server_ids_on_disk(self) -> set[int]:
+        """Servers this host has a folder or a running VM for, known to vpsd or not."""
+        found = {
+            int(path.name)
+            for path in (self.servers_dir.iterdir() if self.servers_dir.is_dir() else ())
+            if path.is_dir() and path.name.isdigit()
+        }
+        return found | set(process.stray_vm_pids(self.servers_dir))
+
+    def quarantine(self, server_id: int) -> Path | None:
+        """Stop the VM of a server the database does not know (no guest shutdown: nobody
+        owns it) and move its folder to ``<quarantine>/<time>-server-<id>/``. Nothing is
+        deleted; returns where the folder went (None when there was only a process)."""
+        with self._lock(server_id):
+            paths = self._paths(server_id)
+            for pid in process.stray_vm_pids(self.servers_dir).get(server_id, []):
+                self._kill(server_id, paths, pid)
+            if not paths.folder.exists():
+                return None
+            self.quarantine_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            target = self.quarantine_dir / f"{stamp}-server-{server_id}"
+            paths.folder.rename(target)
+            return target
+
     # -- console and recovery ----------------------------------------------------------------
 
     def console_tail(self, server_id: int, max_bytes: int) -> bytes:
@@ -225,6 +323,26 @@ class QemuDriver:
             chunks.insert(0, chunk)
             remaining -= len(chunk)
         return b"".join(chunks)
+
+    def trim_console(self, server_id: int, max_bytes: int) -> bool:
+        """Keep the console log under ``max_bytes``: when longer, cut it to its last half.
+
+        QEMU appends (``append=on``), so the file is cut in place and QEMU goes on writing
+        at its new end; the few bytes written while it is cut are lost. True if it was cut.
+        """
+        log_file = self._paths(server_id).console_log
+        try:
+            if log_file.stat().st_size <= max_bytes:
+                return False
+            with log_file.open("r+b") as file:
+                file.seek(-(max_bytes // 2), os.SEEK_END)
+                kept = file.read()
+                file.seek(0)
+                file.write(kept)
+                file.truncate()
+        except FileNotFoundError:
+            return False
+        return True
 
     def recover(self, server_id: int) -> None:
         """Thaw a guest whose filesystems vpsd froze and was interrupted before thawing."""
@@ -243,11 +361,16 @@ class QemuDriver:
         return process.ServerPaths.of(self.servers_dir, server_id)
 
     @contextmanager
-    def _lock(self, server_id: int) -> Iterator[None]:
+    def _lock(self, server_id: int, *, blocking: bool = True) -> Iterator[None]:
+        """Hold the server's lock; without ``blocking``, raise DriverError if it is taken."""
         with self._locks_guard:
             lock = self._locks.setdefault(server_id, threading.RLock())
-        with lock:
+        if not lock.acquire(blocking=blocking):
+            raise DriverError(f"another call on the VM of server {server_id} is under way")
+        try:
             yield
+        finally:
+            lock.release()
 
     def _require_disks(self, server_id: int, paths: process.ServerPaths) -> list[Path]:
         disks = paths.disks()
@@ -259,7 +382,11 @@ class QemuDriver:
         deadline = time.monotonic() + START_TIMEOUT
         status = "unknown"
         while time.monotonic() < deadline:
-            if process.alive_pid(paths, server_id) is None:
+            try:
+                alive = process.alive_pid(paths, server_id) is not None
+            except LivenessUnknown:
+                alive = True  # a momentary failure to look: QMP below says how it is
+            if not alive:
                 raise DriverError(f"VM of server {server_id} exited; {process.log_tail(paths)}")
             try:
                 with QmpSession(paths.qmp_socket, timeout=QMP_TIMEOUT) as qmp:
@@ -283,7 +410,9 @@ class QemuDriver:
         if not process.wait_gone(paths, server_id, pid, KILL_TIMEOUT):
             process.sigkill(paths, server_id, pid)
             if not process.wait_gone(paths, server_id, pid, KILL_TIMEOUT):
-                raise DriverError(f"VM of server {server_id} (pid {pid}) survived SIGKILL")
+                error = DriverError("the VM could not be stopped on this host")
+                error.detail = f"VM of server {server_id} (pid {pid}) survived SIGKILL"
+                raise error
         # QEMU removes these on a clean quit, not after SIGKILL.
         paths.pidfile.unlink(missing_ok=True)
         paths.qmp_socket.unlink(missing_ok=True)
@@ -356,6 +485,29 @@ class QemuDriver:
                     "blockdev-snapshot-delete-internal-sync",
                     {"device": f"disk{index}", "name": tag},
                 )
+
+
+def _run_state(qmp: QmpSession, server_id: int) -> RunState:
+    """The VM's run state from ``query-status``; an I/O error pause is ``DISK_FULL`` when a
+    device's ``io-status`` is ``nospace``."""
+    status: dict[str, Any] = qmp.execute("query-status")
+    if status.get("running"):
+        return RunState.RUNNING
+    name = status.get("status")
+    if name == "shutdown":
+        return RunState.OFF  # the guest powered off; QEMU is exiting
+    if name == "io-error":
+        devices: list[dict[str, Any]] = qmp.execute("query-block")
+        if any(device.get("io-status") == "nospace" for device in devices):
+            return RunState.DISK_FULL
+    log.debug("server %s: the VM is paused (QEMU status %s)", server_id, name)
+    return RunState.PAUSED
+
+
+def _free_bytes(folder: Path) -> int:
+    """Bytes an unprivileged writer may still use on the filesystem holding ``folder``."""
+    stat = os.statvfs(folder)
+    return stat.f_bavail * stat.f_frsize
 
 
 def _tail(path: Path, max_bytes: int) -> bytes:

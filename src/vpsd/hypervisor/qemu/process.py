@@ -8,6 +8,7 @@ and /proc, checking the process's command line so a recycled pid is never mistak
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import time
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vpsd.hypervisor import command
-from vpsd.hypervisor.base import DriverError, VmSpec
+from vpsd.hypervisor.base import DriverError, LivenessUnknown, VmSpec
 
 QEMU_SYSTEM = "qemu-system-x86_64"
 KVM_DEVICE = Path("/dev/kvm")
@@ -255,23 +256,48 @@ def launch(spec: VmSpec, paths: ServerPaths, disks: list[Path], accel: str, time
     pid = alive_pid(paths, spec.server_id)
     if pid is None:
         raise DriverError(f"{QEMU_SYSTEM} exited right after starting; {log_tail(paths)}")
+    # A daemonized QEMU sets its own umask (027): what it created is the owner's alone too.
+    for created in (paths.console_log, paths.qmp_socket, paths.qga_socket, paths.pidfile):
+        with contextlib.suppress(FileNotFoundError):
+            created.chmod(0o600)
     return pid
 
 
+GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESRCH})
+"""Errors reading ``/proc/<pid>`` that mean "no such process"; any other (EMFILE, ENFILE,
+EACCES, EIO...) means the answer is unknown."""
+
+
 def read_pidfile(paths: ServerPaths) -> int | None:
-    """The pid recorded in the pidfile, or None when there is none (or it is garbage)."""
+    """The pid recorded in the pidfile, or None when there is none (or it is garbage).
+
+    Raises ``LivenessUnknown`` when the pidfile exists but cannot be read (EMFILE...).
+    """
     try:
-        return int(paths.pidfile.read_text().strip())
-    except (OSError, ValueError):
+        text = paths.pidfile.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise LivenessUnknown(f"cannot read {paths.pidfile}: {exc}") from exc
+    try:
+        return int(text.strip())
+    except ValueError:
         return None
 
 
 def is_our_qemu(pid: int, paths: ServerPaths, server_id: int) -> bool:
-    """True when ``pid`` is a live qemu-system running this server from this folder."""
+    """True when ``pid`` is a live qemu-system running this server from this folder.
+
+    False only when no such process exists (ENOENT, ESRCH) or its command line is not ours;
+    raises ``LivenessUnknown`` when ``/proc/<pid>/cmdline`` cannot be read for another
+    reason, since a VM that cannot be seen may well be running.
+    """
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
+    except OSError as exc:
+        if exc.errno in GONE_ERRNOS:
+            return False
+        raise LivenessUnknown(f"cannot read /proc/{pid}/cmdline: {exc}") from exc
     argv = raw.split(b"\0")
     # A zombie has an empty cmdline, which (correctly) fails these checks too.
     return (
@@ -282,7 +308,10 @@ def is_our_qemu(pid: int, paths: ServerPaths, server_id: int) -> bool:
 
 
 def alive_pid(paths: ServerPaths, server_id: int) -> int | None:
-    """The pid of this server's running QEMU, or None when no such process exists."""
+    """The pid of this server's running QEMU, or None when no such process exists.
+
+    Raises ``LivenessUnknown`` when the pidfile or ``/proc`` cannot be read.
+    """
     pid = read_pidfile(paths)
     if pid is not None and is_our_qemu(pid, paths, server_id):
         return pid
@@ -290,13 +319,24 @@ def alive_pid(paths: ServerPaths, server_id: int) -> int | None:
 
 
 def wait_gone(paths: ServerPaths, server_id: int, pid: int, timeout: float) -> bool:
-    """Wait up to ``timeout`` seconds for ``pid`` to stop being our QEMU; True if it did."""
+    """Wait up to ``timeout`` seconds for ``pid`` to stop being our QEMU; True if it did.
+
+    A check that cannot be made is retried like one that saw the VM alive; if the last
+    check before the deadline could not be made either, ``LivenessUnknown`` is raised
+    (the VM may be gone, or not: neither answer would be true).
+    """
     deadline = time.monotonic() + timeout
-    while is_our_qemu(pid, paths, server_id):
-        if time.monotonic() >= deadline:
-            return False
+    while True:
+        try:
+            if not is_our_qemu(pid, paths, server_id):
+                return True
+        except LivenessUnknown:
+            if time.monotonic() >= deadline:
+                raise
+        else:
+            if time.monotonic() >= deadline:
+                return False
         time.sleep(0.05)
-    return True
 
 
 def sigkill(paths: ServerPaths, server_id: int, pid: int) -> None:
@@ -305,6 +345,8 @@ def sigkill(paths: ServerPaths, server_id: int, pid: int) -> None:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
         return
+    except OSError as exc:
+        raise LivenessUnknown(f"cannot open a pidfd for process {pid}: {exc}") from exc
     try:
         # Verified after the pidfd pins the process: if it is ours now, the signal hits it.
         if is_our_qemu(pid, paths, server_id):
@@ -312,6 +354,39 @@ def sigkill(paths: ServerPaths, server_id: int, pid: int) -> None:
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
     finally:
         os.close(pidfd)
+
+
+def stray_vm_pids(servers_dir: Path) -> dict[int, list[int]]:
+    """Our QEMU processes below ``servers_dir`` by server id, read from ``/proc``: whatever
+    their pidfile says (a folder may be gone while its VM still runs)."""
+    prefix = str(servers_dir.absolute()).encode() + b"/"
+    found: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if not Path(argv[0].decode(errors="replace")).name.startswith("qemu-system"):
+            continue
+        server_id = _server_of(argv, prefix)
+        if server_id is not None:
+            found.setdefault(server_id, []).append(int(entry.name))
+    return found
+
+
+def _server_of(argv: list[bytes], prefix: bytes) -> int | None:
+    """The server id of a QEMU started by vpsd below ``prefix``, else None."""
+    try:
+        name = argv[argv.index(b"-name") + 1].decode()
+        pidfile = argv[argv.index(b"-pidfile") + 1]
+    except (ValueError, IndexError):
+        return None
+    if not (name.startswith("vpsd-server-") and pidfile.startswith(prefix)):
+        return None
+    number = name.removeprefix("vpsd-server-")
+    return int(number) if number.isdigit() else None
 
 
 def log_tail(paths: ServerPaths, lines: int = 10) -> str:

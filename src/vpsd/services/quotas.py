@@ -1,0 +1,264 @@
+"""Quotas per account and admission control per host: the rules a new server must pass.
+
+An account's servers (every one not deleted, stopped ones included: they may start at any
+time) may together use at most its quota of servers, vCPUs, memory and disk: the settings'
+defaults (``VPSD_QUOTA_*``) unless ``vpsd account set-quota`` stored its own. All servers of
+the host together may use at most its capacity times the overcommit ratios
+(``VPSD_*_OVERCOMMIT``): its CPUs, its memory less a reserve for the host, and the free space
+of the data dir's filesystem.
+
+``admit`` runs inside the transaction that inserts the server, after locking the account's
+row and (on PostgreSQL) an advisory lock for the host, so concurrent creates cannot both
+pass: SQLite's ``BEGIN IMMEDIATE`` already serializes writers. Tenants are told which quota
+they hit, never the host's numbers; those go to the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from vpsd.config import Settings
+from vpsd.db.models import Account, Server, ServerStatus
+from vpsd.db.session import Database
+from vpsd.services.errors import Invalid, LimitReached, NotFound
+
+log = logging.getLogger(__name__)
+
+GIB = 1024**3
+MEMINFO = Path("/proc/meminfo")
+PG_ADMISSION_LOCK = 7_205_830_412
+"""The advisory lock every create on PostgreSQL takes (per host, once servers have hosts)."""
+HOST_FULL = "this host cannot run a server of that size right now; try a smaller size or later"
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """An amount of each limited resource: one server's, an account's, a host's."""
+
+    servers: int
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(
+            self.servers + other.servers,
+            self.vcpus + other.vcpus,
+            self.memory_mb + other.memory_mb,
+            self.disk_gb + other.disk_gb,
+        )
+
+
+UNITS = {
+    "servers": "servers",
+    "vcpus": "vCPUs",
+    "memory_mb": "MiB of memory",
+    "disk_gb": "GiB of disk",
+}
+RESOURCE_NAMES = tuple(field.name for field in fields(Resources))
+
+
+@dataclass(frozen=True, slots=True)
+class HostCapacity:
+    """What this host offers guests, before the overcommit ratios."""
+
+    cpus: int
+    memory_mb: int
+    """Total memory less ``VPSD_HOST_RESERVED_MEMORY_MB``."""
+    disk_free_gb: float
+    """Free space of the data dir's filesystem."""
+
+
+@dataclass(frozen=True, slots=True)
+class MaxSizes:
+    """The largest server this host accepts."""
+
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaView:
+    """An account's quota and use, for ``vpsd account show``."""
+
+    account: str
+    quota: Resources
+    overridden: frozenset[str]
+    """The resources whose quota is the account's own (the rest are the defaults)."""
+    used: Resources
+
+
+def measure_host(settings: Settings) -> HostCapacity:
+    """CPUs, memory for guests and free disk of this host, read now.
+
+    Raises LimitReached when they cannot be read (the host is in trouble: refuse politely).
+    """
+    try:
+        total_kb = _mem_total_kb(MEMINFO.read_text())
+        stat = os.statvfs(settings.data_dir)
+    except (OSError, ValueError) as error:
+        log.error("cannot read this host's capacity: %s", error)
+        raise LimitReached(HOST_FULL) from error
+    return HostCapacity(
+        cpus=os.cpu_count() or 1,
+        memory_mb=max(0, total_kb // 1024 - settings.host_reserved_memory_mb),
+        disk_free_gb=stat.f_bavail * stat.f_frsize / GIB,
+    )
+
+
+def _mem_total_kb(meminfo: str) -> int:
+    for line in meminfo.splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1])
+    raise ValueError("no MemTotal in /proc/meminfo")
+
+
+def host_limits(settings: Settings, host: HostCapacity) -> Resources:
+    """What all servers of the host together may use: capacity times overcommit."""
+    return Resources(
+        servers=2**31 - 1,
+        vcpus=math.floor(host.cpus * settings.cpu_overcommit),
+        memory_mb=math.floor(host.memory_mb * settings.memory_overcommit),
+        disk_gb=math.floor(host.disk_free_gb * settings.disk_overcommit),
+    )
+
+
+def max_sizes(settings: Settings, host: HostCapacity) -> MaxSizes:
+    """The configured maximum sizes, each defaulting to what the host can run at all."""
+    limits = host_limits(settings, host)
+    return MaxSizes(
+        vcpus=settings.max_vcpus or host.cpus,
+        memory_mb=settings.max_memory_mb or limits.memory_mb,
+        disk_gb=settings.max_disk_gb or limits.disk_gb,
+    )
+
+
+def account_quota(settings: Settings, account: Account) -> Resources:
+    """The account's quota: its own values where set, the settings' defaults elsewhere."""
+    return Resources(
+        servers=_either(account.quota_servers, settings.quota_servers),
+        vcpus=_either(account.quota_vcpus, settings.quota_vcpus),
+        memory_mb=_either(account.quota_memory_mb, settings.quota_memory_mb),
+        disk_gb=_either(account.quota_disk_gb, settings.quota_disk_gb),
+    )
+
+
+def _either(own: int | None, default: int) -> int:
+    return default if own is None else own
+
+
+def usage(session: Session, account_id: int | None = None) -> Resources:
+    """What the servers not deleted use: one account's, or (None) the whole host's."""
+    query = select(
+        func.count(Server.id),
+        func.coalesce(func.sum(Server.vcpus), 0),
+        func.coalesce(func.sum(Server.memory_mb), 0),
+        func.coalesce(func.sum(Server.disk_gb), 0),
+    ).where(Server.status != ServerStatus.DELETED)
+    if account_id is not None:
+        query = query.where(Server.account_id == account_id)
+    servers, vcpus, memory_mb, disk_gb = session.execute(query).one()
+    return Resources(int(servers), int(vcpus), int(memory_mb), int(disk_gb))
+
+
+def admit(
+    session: Session, settings: Settings, account_id: int, wanted: Resources, host: HostCapacity
+) -> None:
+    """Lock the account and the host, then raise LimitReached unless ``wanted`` fits both
+    the account's quota and the host's capacity. Call it in the transaction that inserts
+    the server, before the insert."""
+    account = session.scalar(
+        select(Account)
+        .where(Account.id == account_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if account is None:
+        raise NotFound("account not found")
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_ADMISSION_LOCK})
+    _check_quota(account_quota(settings, account), usage(session, account_id), wanted)
+    total = usage(session) + wanted
+    limits = host_limits(settings, host)
+    over = [name for name in RESOURCE_NAMES if getattr(total, name) > getattr(limits, name)]
+    if over:
+        log.warning(
+            "admission refused for account %s: %s would need %s, the host allows %s (%s)",
+            account.name, ", ".join(over), total, limits, host,
+        )  # fmt: skip
+        raise LimitReached(HOST_FULL)
+
+
+def _check_quota(quota: Resources, used: Resources, wanted: Resources) -> None:
+    if used.servers + wanted.servers > quota.servers:
+        raise LimitReached(
+            f"server quota reached: your account may have {quota.servers} servers; "
+            "delete one first or ask for a higher quota"
+        )
+    for name in RESOURCE_NAMES[1:]:
+        total, allowed = getattr(used + wanted, name), getattr(quota, name)
+        if total > allowed:
+            unit = UNITS[name]
+            raise LimitReached(
+                f"quota exceeded: your servers would use {total} {unit}, your account's quota "
+                f"is {allowed} {unit} ({getattr(used, name)} in use); choose a smaller size, "
+                "delete a server or ask for a higher quota"
+            )
+
+
+def set_quota(
+    db: Database,
+    settings: Settings,
+    account_name: str,
+    values: dict[str, int | None],
+    *,
+    reset: bool = False,
+) -> QuotaView:
+    """Store the account's own quota for the resources in ``values`` (None: leave as is);
+    ``reset`` first returns every resource to the default. Raises NotFound, Invalid."""
+    unknown = set(values) - set(RESOURCE_NAMES)
+    if unknown:
+        raise Invalid(sorted(unknown)[0], "not a quota")
+    for name, value in values.items():
+        if value is not None and value < 0:
+            raise Invalid(name, "a quota is 0 or more")
+    with db.write() as session:
+        account = _account(session, account_name, lock=True)
+        if reset:
+            for name in RESOURCE_NAMES:
+                setattr(account, f"quota_{name}", None)
+        for name, value in values.items():
+            if value is not None:
+                setattr(account, f"quota_{name}", value)
+        session.flush()
+        return _view(session, settings, account)
+
+
+def show_quota(db: Database, settings: Settings, account_name: str) -> QuotaView:
+    """The account's quota (own or default, per resource) and what its servers use."""
+    with db.read() as session:
+        return _view(session, settings, _account(session, account_name, lock=False))
+
+
+def _account(session: Session, name: str, *, lock: bool) -> Account:
+    query = select(Account).where(Account.name == name)
+    account = session.scalar(query.with_for_update() if lock else query)
+    if account is None:
+        raise NotFound(f"no account named {name!r} (`vpsd token create --account` makes one)")
+    return account
+
+
+def _view(session: Session, settings: Settings, account: Account) -> QuotaView:
+    own = frozenset(
+        name for name in RESOURCE_NAMES if getattr(account, f"quota_{name}") is not None
+    )
+    quota = account_quota(settings, account)
+    return QuotaView(account.name, quota, own, usage(session, account.id))
