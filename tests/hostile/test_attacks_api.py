@@ -265,6 +265,7 @@ OPERATION_IDS = {
     ("get", "/api/v1/servers/{server_id}/console/"): "getServerConsole",
     ("delete", "/api/v1/servers/{server_id}/"): "deleteServer",
     ("get", "/api/v1/images/"): "listImages",
+    ("get", "/api/v1/images/{image_id}/"): "getImage",
     ("get", "/api/v1/ssh_keys/"): "listSshKeys",
     ("post", "/api/v1/ssh_keys/"): "createSshKey",
     ("get", "/api/v1/ssh_keys/{key_id}/"): "getSshKey",

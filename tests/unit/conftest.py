@@ -8,6 +8,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.helpers import ApiClient
+
+# The vpsctl tests' fixtures (run, and the transport it sends through), for every unit test.
+from tests.unit.vpsctl_harness import run, sent, transport  # noqa: F401
 from vpsd.api.app import create_app
 from vpsd.config import Settings
 from vpsd.db.session import Database

@@ -64,6 +64,14 @@ def test_images_lists_the_installed_image(alice: ApiClient) -> None:
     assert image["min_disk_gb"] == 2 and image["os"] == "debian"
 
 
+def test_an_image_by_id(alice: ApiClient, bob: ApiClient) -> None:
+    (listed,) = alice.get("/images/").json()["results"]
+    assert alice.get(f"/images/{listed['id']}/").json() == listed
+    assert bob.get(f"/images/{listed['id']}/").json() == listed  # images are everyone's
+    assert alice.get(f"/images/{listed['id'] + 1}/").status_code == 404
+    assert alice.get("/images/x/").status_code == 400
+
+
 def test_images_need_a_token(client: TestClient) -> None:
     assert client.get("/api/v1/images/").status_code == 401
 

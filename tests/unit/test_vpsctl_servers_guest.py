@@ -4,12 +4,8 @@ consistency columns. One image (``debian-12``) is registered; servers are blank 
 
 from __future__ import annotations
 
-import io
 import json
-import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -19,23 +15,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi.testclient import TestClient
 
 from tests.helpers import ApiClient, write_fake_image
+from tests.unit.vpsctl_harness import BASE, Run, one_error_line
 from vpsd.api.app import create_app
-from vpsd.cli import vpsctl, vpsctl_common, vpsctl_servers
+from vpsd.cli import vpsctl_servers
 from vpsd.client import Client
 from vpsd.config import Settings
 from vpsd.hypervisor.fake import FakeDriver
-
-BASE = "http://vpsd.test"
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-Run = Callable[..., Result]
 
 
 @pytest.fixture
@@ -47,62 +32,6 @@ def client(settings: Settings, fake_driver: FakeDriver) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def sent() -> list[httpx.Request]:
-    """Every request the SDK sent (through ``transport``)."""
-    return []
-
-
-@pytest.fixture
-def transport(client: TestClient, sent: list[httpx.Request]) -> httpx.MockTransport:
-    """Hands the SDK's requests to the in-process app."""
-
-    def forward(request: httpx.Request) -> httpx.Response:
-        sent.append(request)
-        answer = client.request(
-            request.method,
-            request.url.raw_path.decode("ascii"),
-            headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
-            content=request.content,
-        )
-        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
-
-    return httpx.MockTransport(forward)
-
-
-@pytest.fixture
-def run(
-    alice: ApiClient,
-    transport: httpx.MockTransport,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> Run:
-    """Run ``vpsctl ARGS`` as alice (stdin is not a terminal)."""
-    real_client = Client
-
-    def client_factory(*args: object, **kwargs: object) -> Client:
-        return real_client(*args, transport=transport, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(vpsctl_common, "Client", client_factory)
-    monkeypatch.setenv("VPSD_URL", BASE)
-    monkeypatch.setenv("VPSD_TOKEN", alice.token)
-    monkeypatch.setenv("VPSCTL_CONFIG", str(tmp_path / "absent.toml"))
-    monkeypatch.setenv("COLUMNS", "200")
-
-    def invoke(*args: str) -> Result:
-        monkeypatch.setattr(sys, "argv", ["vpsctl", *args])
-        monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as exited:
-            vpsctl.main()
-        out, err = capsys.readouterr()
-        code = exited.value.code
-        return Result(code if isinstance(code, int) else 1 if code else 0, out, err)
-
-    return invoke
-
-
-@pytest.fixture
 def execs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """What ``servers ssh`` would have exec'd (nothing is run)."""
     calls: list[list[str]] = []
@@ -110,12 +39,6 @@ def execs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         vpsctl_servers.os, "execvp", lambda file, args: calls.append([file, *args[1:]])
     )
     return calls
-
-
-def one_error_line(result: Result) -> str:
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
-    return lines[0]
 
 
 def add_key(api: ApiClient, name: str) -> int:

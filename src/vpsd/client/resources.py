@@ -7,7 +7,9 @@ API's decoded body unchanged (vpsctl prints those for ``--output json``).
 from __future__ import annotations
 
 import builtins
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pydantic import BaseModel
 
 from vpsd.schemas import (
     ImageOut,
@@ -23,39 +25,51 @@ if TYPE_CHECKING:
     from vpsd.client.client import Client
 
 JsonObject = dict[str, Any]
+ItemT = TypeVar("ItemT", bound=BaseModel)
 DEFAULT_CONSOLE_BYTES = 64 * 1024
 """What ``ServersApi.console`` asks for unless told (the API's default too; at most 1 MiB)."""
 
 
-class ServersApi:
-    """``/api/v1/servers/``."""
+class _Collection(Generic[ItemT]):
+    """The reads every collection shares: the whole list, one page, one object."""
+
+    path: str
+    """The collection's path below ``/api/v1/``, with its trailing slash."""
+    model: type[ItemT]
+    page_model: type[Page[ItemT]]
 
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    def list(self) -> builtins.list[ServerOut]:
-        """Every server of the account, newest first (all pages)."""
-        return [ServerOut.model_validate(s) for s in self.list_json()["results"]]
+    def list(self) -> builtins.list[ItemT]:
+        """Every object of the collection the account sees, newest first (all pages)."""
+        return [self.model.model_validate(item) for item in self.list_json()["results"]]
 
     def list_json(self) -> JsonObject:
         """The list as the API shows it, every page's results merged into one object."""
-        return self._client.list_all("servers/")
+        return self._client.list_all(self.path)
 
-    def list_page(self, page: int = 1, page_size: int = 100) -> Page[ServerOut]:
+    def list_page(self, page: int = 1, page_size: int = 100) -> Page[ItemT]:
         """One page of the list, with ``count`` and the ``next``/``previous`` links."""
-        body = self._client.request(
-            "GET", "servers/", params={"page": page, "page_size": page_size}
-        )
-        return Page[ServerOut].model_validate(body)
+        body = self._client.request("GET", self.path, params={"page": page, "page_size": page_size})
+        return self.page_model.model_validate(body)
 
-    def get(self, server_id: int) -> ServerOut:
-        """One server; ``NotFoundError`` if it does not exist or is not the account's."""
-        return ServerOut.model_validate(self.get_json(server_id))
+    def get(self, object_id: int) -> ItemT:
+        """One object; ``NotFoundError`` if it does not exist or is not the account's."""
+        return self.model.model_validate(self.get_json(object_id))
 
-    def get_json(self, server_id: int) -> JsonObject:
+    def get_json(self, object_id: int) -> JsonObject:
         """``get``'s body unchanged."""
-        body: JsonObject = self._client.request("GET", f"servers/{server_id}/")
+        body: JsonObject = self._client.request("GET", f"{self.path}{object_id}/")
         return body
+
+
+class ServersApi(_Collection[ServerOut]):
+    """``/api/v1/servers/``."""
+
+    path = "servers/"
+    model = ServerOut
+    page_model = Page[ServerOut]
 
     def create(
         self,
@@ -196,35 +210,12 @@ class SnapshotsApi:
         self._client.request("DELETE", f"snapshots/{snapshot_id}/")
 
 
-class SshKeysApi:
+class SshKeysApi(_Collection[SshKeyOut]):
     """``/api/v1/ssh_keys/``."""
 
-    def __init__(self, client: Client) -> None:
-        self._client = client
-
-    def list(self) -> builtins.list[SshKeyOut]:
-        """Every SSH key of the account, newest first (all pages)."""
-        return [SshKeyOut.model_validate(k) for k in self.list_json()["results"]]
-
-    def list_json(self) -> JsonObject:
-        """The list as the API shows it, every page's results merged into one object."""
-        return self._client.list_all("ssh_keys/")
-
-    def list_page(self, page: int = 1, page_size: int = 100) -> Page[SshKeyOut]:
-        """One page of the list, with ``count`` and the ``next``/``previous`` links."""
-        body = self._client.request(
-            "GET", "ssh_keys/", params={"page": page, "page_size": page_size}
-        )
-        return Page[SshKeyOut].model_validate(body)
-
-    def get(self, key_id: int) -> SshKeyOut:
-        """One SSH key; ``NotFoundError`` if it does not exist or is not the account's."""
-        return SshKeyOut.model_validate(self.get_json(key_id))
-
-    def get_json(self, key_id: int) -> JsonObject:
-        """``get``'s body unchanged."""
-        body: JsonObject = self._client.request("GET", f"ssh_keys/{key_id}/")
-        return body
+    path = "ssh_keys/"
+    model = SshKeyOut
+    page_model = Page[SshKeyOut]
 
     def create(self, name: str, public_key: str) -> SshKeyOut:
         """Save an OpenSSH public key line; ``BadRequestError`` if it is not acceptable or
@@ -242,21 +233,9 @@ class SshKeysApi:
         self._client.request("DELETE", f"ssh_keys/{key_id}/")
 
 
-class ImagesApi:
+class ImagesApi(_Collection[ImageOut]):
     """``/api/v1/images/``: what servers can be created from (``blank`` is not listed)."""
 
-    def __init__(self, client: Client) -> None:
-        self._client = client
-
-    def list(self) -> builtins.list[ImageOut]:
-        """Every available image, newest first (all pages)."""
-        return [ImageOut.model_validate(i) for i in self.list_json()["results"]]
-
-    def list_json(self) -> JsonObject:
-        """The list as the API shows it, every page's results merged into one object."""
-        return self._client.list_all("images/")
-
-    def list_page(self, page: int = 1, page_size: int = 100) -> Page[ImageOut]:
-        """One page of the list, with ``count`` and the ``next``/``previous`` links."""
-        body = self._client.request("GET", "images/", params={"page": page, "page_size": page_size})
-        return Page[ImageOut].model_validate(body)
+    path = "images/"
+    model = ImageOut
+    page_model = Page[ImageOut]

@@ -73,6 +73,16 @@ class ImageService:
             ).all()
             return count or 0, [_view(session, image) for image in rows]
 
+    def get(self, image_id: int) -> ImageView:
+        """One image new servers can use; NotFound for others (deprecated, unknown)."""
+        with self.db.read() as session:
+            image = session.scalar(
+                select(Image).where(Image.id == image_id, Image.status == ImageStatus.AVAILABLE)
+            )
+            if image is None:
+                raise NotFound("image not found")
+            return _view(session, image)
+
     def sync(self) -> builtins.list[ImageView]:
         """Place the cached builds of the current recipes in the data dir and register
         every build found there. Idempotent; run at start-up. Returns the new rows.

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
 
-from vpsd.api.deps import PageDep, PrincipalDep, ServicesDep
+from fastapi import APIRouter, Path, Request
+
+from vpsd.api.deps import DIGITS_ONLY, PageDep, PrincipalDep, ServicesDep
 from vpsd.api.pagination import page_links
 from vpsd.api.presenters import image_out
 from vpsd.api.responses import responses
 from vpsd.api.strict_json import StrictJSONRoute
-from vpsd.schemas import ImageOut, Page
+from vpsd.schemas import MAX_ID, ImageOut, Page
 
 router = APIRouter(prefix="/images", tags=["images"], route_class=StrictJSONRoute)
+ImageId = Annotated[int, Path(ge=1, le=MAX_ID, description="the image's id"), DIGITS_ONLY]
 
 
 @router.get("/", operation_id="listImages", responses=responses(400, 401))
@@ -27,3 +30,9 @@ def list_images(
     return Page[ImageOut](
         count=count, next=next_url, previous=previous_url, results=[image_out(i) for i in rows]
     )
+
+
+@router.get("/{image_id}/", operation_id="getImage", responses=responses(400, 401, 404))
+def get_image(image_id: ImageId, principal: PrincipalDep, services: ServicesDep) -> ImageOut:
+    """One image available for new servers."""
+    return image_out(services.images.get(image_id))
