@@ -11,6 +11,7 @@ import contextlib
 import functools
 import os
 import re
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 
 from vpsd.hypervisor import command
 from vpsd.hypervisor.base import DriverError
+from vpsd.hypervisor.qemu import qcow2
 
 QEMU_IMG = "qemu-img"
 LOCK_WAIT = 60.0
@@ -147,14 +149,19 @@ def measure_required(
 
 
 def captured_bytes(path: Path, tag: str, *, force_share: bool = False, timeout: float) -> int:
-    """Allocated guest data (bytes, cluster granular) that snapshot ``tag`` of ``path`` holds.
+    """Allocated guest data (bytes, cluster granular) that snapshot ``tag`` of ``path`` holds,
+    its backing image's data it still reads included.
 
-    ``measure`` walks only the snapshot's L1/L2 tables (cost grows with metadata, not data),
-    and its answer is data + qcow2 metadata, where the metadata part depends only on the
-    virtual size; subtracting the answer for an empty image of that size leaves the data.
+    Read from the qcow2 tables in-process (``qcow2.allocated_bytes``); for a layout that
+    reader does not handle, ``qemu-img measure``, whose answer is data + qcow2 metadata,
+    where the metadata part depends only on the virtual size: subtracting the answer for an
+    empty image of that size leaves the data. Both walk metadata only, never the data.
     """
-    full = measure_required(path, tag=tag, force_share=force_share, timeout=timeout)
-    return max(0, full - _empty_required(virtual_size(path), timeout=timeout))
+    try:
+        return qcow2.allocated_bytes(path, tag)
+    except (qcow2.Unsupported, OSError, ValueError, struct.error):
+        full = measure_required(path, tag=tag, force_share=force_share, timeout=timeout)
+        return max(0, full - _empty_required(virtual_size(path), timeout=timeout))
 
 
 QCOW2_MAGIC = b"QFI\xfb"

@@ -103,7 +103,7 @@ def _flush(agent: GuestAgent) -> None:
             status = agent.execute("guest-exec-status", {"pid": pid}, timeout=FLUSH_TIMEOUT)
             if status.get("exited"):
                 return
-            time.sleep(0.005)
+            time.sleep(0.002)
     except (GuestAgentError, KeyError, TypeError) as exc:
         log.info("pre-freeze sync in the guest skipped: %s", exc)
 
