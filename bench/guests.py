@@ -23,7 +23,7 @@ from vpsd.hypervisor.images import build, recipes
 
 FROZEN = re.compile(r"guest of server (\d+) frozen (\d+) ms \(pre-freeze sync (\d+) ms\)")
 LOAD = (
-    "mkdir -p /root/load; while :; do dd if=/dev/urandom of=/root/load/f bs=1M count=64 "
+    "mkdir -p /root/load; while :; do dd if=/dev/zero of=/root/load/f bs=1M count=256 "
     "status=none; done"
 )
 TARGETS = {
@@ -194,10 +194,10 @@ ROWS = (
     ("boot_ssh", "create → SSH answering"),
     ("snapshot_idle", "snapshot of a running, idle guest, API → completed"),
     ("freeze_idle", "  of which the guest was frozen"),
-    ("sync_idle", "  pre-freeze sync in the guest (not frozen)"),
-    ("snapshot_load", "snapshot under heavy writes (dd 64 MiB loop), API → completed"),
+    ("sync_idle", "  pre-freeze step (not frozen)"),
+    ("snapshot_load", "snapshot under heavy writes (dd 256 MiB loop), API → completed"),
     ("freeze_load", "  of which the guest was frozen"),
-    ("sync_load", "  pre-freeze sync in the guest (not frozen)"),
+    ("sync_load", "  pre-freeze step (not frozen)"),
     ("stop", "graceful stop (ACPI) → stopped"),
     ("start_ssh", "start → SSH answering"),
     ("restore_running", "restore of a running guest → running"),
@@ -221,8 +221,9 @@ def tables(data: dict[str, Any]) -> tuple[list[ResultTable], list[dict[str, Any]
         f"Image {data['image']}; servers of 1 vCPU, 256 MiB, 4 GiB disk; one guest running at "
         "a time. Snapshot times include the runner, the database and 5 ms polling.",
         "Frozen = from vpsd's guest-fsfreeze-freeze request to the answer of its thaw (vpsd's "
-        "log); the guest's writes wait at most that long. The pre-freeze sync runs before it, "
-        "while the guest keeps writing.",
+        "log); the guest's writes wait at most that long. The pre-freeze step reads the "
+        "guest's dirty memory and, above 16 MiB, runs sync in it, while the guest keeps "
+        "writing.",
     ]
     return [table], _targets(stats)
 
