@@ -222,7 +222,7 @@ def tables(data: dict[str, Any]) -> tuple[list[ResultTable], list[dict[str, Any]
         "a time. Snapshot times include the runner, the database and 5 ms polling.",
         "Frozen = from vpsd's guest-fsfreeze-freeze request to the answer of its thaw (vpsd's "
         "log); the guest's writes wait at most that long. The pre-freeze step reads the "
-        "guest's dirty memory and, above 16 MiB, runs sync in it, while the guest keeps "
+        "guest's dirty memory and, above 4 MiB, runs sync in it, while the guest keeps "
         "writing.",
     ]
     return [table], _targets(stats)

@@ -40,7 +40,7 @@ class FakeAgent:
 
 @pytest.mark.parametrize(
     ("dirty_kb", "writeback_kb", "synced"),
-    [(0, 0, False), (8 * 1024, 0, False), (12 * 1024, 8 * 1024, True), (64 * 1024, 0, True)],
+    [(0, 0, False), (3 * 1024, 0, False), (2 * 1024, 2 * 1024 + 1, True), (64 * 1024, 0, True)],
 )
 def test_sync_only_above_the_threshold(dirty_kb: int, writeback_kb: int, synced: bool) -> None:
     agent = FakeAgent(MEMINFO.format(dirty=dirty_kb, wb=writeback_kb), exits_after=3)

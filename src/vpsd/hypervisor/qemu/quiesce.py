@@ -29,7 +29,7 @@ AGENT_TIMEOUT = 1.0
 """Seconds to connect and sync: an agent that answers at all does so in milliseconds."""
 FLUSH_TIMEOUT = 5.0
 """Seconds the pre-freeze ``sync`` may take; the freeze flushes whatever is left."""
-FLUSH_THRESHOLD = 16 * 1024 * 1024
+FLUSH_THRESHOLD = 4 * 1024 * 1024
 """Dirty bytes in the guest above which it runs ``sync`` before the freeze (see ``_flush``)."""
 FREEZE_TIMEOUT = 10.0
 THAW_TIMEOUT = 5.0
