@@ -9,7 +9,7 @@ import httpx
 from tests.live_server import LiveServer
 from tests.qemu_helpers import kill_qemus_under
 
-POLL = 0.005
+POLL = 0.002
 """Seconds between polls while waiting for a state: the resolution of the API timings."""
 
 

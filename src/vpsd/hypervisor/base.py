@@ -188,14 +188,15 @@ class Driver(Protocol):
         """Kill the VM and remove all of its files. No-op when nothing is left."""
         ...
 
-    def snapshot_create(self, server_id: int, tag: str) -> SnapshotResult:
+    def snapshot_create(self, server_id: int, tag: str, *, fresh: bool = False) -> SnapshotResult:
         """Take an internal snapshot ``tag`` of all the server's disks, atomically.
 
         Uses one QMP transaction while the VM runs (between the guest agent's filesystem
         freeze and thaw when the agent answers), ``qemu-img snapshot -c`` when it is
         stopped. If ``tag`` already exists on every disk (an earlier attempt got that far),
         nothing is taken again and the result says ``crash``, since how it was taken is
-        unknown. Returns the guest bytes captured and the consistency obtained.
+        unknown. ``fresh``: no earlier attempt can have taken ``tag``, so the look for a
+        leftover may be skipped. Returns the guest bytes captured and the consistency obtained.
         """
         ...
 

@@ -234,7 +234,7 @@ class FakeDriver:
             self._check_liveness(server_id)
             self._vms.pop(server_id, None)
 
-    def snapshot_create(self, server_id: int, tag: str) -> SnapshotResult:
+    def snapshot_create(self, server_id: int, tag: str, *, fresh: bool = False) -> SnapshotResult:
         """Copy the disk under ``tag`` (unless it exists); returns the captured length."""
         self._enter("snapshot_create", server_id)
         with self._lock:

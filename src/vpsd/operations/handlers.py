@@ -59,6 +59,8 @@ class Job:
     snapshot_id: int | None
     snapshot_tag: str | None
     """The snapshot's tag on disk; None when its row is gone (deleted with its server)."""
+    attempts: int = 1
+    """This run is the operation's attempts-th (1: no earlier run did any of its work)."""
     payload: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -139,7 +141,8 @@ def _snapshot_create(ctx: OperationContext, job: Job) -> Result:
         wanted = snapshot is not None and snapshot.status == SnapshotStatus.IN_PROGRESS
     if not wanted:
         return []  # deleted before it was taken: its delete operation cleans up
-    taken = ctx.driver.snapshot_create(job.server_id, job.tag)
+    # Tags are never reused: on its first attempt nothing can have taken this one yet.
+    taken = ctx.driver.snapshot_create(job.server_id, job.tag, fresh=job.attempts == 1)
     return [
         update(Snapshot)
         .where(Snapshot.id == job.snapshot_id, Snapshot.status == SnapshotStatus.IN_PROGRESS)
@@ -241,6 +244,7 @@ def load_job(ctx: OperationContext, operation_id: int) -> Job | None:
             vm_spec(server, ctx.settings),
             operation.snapshot_id,
             tag,
+            operation.attempts,
             dict(operation.payload),
         )
 

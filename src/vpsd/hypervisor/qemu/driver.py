@@ -29,7 +29,7 @@ from vpsd.hypervisor.base import (
     VmInfo,
     VmSpec,
 )
-from vpsd.hypervisor.qemu import img, process
+from vpsd.hypervisor.qemu import img, process, qcow2
 from vpsd.hypervisor.qemu.qmp import QmpError, QmpSession
 from vpsd.hypervisor.qemu.quiesce import quiesced, thaw_left_frozen
 
@@ -206,7 +206,7 @@ class QemuDriver:
 
     # -- snapshots ---------------------------------------------------------------------------
 
-    def snapshot_create(self, server_id: int, tag: str) -> SnapshotResult:
+    def snapshot_create(self, server_id: int, tag: str, *, fresh: bool = False) -> SnapshotResult:
         """Snapshot all disks as ``tag`` (one QMP transaction if running, qemu-img if not).
 
         While the VM runs and its guest agent answers, the transaction happens between
@@ -216,15 +216,16 @@ class QemuDriver:
 
         Idempotent: when every disk already has ``tag`` nothing is taken (and the result
         says ``crash``: how it was taken is unknown). A failure leaves no disk with ``tag``
-        (stale partial tags from a crash are replaced). ``captured_bytes`` is the
-        allocated guest data, summed over the disks.
+        (stale partial tags from a crash are replaced). ``fresh`` says no earlier attempt can
+        have taken ``tag`` (tags are never reused): the look for a leftover is skipped.
+        ``captured_bytes`` is the allocated guest data, summed over the disks.
         """
         img.check_tag(tag)
         with self._lock(server_id):
             paths = self._paths(server_id)
             disks = self._require_disks(server_id, paths)
             running = process.alive_pid(paths, server_id) is not None
-            tags = self._tags_per_disk(paths, disks, running)
+            tags = [[] for _ in disks] if fresh else self._tags_per_disk(paths, disks, running)
             consistency: Consistency = "crash"
             if not all(tag in names for names in tags):
                 # Some disks only: a leftover of an interrupted attempt; start over cleanly.
@@ -249,7 +250,8 @@ class QemuDriver:
             if process.alive_pid(paths, server_id) is not None:
                 raise DriverError(f"server {server_id} is running; stop it before restoring")
             disks = self._require_disks(server_id, paths)
-            tags = self._tags_per_disk(paths, disks, running=False)
+            # Read in-process: only a snapshot's own operation (this one) changes its tag.
+            tags = [self._stopped_tags(disk) for disk in disks]
             missing = [d.name for d, names in zip(disks, tags, strict=True) if tag not in names]
             if missing:
                 raise DriverError(f"snapshot {tag!r} not found on {', '.join(missing)}")
@@ -416,6 +418,12 @@ class QemuDriver:
         # QEMU removes these on a clean quit, not after SIGKILL.
         paths.pidfile.unlink(missing_ok=True)
         paths.qmp_socket.unlink(missing_ok=True)
+
+    def _stopped_tags(self, disk: Path) -> list[str]:
+        try:
+            return qcow2.snapshot_names(disk)
+        except (qcow2.Unsupported, OSError, ValueError):
+            return img.snapshot_names(disk, timeout=self.command_timeout)
 
     def _tags_per_disk(
         self, paths: process.ServerPaths, disks: list[Path], running: bool

@@ -75,20 +75,42 @@ def read_header(image: BinaryIO) -> Header:
     return Header(cluster_bits, size, l1_size, l1_offset, nb_snapshots, snapshots_offset, backing)
 
 
-def snapshot_l1(image: BinaryIO, header: Header, name: str) -> tuple[int, int]:
-    """The L1 table (offset, entries) of internal snapshot ``name``; Unsupported if absent."""
+def _snapshot_table(image: BinaryIO, header: Header) -> list[tuple[str, int, int]]:
+    """Every internal snapshot: (name, L1 offset, L1 entries), oldest first."""
     image.seek(header.snapshots_offset)
+    found = []
     for _ in range(header.nb_snapshots):
         fixed = image.read(40)
+        if len(fixed) < 40:
+            raise Unsupported("truncated snapshot table")
         l1_offset, l1_size, id_size, name_size = struct.unpack(">QIHH", fixed[:16])
         (extra_size,) = struct.unpack(">I", fixed[36:40])
         image.seek(extra_size + id_size, 1)
-        found = image.read(name_size).decode(errors="replace")
+        name = image.read(name_size).decode(errors="replace")
         entry = 40 + extra_size + id_size + name_size
         image.seek((-entry) % 8, 1)  # entries are padded to 8 bytes
+        found.append((name, l1_offset, l1_size))
+    return found
+
+
+def snapshot_l1(image: BinaryIO, header: Header, name: str) -> tuple[int, int]:
+    """The L1 table (offset, entries) of internal snapshot ``name``; Unsupported if absent."""
+    for found, l1_offset, l1_size in _snapshot_table(image, header):
         if found == name:
             return l1_offset, l1_size
     raise Unsupported(f"no snapshot {name!r}")
+
+
+def snapshot_names(path: Path) -> list[str]:
+    """The internal snapshot names of ``path``, oldest first, read from its snapshot table.
+
+    QEMU writes a new table before it points the header at it, so a reader sees the old or
+    the new one. It does not wait for another process holding the image, as ``qemu-img``
+    does: use it where no such process can be creating or deleting snapshots.
+    """
+    with path.open("rb") as image:
+        header = read_header(image)
+        return [name for name, _, _ in _snapshot_table(image, header)]
 
 
 def _entries(image: BinaryIO, offset: int, count: int) -> array[int]:
