@@ -7,21 +7,27 @@ ANALYSIS: dict[str, str] = {
     "snapshots": """\
 **Reading it.** Snapshot and restore times stay flat from 256 MiB to 8 GiB while full copies
 grow linearly with the data (about 1.1-1.5 s per GiB on this disk, the same order as the
-anchors' ~1 minute per GB once network and object storage are added). At 2 GiB vpsd is
-26-42x faster than either copy, at 8 GiB 32-91x; the 8 GiB / 256 MiB ratio stays under 3x.
-The figures are request → `completed` through the API: the POST, the runner picking the
-operation up and recording it (three SQLite commits), the qcow2 work, then our 5 ms polling.
+anchors' ~1 minute per GB once network and object storage are added). At 2 GiB vpsd is over
+40x faster than either copy; the 8 GiB / 256 MiB ratio stays under 2x. The figures are
+request → `completed` through the API: the POST, the runner picking the operation up and
+recording it (SQLite commits), the qcow2 work, then our 2 ms polling.
 
-**Target not met, and what it would take.**
-- *Snapshot ≤ 100 ms at every size*: met at 256 MiB and 2 GiB (64-95 ms medians), missed at
-  8 GiB (128 ms stopped, 153 ms running). The qcow2 work grows with allocated data because
-  creating an internal snapshot increments the refcount of every allocated cluster (part 2:
-  `qemu-img snapshot -c` alone takes 10 ms at 256 MiB and 34 ms at 8 GiB), and measuring its
-  size walks the same metadata. Disks
-  created with larger clusters (`qemu-img create -o cluster_size=2M`) have 32x fewer clusters
-  to walk, at the cost of coarser copy-on-write; making that a per-host setting is the next
-  step. The driver already spawns a single `qemu-img measure` per disk for the size (the
-  virtual size comes from the qcow2 header), down from three processes.
+**What got the 8 GiB snapshot from 128-153 ms to under 40 ms**, profiled step by step:
+`qemu-img measure` for the snapshot's size cost a process and 12 ms at 8 GiB (40-60 ms on a
+disk backed by an image, where it walks the backing chain): the driver now reads the
+snapshot's L1/L2 tables itself (`hypervisor/qemu/qcow2.py`, 3 ms at 8 GiB, checked against
+qemu-img on every layout vpsd makes). A `qemu-img info` looking for a leftover of an earlier
+attempt (8-11 ms) is skipped on an operation's first attempt, since tags are never reused.
+What remains at 8 GiB is mostly `qemu-img snapshot -c` itself (20-30 ms: it increments the
+refcount of every allocated cluster).
+
+**Beside libvirt.** On copies of the same disks, vpsd (through HTTP, its runner and database)
+is as fast as `virsh` on a shut-off domain: 0.72-0.95 of libvirt's time everywhere except the
+8 GiB create, at parity (1.05, inside both tools' spread of a few ms: both pay the same
+`qemu-img snapshot -c`). libvirtd had to be started with `/dev/kvm` hidden: where `/dev/kvm`
+opens but cannot run a guest (this machine's nested, paravirtual KVM), libvirt finds its
+QEMU capabilities stale on every call and probes QEMU again, 4-8 s per `virsh` call, a
+figure no real host would see.
 """,
     "guest": """\
 **Reading it.** Only the first write to a cluster still shared with a snapshot pays the
@@ -31,6 +37,28 @@ disk's own again and writes return to 0.85-1.0x. Deleting a snapshot walks its t
 of milliseconds while it shares its data with the disk, up to ~2 s at 8 GiB when it owns all
 of it; it runs in the background (the API hides the snapshot at once). Single passes of 1 GiB
 vary by about ±20% from run to run.
+""",
+    "guests": """\
+**Reading it.** On these machines guests run under TCG (software emulation: `/dev/kvm` here
+cannot run a Linux kernel), so a boot to SSH takes 22-25 s, most of it the kernel and
+systemd emulated. No machine here runs KVM with a real guest, so the KVM figure is not
+measured; the same bench measures it (`VMs on KVM` in the machine line) on a host that does.
+Creating a server is a copy-on-write overlay of the image plus a QEMU start: about
+0.1-0.15 s to `running`.
+
+A snapshot of a running guest freezes its filesystems briefly, idle or under a `dd` loop
+writing 256 MiB files, and the guest's writes wait that long at most: idle, 56 ms median and
+95 ms worst; under writes, 76 ms median and one freeze of 557 ms in eight. Before freezing,
+vpsd reads the guest's dirty memory through the agent (`/proc/meminfo`, ~10 ms, no process in
+the guest); above 4 MiB it runs `sync` first, so the freeze has little left to flush. An
+unconditional `sync` cost 60-250 ms of each snapshot under TCG (spawning a process in an
+emulated guest) and missed the 200 ms idle target (221-298 ms); with no `sync` at all, or
+with a 16 MiB threshold, a freeze under writes reached 1.1 s. Under heavy writes
+the `sync` can take seconds (the guest keeps dirtying pages); it runs before the freeze, so
+the guest is not held meanwhile.
+
+A graceful stop is an ACPI power-down the Debian guest honours in about 2 s; a reboot is a
+graceful power cycle.
 """,
     "api": """\
 **What changed, found by profiling (py-spy on a loaded `vpsd serve`, cProfile in-process):**
@@ -48,7 +76,10 @@ vary by about ±20% from run to run.
   (`EXPLAIN QUERY PLAN`); in SQLite a 100-row page plus its count takes 0.8 ms.
 
 Together: list 25 → 91 req/s, list-filtered 80 → 161, get 143 → 244 (the "before" run was on
-a loaded machine, the "after" one on a quiet one, so the ratios are approximate).
+a loaded machine, the "after" one on a quiet one, so the ratios are approximate). The latest
+run (the table above: 236, 448, 648 req/s) also has the HTTP server fixes of issue 10: the
+listening socket had no `TCP_NODELAY` (40 ms per keep-alive request, Nagle against delayed
+ACKs), and the event loop is asyncio's (bounded accepts under floods).
 
 **Targets not met, and what it would take.** One Python process serves a 100-row page in
 ~11 ms of CPU and a single snapshot in ~4 ms: in-process, `SnapshotService.list` is 4.4 ms

@@ -219,7 +219,7 @@ def tables(data: dict[str, Any]) -> tuple[list[ResultTable], list[dict[str, Any]
             table.rows.append([label, fmt_summary(stats[key]), str(len(data["samples"][key]))])
     table.notes += [
         f"Image {data['image']}; servers of 1 vCPU, 256 MiB, 4 GiB disk; one guest running at "
-        "a time. Snapshot times include the runner, the database and 5 ms polling.",
+        "a time. Snapshot times include the runner, the database and a few ms of polling.",
         "Frozen = from vpsd's guest-fsfreeze-freeze request to the answer of its thaw (vpsd's "
         "log); the guest's writes wait at most that long. The pre-freeze step reads the "
         "guest's dirty memory and, above 4 MiB, runs sync in it, while the guest keeps "
