@@ -120,6 +120,24 @@ class ApiClient:
         result: dict[str, Any] = wait_for(settled, timeout, what=f"snapshot {snapshot_id}")
         return result
 
+    def wait_backup(self, backup_id: int, timeout: float = 60.0) -> dict[str, Any]:
+        """Wait until the backup is completed or failed; return it."""
+
+        def settled() -> dict[str, Any] | None:
+            body: dict[str, Any] = self.get(f"/backups/{backup_id}/").json()
+            return body if body.get("status") in TERMINAL_SNAPSHOT else None
+
+        result: dict[str, Any] = wait_for(settled, timeout, what=f"backup {backup_id}")
+        return result
+
+    def create_backup(
+        self, server_id: int, name: str = "backup", timeout: float = 60.0, **extra: Any
+    ) -> dict[str, Any]:
+        """Create a manual backup and wait until it settles; return it."""
+        response = self.post("/backups/", json={"server_id": server_id, "name": name, **extra})
+        assert response.status_code == 201, response.text
+        return self.wait_backup(response.json()["id"], timeout)
+
     def create_snapshot(self, server_id: int, name: str = "snap", **extra: Any) -> dict[str, Any]:
         """Create a snapshot and wait until it settles; return it."""
         response = self.post("/snapshots/", json={"server_id": server_id, "name": name, **extra})

@@ -122,6 +122,21 @@ class Settings(BaseSettings):
     """The host ports servers' SSH forwards are allocated from, ``FIRST-LAST``."""
 
     max_snapshots_per_server: int = 5
+
+    backup_repository: str | None = None
+    """Where backups go: a restic repository, a path (on another filesystem than the data
+    dir in production: a backup must outlive the host), ``sftp:user@host:/path`` or
+    ``s3:...``. Default: ``<data dir>/backups``."""
+    backup_password_file: Path | None = None
+    """The repository's password, created 0600 with the repository on first use; keep a
+    copy apart from the host. Default: ``<data dir>/backup-password``."""
+    backup_sftp_command: str | None = None
+    """The ssh command restic runs for an ``sftp:`` repository (``ssh -p 2222 -i KEY user@host
+    -s sftp``); default: ssh with root's configuration."""
+    max_manual_backups_per_server: int = Field(default=10, ge=0)
+    backup_scheduler_interval: float = Field(default=60.0, gt=0)
+    """Seconds between looks for automatic backups that are due."""
+
     max_body_bytes: int = 64 * 1024
     runner_threads: int = 16
     monitor_interval: float = Field(default=2.0, gt=0)
@@ -192,6 +207,16 @@ class Settings(BaseSettings):
     def servers_dir(self) -> Path:
         """The folder holding one sub-folder per server (disks, QMP socket, pidfile)."""
         return self.data_dir / "servers"
+
+    @property
+    def effective_backup_repository(self) -> str:
+        """The configured backup repository, or ``backups`` in the data dir."""
+        return self.backup_repository or str(self.data_dir / "backups")
+
+    @property
+    def effective_backup_password_file(self) -> Path:
+        """The configured password file, or ``backup-password`` in the data dir."""
+        return self.backup_password_file or self.data_dir / "backup-password"
 
     @property
     def effective_database_url(self) -> str:

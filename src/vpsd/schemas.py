@@ -13,9 +13,11 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    StrictBool,
     StrictInt,
     StringConstraints,
     WithJsonSchema,
+    model_validator,
 )
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
@@ -69,6 +71,11 @@ ImageSlug = Annotated[
     ),
 ]
 SnapshotStatusName = Literal["in_progress", "completed", "failed"]
+BackupStatusName = Literal["in_progress", "completed", "failed"]
+BackupTypeName = Literal["manual", "automatic"]
+BackupFrequency = Literal["daily", "weekly"]
+MAX_BACKUPS_KEPT = 100
+"""The most automatic backups a policy may keep."""
 
 
 class RequestModel(BaseModel):
@@ -101,6 +108,22 @@ class ServerCreate(RequestModel):
             description="ids of your SSH keys to install for root (at most 10)",
         ),
     ] = None
+    snapshot_id: ObjectId | None = Field(
+        default=None,
+        description="make the new server's disk a copy of this snapshot of one of your servers "
+        "(the image is the snapshot's server's; disk_gb at least its disk's)",
+    )
+    backup_id: ObjectId | None = Field(
+        default=None,
+        description="make the new server's disk from this backup (restored from the backup "
+        "storage; the image is the backed-up server's; disk_gb at least its disk's)",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ServerCreate:
+        if self.snapshot_id is not None and self.backup_id is not None:
+            raise ValueError("give snapshot_id or backup_id, not both")
+        return self
 
 
 class SshKeyCreate(RequestModel):
@@ -130,6 +153,50 @@ class SnapshotCreate(RequestModel):
     ] = None
 
 
+class BackupCreate(RequestModel):
+    """Body of ``POST /api/v1/backups/``."""
+
+    server_id: ObjectId
+    name: Name
+    description: Annotated[
+        str | None,
+        Field(max_length=DESCRIPTION_MAX_LENGTH, description="free text, up to 1000 characters"),
+    ] = None
+
+
+class BackupPolicy(RequestModel):
+    """Body of ``PUT /api/v1/servers/{id}/backup-policy/``: when automatic backups are taken
+    and how many are kept. Omitted fields take their defaults."""
+
+    enabled: StrictBool = True
+    frequency: BackupFrequency = "daily"
+    hour: Annotated[StrictInt, Field(ge=0, le=23, description="the hour of the day, UTC")] = 3
+    weekday: Annotated[
+        StrictInt,
+        Field(ge=0, le=6, description="weekly backups' day: 0 is Monday, 6 is Sunday"),
+    ] = 6
+    keep: Annotated[
+        StrictInt,
+        Field(
+            ge=1,
+            le=MAX_BACKUPS_KEPT,
+            description="automatic backups kept; the oldest beyond this are deleted",
+        ),
+    ] = 7
+
+
+class SnapshotSource(ResponseModel):
+    """A server made from a snapshot."""
+
+    snapshot_id: int
+
+
+class BackupSource(ResponseModel):
+    """A server made from a backup."""
+
+    backup_id: int
+
+
 class SshEndpoint(ResponseModel):
     """Where to reach a server's SSH daemon: ``ssh -p PORT root@HOST``."""
 
@@ -151,6 +218,9 @@ class ServerOut(ResponseModel):
     disk_gb: int
     image: str = Field(description="the image's slug, or 'blank'")
     ssh: SshEndpoint | None = Field(description="where to SSH in as root; null for a blank server")
+    source: SnapshotSource | BackupSource | None = Field(
+        default=None, description="the snapshot or backup the server was made from; else null"
+    )
     created_at: Timestamp
 
 
@@ -233,6 +303,63 @@ class RestoreStarted(ResponseModel):
     message: str
     snapshot: RestoreSnapshotRef
     server: RestoreServerRef
+
+
+class BackupOut(ResponseModel):
+    """A backup: a copy of a server's disks on the backup storage, apart from the host."""
+
+    id: int
+    server: ServerRef = Field(description="the backed-up server (its last name if deleted)")
+    name: str
+    type: BackupTypeName = Field(description="manual, or automatic (taken by the policy)")
+    status: BackupStatusName
+    size_mb: int | None = Field(description="the server's data the backup holds, in MiB")
+    stored_mb: int | None = Field(
+        description="new data this backup added to the backup storage, in MiB"
+    )
+    created_at: Timestamp
+    description: str | None
+    status_reason: str | None = Field(default=None, description="why a backup failed")
+    consistency: Consistency | None = Field(
+        default=None, description="as a snapshot's; null while in progress"
+    )
+    completed_at: Timestamp | None = None
+
+
+class BackupCreated(BackupOut):
+    """Answer to a create: the backup in ``in_progress`` and what happens next."""
+
+    message: str
+
+
+class RestoreBackupRef(ResponseModel):
+    """The backup being restored."""
+
+    id: int
+    name: str
+    created_at: Timestamp
+
+
+class BackupRestoreStarted(ResponseModel):
+    """Answer to ``POST /api/v1/backups/{id}/restore/``, shaped as a snapshot restore's."""
+
+    status: Literal["success"] = "success"
+    message: str
+    backup: RestoreBackupRef
+    server: RestoreServerRef
+
+
+class BackupPolicyOut(ResponseModel):
+    """A server's backup policy (``enabled: false`` until one is set)."""
+
+    enabled: bool
+    frequency: BackupFrequency
+    hour: int
+    weekday: int
+    keep: int
+    next_backup_at: Timestamp | None = Field(
+        default=None, description="when the next automatic backup is due; null if disabled"
+    )
 
 
 ItemT = TypeVar("ItemT", bound=BaseModel)

@@ -12,6 +12,7 @@ from tests.helpers import ApiClient
 # The vpsctl tests' fixtures (run, and the transport it sends through), for every unit test.
 from tests.unit.vpsctl_harness import run, sent, transport  # noqa: F401
 from vpsd.api.app import create_app
+from vpsd.backups.fake import FakeBackupStore
 from vpsd.config import Settings
 from vpsd.db.session import Database
 from vpsd.hypervisor.fake import FakeDriver
@@ -25,9 +26,18 @@ def fake_driver() -> FakeDriver:
 
 
 @pytest.fixture
-def client(settings: Settings, fake_driver: FakeDriver) -> Iterator[TestClient]:
-    """A running app (runner and monitor included) on the fake driver."""
-    with TestClient(create_app(settings, driver=fake_driver)) as test_client:
+def fake_store() -> FakeBackupStore:
+    """An in-memory backup store whose faults a test can inject."""
+    return FakeBackupStore()
+
+
+@pytest.fixture
+def client(
+    settings: Settings, fake_driver: FakeDriver, fake_store: FakeBackupStore
+) -> Iterator[TestClient]:
+    """A running app (runner, monitor and scheduler included) on the fake driver and store."""
+    app = create_app(settings, driver=fake_driver, backup_store=fake_store)
+    with TestClient(app) as test_client:
         yield test_client
 
 

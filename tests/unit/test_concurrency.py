@@ -16,9 +16,10 @@ import pytest
 
 from vpsd.config import Settings
 from vpsd.db import migrate
-from vpsd.db.models import Account, Server, ServerStatus, Snapshot, SnapshotStatus
+from vpsd.db.models import Account, Backup, Server, ServerStatus, Snapshot, SnapshotStatus
 from vpsd.db.session import Database
-from vpsd.schemas import SnapshotCreate
+from vpsd.schemas import BackupCreate, SnapshotCreate
+from vpsd.services.backups import BackupService
 from vpsd.services.errors import DomainError
 from vpsd.services.snapshots import SnapshotService
 
@@ -103,3 +104,17 @@ def test_four_concurrent_restores_give_one(db: Database, service: SnapshotServic
     assert outcomes == Counter({"ok": 1, "InvalidState": 3})
     with db.read() as session:
         assert session.get(Server, server_id).status == ServerStatus.RESTORING  # type: ignore[union-attr]
+
+
+def test_twenty_parallel_backups_give_exactly_ten(db: Database, settings: Settings) -> None:
+    account_id, server_id, _ = _server(db)
+    service = BackupService(db, settings, NoDispatch())
+    outcomes = _race(
+        [
+            lambda i=i: service.create(account_id, BackupCreate(server_id=server_id, name=f"b{i}"))
+            for i in range(20)
+        ]
+    )
+    assert outcomes == Counter({"ok": 10, "LimitReached": 10})
+    with db.read() as session:
+        assert session.query(Backup).filter_by(server_id=server_id).count() == 10

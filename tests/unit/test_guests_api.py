@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from tests.helpers import ApiClient, write_fake_image
 from tests.unit.conftest import account_token
 from vpsd.api.app import create_app
+from vpsd.backups.fake import FakeBackupStore
 from vpsd.config import Settings
 from vpsd.hypervisor.fake import FakeDriver
 
@@ -338,7 +339,11 @@ def test_a_guest_flooding_its_console_cannot_fill_the_host(
     fake_driver.write_console(sid, b"x" * settings.console_log_max_bytes + b"the end\n")
     database = Database(settings.effective_database_url)
     try:
-        assert trim_consoles(OperationContext(db=database, driver=fake_driver, settings=settings))
+        assert trim_consoles(
+            OperationContext(
+                db=database, driver=fake_driver, settings=settings, backups=FakeBackupStore()
+            )
+        )
     finally:
         database.dispose()
     console = fake_driver.console_tail(sid, 2 * settings.console_log_max_bytes)

@@ -77,6 +77,25 @@ def run(
     capsys: pytest.CaptureFixture[str],
 ) -> Run:
     """Run ``vpsctl ARGS`` as alice, with ``stdin`` text (not a terminal) on stdin."""
+    return make_run(alice.token, transport, tmp_path, monkeypatch, capsys)
+
+
+class _TerminalInput(io.StringIO):
+    """Typed answers on a stdin that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def make_run(
+    token: str,
+    transport: httpx.BaseTransport,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Run:
+    """``run`` with any token and transport (a fake API, say). ``invoke(..., tty=True)`` makes
+    stdin a terminal, its text the answers typed."""
     real_client = Client
 
     def client_factory(*args: object, **kwargs: object) -> Client:
@@ -84,13 +103,13 @@ def run(
 
     monkeypatch.setattr(vpsctl_common, "Client", client_factory)
     monkeypatch.setenv("VPSD_URL", BASE)
-    monkeypatch.setenv("VPSD_TOKEN", alice.token)
+    monkeypatch.setenv("VPSD_TOKEN", token)
     monkeypatch.setenv("VPSCTL_CONFIG", str(tmp_path / "absent.toml"))
     monkeypatch.setenv("COLUMNS", "200")
 
-    def invoke(*args: str, stdin: str = "") -> Result:
+    def invoke(*args: str, stdin: str = "", tty: bool = False) -> Result:
         monkeypatch.setattr(sys, "argv", ["vpsctl", *args])
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        monkeypatch.setattr(sys, "stdin", (_TerminalInput if tty else io.StringIO)(stdin))
         capsys.readouterr()
         with pytest.raises(SystemExit) as exited:
             vpsctl.main()

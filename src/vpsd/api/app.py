@@ -15,8 +15,10 @@ from vpsd.api.docs import install_docs
 from vpsd.api.errors import install_error_handlers
 from vpsd.api.openapi import install_openapi, operation_id
 from vpsd.api.pagination import install_slash_redirects
-from vpsd.api.routes import images, servers, snapshots, ssh_keys
+from vpsd.api.routes import backups, images, servers, snapshots, ssh_keys
 from vpsd.api.strict_json import BodySizeLimit
+from vpsd.backups import make_backup_store
+from vpsd.backups.base import BackupStore
 from vpsd.config import Settings, get_settings
 from vpsd.db import migrate
 from vpsd.db.session import Database
@@ -26,7 +28,10 @@ from vpsd.operations.context import OperationContext
 from vpsd.operations.monitor import VmMonitor, reconcile_power_states
 from vpsd.operations.recovery import recover
 from vpsd.operations.runner import InProcessRunner
+from vpsd.operations.scheduler import BackupScheduler
 from vpsd.services import installation
+from vpsd.services.backup_policies import BackupPolicyService
+from vpsd.services.backups import BackupService
 from vpsd.services.images import ImageService
 from vpsd.services.servers import ServerService
 from vpsd.services.snapshots import SnapshotService
@@ -36,26 +41,34 @@ from vpsd.services.tokens import TokenAuthenticator
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
-Point-in-time snapshots of virtual private servers. Every server is a QEMU virtual machine
-with qcow2 disks; a snapshot is an internal qcow2 snapshot of all of them, taken copy-on-write
-in milliseconds. Authenticate with `Authorization: Bearer <token>`.
+Point-in-time snapshots and backups of virtual private servers. Every server is a QEMU
+virtual machine with qcow2 disks; a snapshot is an internal qcow2 snapshot of all of them,
+taken copy-on-write in milliseconds; a backup is a copy of them in a deduplicated restic
+repository apart from the host. Authenticate with `Authorization: Bearer <token>`.
 
 Errors share one shape: `{"detail": "...", "errors": [{"field": "...", "message": "..."}]}`.
 """
 
 
-def create_app(settings: Settings | None = None, driver: Driver | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    driver: Driver | None = None,
+    backup_store: BackupStore | None = None,
+) -> FastAPI:
     """Build the app. Its lifespan migrates the database, recovers unfinished operations,
-    and runs the operation runner and the VM monitor until shutdown."""
+    and runs the operation runner, the VM monitor and the backup scheduler until shutdown."""
     settings = settings or get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.servers_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.effective_database_url)
     driver = driver or make_driver(settings)
-    ctx = OperationContext(db=db, driver=driver, settings=settings)
+    backup_store = backup_store or make_backup_store(settings)
+    ctx = OperationContext(db=db, driver=driver, settings=settings, backups=backup_store)
     runner = InProcessRunner(ctx, threads=settings.runner_threads)
     monitor = VmMonitor(ctx, settings.monitor_interval)
     image_service = ImageService(db, settings)
+    policies = BackupPolicyService(db, runner)
+    scheduler = BackupScheduler(policies, settings.backup_scheduler_interval)
 
     def start_up() -> None:
         migrate.upgrade(db)
@@ -72,6 +85,7 @@ def create_app(settings: Settings | None = None, driver: Driver | None = None) -
         runner.start()
         runner.notify()
         monitor.start()
+        scheduler.start()
         log.info(
             "vpsd %s ready (data dir %s, driver %s)",
             __version__,
@@ -81,6 +95,7 @@ def create_app(settings: Settings | None = None, driver: Driver | None = None) -
         try:
             yield
         finally:
+            scheduler.stop()
             monitor.stop()
             runner.stop()
             db.dispose()
@@ -101,6 +116,8 @@ def create_app(settings: Settings | None = None, driver: Driver | None = None) -
         servers=ServerService(db, settings, runner, driver),
         images=image_service,
         snapshots=SnapshotService(db, settings, runner),
+        backups=BackupService(db, settings, runner),
+        backup_policies=policies,
         ssh_keys=SshKeyService(db),
         authenticate=TokenAuthenticator(db, settings.token_cache_seconds),
     )
@@ -110,6 +127,7 @@ def create_app(settings: Settings | None = None, driver: Driver | None = None) -
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(servers.router, prefix="/api/v1")
     app.include_router(snapshots.router, prefix="/api/v1")
+    app.include_router(backups.router, prefix="/api/v1")
     app.include_router(images.router, prefix="/api/v1")
     app.include_router(ssh_keys.router, prefix="/api/v1")
     install_docs(app, docs_url="/api/v1/docs", openapi_url="/api/v1/openapi.json")

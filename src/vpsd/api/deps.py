@@ -11,6 +11,8 @@ from pydantic import BeforeValidator
 
 from vpsd.config import Settings
 from vpsd.db.session import Database
+from vpsd.services.backup_policies import BackupPolicyService
+from vpsd.services.backups import BackupService
 from vpsd.services.common import PageRequest
 from vpsd.services.images import ImageService
 from vpsd.services.servers import ServerService
@@ -47,6 +49,8 @@ class Services:
     servers: ServerService
     images: ImageService
     snapshots: SnapshotService
+    backups: BackupService
+    backup_policies: BackupPolicyService
     ssh_keys: SshKeyService
     authenticate: TokenAuthenticator
 

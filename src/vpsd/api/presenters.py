@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 from vpsd.db.models import Snapshot
-from vpsd.schemas import ImageOut, ServerOut, ServerRef, SnapshotOut, SshEndpoint, SshKeyOut
+from vpsd.schemas import (
+    BackupOut,
+    BackupPolicyOut,
+    BackupSource,
+    ImageOut,
+    ServerOut,
+    ServerRef,
+    SnapshotOut,
+    SnapshotSource,
+    SshEndpoint,
+    SshKeyOut,
+)
+from vpsd.services.backup_policies import PolicyView
+from vpsd.services.backups import BackupView
 from vpsd.services.images import ImageView
 from vpsd.services.servers import ServerView
 from vpsd.services.snapshots import SnapshotView
@@ -25,6 +38,13 @@ def server_out(server: ServerView) -> ServerOut:
         disk_gb=server.disk_gb,
         image=server.image,
         ssh=ssh,
+        source=(
+            SnapshotSource(snapshot_id=server.source_snapshot_id)
+            if server.source_snapshot_id is not None
+            else BackupSource(backup_id=server.source_backup_id)
+            if server.source_backup_id is not None
+            else None
+        ),
         created_at=server.created_at,
     )
 
@@ -66,4 +86,34 @@ def ssh_key_out(key: SshKeyView) -> SshKeyOut:
         public_key=key.public_key,
         fingerprint=key.fingerprint,
         created_at=key.created_at,
+    )
+
+
+def backup_out(backup: BackupView) -> BackupOut:
+    """A backup as the API shows it."""
+    return BackupOut(
+        id=backup.id,
+        server=ServerRef(id=backup.server.id, name=backup.server.name),
+        name=backup.name,
+        type=backup.type,
+        status=backup.status,  # deleting ones are never shown
+        size_mb=backup.size_mb,
+        stored_mb=backup.stored_mb,
+        created_at=backup.created_at,
+        description=backup.description,
+        status_reason=backup.status_reason,
+        consistency=backup.consistency,
+        completed_at=backup.completed_at,
+    )
+
+
+def policy_out(policy: PolicyView) -> BackupPolicyOut:
+    """A backup policy as the API shows it."""
+    return BackupPolicyOut(
+        enabled=policy.enabled,
+        frequency=policy.frequency,
+        hour=policy.hour,
+        weekday=policy.weekday,
+        keep=policy.keep,
+        next_backup_at=policy.next_backup_at,
     )

@@ -1,4 +1,4 @@
-"""``vpsctl``: the command-line client of the vpsd API (servers, snapshots, SSH keys).
+"""``vpsctl``: the command-line client of the vpsd API (servers, snapshots, backups, SSH keys).
 
 Tables for people, ``-o json`` for scripts, ``--wait`` for work that takes time; every
 failure is one ``error:`` line on stderr and a documented exit code (``EXIT_CODES_HELP``).
@@ -12,7 +12,13 @@ from typing import Annotated
 import typer
 
 from vpsd import __version__
-from vpsd.cli import vpsctl_images, vpsctl_servers, vpsctl_snapshots, vpsctl_ssh_keys
+from vpsd.cli import (
+    vpsctl_backups,
+    vpsctl_images,
+    vpsctl_servers,
+    vpsctl_snapshots,
+    vpsctl_ssh_keys,
+)
 from vpsd.cli.vpsctl_common import GlobalOptions, UsageProblem, global_options
 from vpsd.cli.vpsctl_config import (
     TOKEN_ENV,
@@ -26,7 +32,8 @@ from vpsd.cli.vpsctl_output import EXIT_CODES_HELP, ExitCode, error_line, note, 
 from vpsd.client import Client, VpsdClientError
 
 app = typer.Typer(
-    help="vpsctl: manage vpsd servers, their snapshots and your SSH keys from the terminal.\n\n"
+    help="vpsctl: manage vpsd servers, their snapshots and backups, and your SSH keys from the "
+    "terminal.\n\n"
     f"Configuration, per setting: --url/--token flags, else {URL_ENV}/{TOKEN_ENV}, else the "
     "config file written by 'vpsctl login' ($VPSCTL_CONFIG, else "
     "$XDG_CONFIG_HOME/vpsctl/config.toml, else ~/.config/vpsctl/config.toml).",
@@ -36,6 +43,7 @@ app = typer.Typer(
 )
 app.add_typer(vpsctl_servers.app, name="servers")
 app.add_typer(vpsctl_snapshots.app, name="snapshots")
+app.add_typer(vpsctl_backups.app, name="backups")
 app.add_typer(vpsctl_ssh_keys.app, name="ssh-keys")
 app.add_typer(vpsctl_images.app, name="images")
 

@@ -10,6 +10,7 @@ import json
 import sys
 import time
 from collections.abc import Iterable
+from datetime import datetime
 from enum import IntEnum, StrEnum
 from types import TracebackType
 from typing import Any
@@ -21,6 +22,8 @@ from rich.table import Table
 
 from vpsd.client import (
     AuthenticationError,
+    BackupOut,
+    BackupPolicyOut,
     ConnectionFailed,
     NotFoundError,
     ServerOut,
@@ -28,6 +31,7 @@ from vpsd.client import (
     VpsdClientError,
     WaitTimeout,
 )
+from vpsd.schemas import BackupSource, ServerRef
 
 
 class ExitCode(IntEnum):
@@ -100,6 +104,14 @@ def _text(value: Any) -> str:
     return "" if value is None else escape(str(value))
 
 
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _mib(mb: int | None) -> str | None:
+    return None if mb is None else f"{mb} MiB"
+
+
 def _memory(mb: int) -> str:
     return f"{mb / 1024:g} GiB" if mb >= 1024 and mb % 256 == 0 else f"{mb} MiB"
 
@@ -113,6 +125,16 @@ def ssh_address(server: ServerOut) -> str | None:
     return f"[{host}]:{server.ssh.port}" if ":" in host else f"{host}:{server.ssh.port}"
 
 
+def server_source(server: ServerOut) -> str | None:
+    """What the server was made from: ``snapshot 7``, ``backup 3``; None if from an image."""
+    source = server.source
+    if source is None:
+        return None
+    if isinstance(source, BackupSource):
+        return f"backup {source.backup_id}"
+    return f"snapshot {source.snapshot_id}"
+
+
 def servers_table(servers: Iterable[ServerOut]) -> None:
     """Servers as a table: one row each."""
     table = Table(
@@ -121,8 +143,7 @@ def servers_table(servers: Iterable[ServerOut]) -> None:
     for s in servers:
         table.add_row(
             str(s.id), _text(s.name), s.status, _text(s.image), _text(ssh_address(s) or "-"),
-            str(s.vcpus), _memory(s.memory_mb), f"{s.disk_gb} GiB",
-            s.created_at.strftime("%Y-%m-%d %H:%M:%SZ"),
+            str(s.vcpus), _memory(s.memory_mb), f"{s.disk_gb} GiB", _time(s.created_at),
         )  # fmt: skip
     _stdout_console().print(table)
 
@@ -135,9 +156,28 @@ def snapshots_table(snapshots: Iterable[SnapshotOut]) -> None:
     )  # fmt: skip
     for s in snapshots:
         table.add_row(
-            str(s.id), _text(s.name), f"{_text(s.server.name)} ({s.server.id})", s.status,
-            s.consistency or "-", "-" if s.size_mb is None else f"{s.size_mb} MiB",
-            s.created_at.strftime("%Y-%m-%d %H:%M:%SZ"), _text(s.description),
+            str(s.id), _text(s.name), _server_ref(s.server), s.status, s.consistency or "-",
+            _mib(s.size_mb) or "-", _time(s.created_at), _text(s.description),
+        )  # fmt: skip
+    _stdout_console().print(table)
+
+
+def _server_ref(server: ServerRef) -> str:
+    return f"{_text(server.name)} ({server.id})"
+
+
+def backups_table(backups: Iterable[BackupOut]) -> None:
+    """Backups as a table: one row each; SIZE is the server's data, STORED what the backup
+    added to the backup storage."""
+    table = Table(
+        "ID", "NAME", "SERVER", "TYPE", "STATUS", "SIZE", "STORED", "CREATED", "DESCRIPTION",
+        box=None,
+    )  # fmt: skip
+    for b in backups:
+        table.add_row(
+            str(b.id), _text(b.name), _server_ref(b.server), b.type, b.status,
+            _mib(b.size_mb) or "-", _mib(b.stored_mb) or "-", _time(b.created_at),
+            _text(b.description),
         )  # fmt: skip
     _stdout_console().print(table)
 
@@ -159,7 +199,7 @@ def server_details(s: ServerOut) -> None:
             ("ID", s.id), ("Name", s.name), ("Status", s.status),
             ("Status reason", s.status_reason), ("Image", s.image), ("SSH", ssh_address(s)),
             ("vCPUs", s.vcpus), ("Memory", _memory(s.memory_mb)), ("Disk", f"{s.disk_gb} GiB"),
-            ("Created", s.created_at.strftime("%Y-%m-%d %H:%M:%SZ")),
+            ("Source", server_source(s)), ("Created", _time(s.created_at)),
         ]
     )  # fmt: skip
 
@@ -170,10 +210,43 @@ def snapshot_details(s: SnapshotOut) -> None:
         [
             ("ID", s.id), ("Name", s.name), ("Server", f"{s.server.name} ({s.server.id})"),
             ("Status", s.status), ("Status reason", s.status_reason),
-            ("Consistency", s.consistency),
-            ("Size", None if s.size_mb is None else f"{s.size_mb} MiB"),
-            ("Created", s.created_at.strftime("%Y-%m-%d %H:%M:%SZ")),
-            ("Description", s.description),
+            ("Consistency", s.consistency), ("Size", _mib(s.size_mb)),
+            ("Created", _time(s.created_at)), ("Description", s.description),
+        ]
+    )  # fmt: skip
+
+
+def backup_details(b: BackupOut) -> None:
+    """Every field of a backup."""
+    details(
+        [
+            ("ID", b.id), ("Name", b.name), ("Server", f"{b.server.name} ({b.server.id})"),
+            ("Type", b.type), ("Status", b.status), ("Status reason", b.status_reason),
+            ("Consistency", b.consistency), ("Size", _mib(b.size_mb)),
+            ("Stored", _mib(b.stored_mb)), ("Created", _time(b.created_at)),
+            ("Completed", _time(b.completed_at)), ("Description", b.description),
+        ]
+    )  # fmt: skip
+
+
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+"""A backup policy's ``weekday``: 0 is Monday."""
+
+
+def policy_details(server_id: int, p: BackupPolicyOut) -> None:
+    """A server's backup policy, in words."""
+    if not p.enabled:
+        schedule = "-"
+    elif p.frequency == "weekly":
+        schedule = f"weekly, {WEEKDAYS[p.weekday % 7].capitalize()} at {p.hour:02d}:00 UTC"
+    else:
+        schedule = f"daily at {p.hour:02d}:00 UTC"
+    details(
+        [
+            ("Server", server_id), ("Automatic backups", "enabled" if p.enabled else "disabled"),
+            ("Schedule", schedule), ("Frequency", p.frequency), ("Hour (UTC)", p.hour),
+            ("Weekday", f"{p.weekday} ({WEEKDAYS[p.weekday % 7]})"), ("Keep", p.keep),
+            ("Next backup", _time(p.next_backup_at)),
         ]
     )  # fmt: skip
 

@@ -121,16 +121,44 @@ def create(
             help="id of one of your SSH keys to install for root (repeat for more, up to 10)",
         ),
     ] = None,
+    from_snapshot: Annotated[
+        int | None,
+        typer.Option(
+            "--from-snapshot",
+            min=1,
+            metavar="SNAPSHOT_ID",
+            help="make the disk a copy of this snapshot (--disk-gb at least its disk's)",
+        ),
+    ] = None,
+    from_backup: Annotated[
+        int | None,
+        typer.Option(
+            "--from-backup",
+            min=1,
+            metavar="BACKUP_ID",
+            help="make the disk from this backup (--disk-gb at least its disk's)",
+        ),
+    ] = None,
     wait: WaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_TIMEOUT,
     output: OutputOption = OutputFormat.table,
 ) -> None:
-    """Create a server from an image (or blank); its VM boots (--wait: until it runs)."""
+    """Create a server from an image (or blank), a snapshot or a backup; its VM boots
+    (--wait: until it runs)."""
+    if from_snapshot is not None and from_backup is not None:
+        raise UsageProblem("give --from-snapshot or --from-backup, not both")
     with open_client(ctx) as client:
         _answer(
             client,
             client.servers.create_json(
-                name, disk_gb, memory_mb, vcpus, image=image, ssh_keys=ssh_keys or None
+                name,
+                disk_gb,
+                memory_mb,
+                vcpus,
+                image=image,
+                ssh_keys=ssh_keys or None,
+                snapshot_id=from_snapshot,
+                backup_id=from_backup,
             ),
             "running",
             wait,

@@ -9,6 +9,8 @@
         api.wait_for_server(server.id, "running")
         snapshot = api.snapshots.create(server.id, "before-upgrade")
         api.wait_for_snapshot(snapshot.id)
+        backup = api.backups.create(server.id, "weekly-offsite")
+        api.wait_for_backup(backup.id)
 
 It depends only on httpx and the Pydantic shapes of ``vpsd.schemas``: never on the server's
 database, driver or web framework.
@@ -26,6 +28,10 @@ from vpsd.client.errors import (
     WaitTimeout,
 )
 from vpsd.schemas import (
+    BackupCreated,
+    BackupOut,
+    BackupPolicyOut,
+    BackupRestoreStarted,
     FieldError,
     Page,
     RestoreStarted,
@@ -37,6 +43,10 @@ from vpsd.schemas import (
 __all__ = [
     "ApiError",
     "AuthenticationError",
+    "BackupCreated",
+    "BackupOut",
+    "BackupPolicyOut",
+    "BackupRestoreStarted",
     "BadRequestError",
     "Client",
     "ConnectionFailed",

@@ -11,9 +11,9 @@ import httpx
 
 from vpsd import __version__
 from vpsd.client.errors import ApiError, ConnectionFailed, NotFoundError, OperationFailed, api_error
-from vpsd.client.resources import ImagesApi, ServersApi, SnapshotsApi, SshKeysApi
+from vpsd.client.resources import BackupsApi, ImagesApi, ServersApi, SnapshotsApi, SshKeysApi
 from vpsd.client.waiting import poll
-from vpsd.schemas import ServerOut, ServerStatusName, SnapshotOut
+from vpsd.schemas import BackupOut, ServerOut, ServerStatusName, SnapshotOut
 
 API_PREFIX = "/api/v1"
 MAX_PAGES = 10_000
@@ -67,6 +67,7 @@ class Client:
         )
         self.servers = ServersApi(self)
         self.snapshots = SnapshotsApi(self)
+        self.backups = BackupsApi(self)
         self.ssh_keys = SshKeysApi(self)
         self.images = ImagesApi(self)
 
@@ -193,22 +194,18 @@ class Client:
         Raises ``OperationFailed`` (with ``status_reason``) if it ``failed``, ``WaitTimeout``
         after ``timeout`` seconds, ``NotFoundError`` if it was deleted meanwhile.
         """
+        return self.snapshots.wait_completed(snapshot_id, timeout=timeout, on_progress=on_progress)
 
-        def settled(snapshot: SnapshotOut) -> bool:
-            if snapshot.status == "failed":
-                raise OperationFailed(
-                    f"snapshot {snapshot.id} ({snapshot.name})", snapshot.status_reason, snapshot
-                )
-            return snapshot.status == "completed"
-
-        return poll(
-            lambda: self.snapshots.get(snapshot_id),
-            settled,
-            what=f"snapshot {snapshot_id}",
-            timeout=timeout,
-            interval=self.poll_interval,
-            on_progress=on_progress,
-        )
+    def wait_for_backup(
+        self,
+        backup_id: int,
+        *,
+        timeout: float = 300.0,
+        on_progress: Callable[[BackupOut], None] | None = None,
+    ) -> BackupOut:
+        """Poll until the backup is ``completed`` and return it; fails as
+        ``wait_for_snapshot`` does."""
+        return self.backups.wait_completed(backup_id, timeout=timeout, on_progress=on_progress)
 
     def wait_for_server(
         self,

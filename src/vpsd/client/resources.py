@@ -1,4 +1,5 @@
-"""``client.servers``, ``.snapshots``, ``.ssh_keys`` and ``.images``: one method per endpoint.
+"""``client.servers``, ``.snapshots``, ``.backups``, ``.ssh_keys`` and ``.images``: one method per
+endpoint.
 
 Typed methods return the Pydantic models of ``vpsd.schemas``; each ``*_json`` twin returns the
 API's decoded body unchanged (vpsctl prints those for ``--output json``).
@@ -7,11 +8,19 @@ API's decoded body unchanged (vpsctl prints those for ``--output json``).
 from __future__ import annotations
 
 import builtins
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from vpsd.client.errors import OperationFailed
+from vpsd.client.waiting import poll
 from vpsd.schemas import (
+    BackupCreated,
+    BackupFrequency,
+    BackupOut,
+    BackupPolicyOut,
+    BackupRestoreStarted,
     ImageOut,
     Page,
     RestoreStarted,
@@ -26,12 +35,15 @@ if TYPE_CHECKING:
 
 JsonObject = dict[str, Any]
 ItemT = TypeVar("ItemT", bound=BaseModel)
+CopyT = TypeVar("CopyT", bound=SnapshotOut | BackupOut)
+CreatedT = TypeVar("CreatedT", bound=BaseModel)
+RestoredT = TypeVar("RestoredT", bound=BaseModel)
 DEFAULT_CONSOLE_BYTES = 64 * 1024
 """What ``ServersApi.console`` asks for unless told (the API's default too; at most 1 MiB)."""
 
 
-class _Collection(Generic[ItemT]):
-    """The reads every collection shares: the whole list, one page, one object."""
+class _Objects(Generic[ItemT]):
+    """What every collection shares: one object, and the list fetched with query ``params``."""
 
     path: str
     """The collection's path below ``/api/v1/``, with its trailing slash."""
@@ -41,19 +53,6 @@ class _Collection(Generic[ItemT]):
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    def list(self) -> builtins.list[ItemT]:
-        """Every object of the collection the account sees, newest first (all pages)."""
-        return [self.model.model_validate(item) for item in self.list_json()["results"]]
-
-    def list_json(self) -> JsonObject:
-        """The list as the API shows it, every page's results merged into one object."""
-        return self._client.list_all(self.path)
-
-    def list_page(self, page: int = 1, page_size: int = 100) -> Page[ItemT]:
-        """One page of the list, with ``count`` and the ``next``/``previous`` links."""
-        body = self._client.request("GET", self.path, params={"page": page, "page_size": page_size})
-        return self.page_model.model_validate(body)
-
     def get(self, object_id: int) -> ItemT:
         """One object; ``NotFoundError`` if it does not exist or is not the account's."""
         return self.model.model_validate(self.get_json(object_id))
@@ -62,6 +61,121 @@ class _Collection(Generic[ItemT]):
         """``get``'s body unchanged."""
         body: JsonObject = self._client.request("GET", f"{self.path}{object_id}/")
         return body
+
+    def _list_json(self, params: Mapping[str, Any] | None = None) -> JsonObject:
+        return self._client.list_all(self.path, params or None)
+
+    def _list(self, params: Mapping[str, Any] | None = None) -> builtins.list[ItemT]:
+        return [self.model.model_validate(item) for item in self._list_json(params)["results"]]
+
+    def _list_page(
+        self, page: int, page_size: int, params: Mapping[str, Any] | None = None
+    ) -> Page[ItemT]:
+        query = {**(params or {}), "page": page, "page_size": page_size}
+        return self.page_model.model_validate(self._client.request("GET", self.path, params=query))
+
+
+class _Collection(_Objects[ItemT]):
+    """The reads of an unfiltered collection: the whole list, one page, one object."""
+
+    def list(self) -> builtins.list[ItemT]:
+        """Every object of the collection the account sees, newest first (all pages)."""
+        return self._list()
+
+    def list_json(self) -> JsonObject:
+        """The list as the API shows it, every page's results merged into one object."""
+        return self._list_json()
+
+    def list_page(self, page: int = 1, page_size: int = 100) -> Page[ItemT]:
+        """One page of the list, with ``count`` and the ``next``/``previous`` links."""
+        return self._list_page(page, page_size)
+
+
+class ServerCopiesApi(_Objects[CopyT], Generic[CopyT, CreatedT, RestoredT]):
+    """Snapshots and backups alike: copies of a server's disks, listed (all or one server's),
+    created ``in_progress``, awaited until ``completed``, restored onto their server, deleted.
+    """
+
+    noun: str
+    """``snapshot`` or ``backup``: how messages name one."""
+    created_model: type[CreatedT]
+    restored_model: type[RestoredT]
+
+    def list(self, server_id: int | None = None) -> builtins.list[CopyT]:
+        """The account's objects (only ``server_id``'s if given), newest first, all pages."""
+        return self._list(_server_filter(server_id))
+
+    def list_json(self, server_id: int | None = None) -> JsonObject:
+        """The list as the API shows it, every page's results merged into one object."""
+        return self._list_json(_server_filter(server_id))
+
+    def list_page(
+        self, server_id: int | None = None, page: int = 1, page_size: int = 100
+    ) -> Page[CopyT]:
+        """One page of the list, with ``count`` and the ``next``/``previous`` links."""
+        return self._list_page(page, page_size, _server_filter(server_id))
+
+    def create(self, server_id: int, name: str, description: str | None = None) -> CreatedT:
+        """Start taking one of the server (``in_progress``); see ``wait_completed``."""
+        return self.created_model.model_validate(self.create_json(server_id, name, description))
+
+    def create_json(self, server_id: int, name: str, description: str | None = None) -> JsonObject:
+        """``create``'s body unchanged."""
+        payload = _given(server_id=server_id, name=name, description=description)
+        body: JsonObject = self._client.request("POST", self.path, json=payload)
+        return body
+
+    def restore(self, object_id: int) -> RestoredT:
+        """Start overwriting its server's disks with it (server ``restoring``, then back in its
+        former power state: ``Client.wait_for_restore``)."""
+        return self.restored_model.model_validate(self.restore_json(object_id))
+
+    def restore_json(self, object_id: int) -> JsonObject:
+        """``restore``'s body unchanged."""
+        body: JsonObject = self._client.request("POST", f"{self.path}{object_id}/restore/")
+        return body
+
+    def delete(self, object_id: int) -> None:
+        """Permanently delete it; it is gone from the API at once."""
+        self._client.request("DELETE", f"{self.path}{object_id}/")
+
+    def wait_completed(
+        self,
+        object_id: int,
+        *,
+        timeout: float = 300.0,
+        on_progress: Callable[[CopyT], None] | None = None,
+    ) -> CopyT:
+        """Poll until it is ``completed`` and return it.
+
+        Raises ``OperationFailed`` (with ``status_reason``) if it ``failed``, ``WaitTimeout``
+        after ``timeout`` seconds, ``NotFoundError`` if it was deleted meanwhile.
+        """
+
+        def settled(copy: CopyT) -> bool:
+            if copy.status == "failed":
+                raise OperationFailed(
+                    f"{self.noun} {copy.id} ({copy.name})", copy.status_reason, copy
+                )
+            return copy.status == "completed"
+
+        return poll(
+            lambda: self.get(object_id),
+            settled,
+            what=f"{self.noun} {object_id}",
+            timeout=timeout,
+            interval=self._client.poll_interval,
+            on_progress=on_progress,
+        )
+
+
+def _server_filter(server_id: int | None) -> dict[str, int]:
+    return {"server_id": server_id} if server_id is not None else {}
+
+
+def _given(**fields: Any) -> JsonObject:
+    """A request body of the fields given: ``None`` means left out (the API's default)."""
+    return {key: value for key, value in fields.items() if value is not None}
 
 
 class ServersApi(_Collection[ServerOut]):
@@ -79,13 +193,26 @@ class ServersApi(_Collection[ServerOut]):
         vcpus: int | None = None,
         image: str | None = None,
         ssh_keys: builtins.list[int] | None = None,
+        *,
+        snapshot_id: int | None = None,
+        backup_id: int | None = None,
     ) -> ServerOut:
         """Create a server (status ``starting``); what is left out takes the service's
         defaults. ``image`` is a slug of ``client.images.list()`` or ``"blank"`` (an empty
         disk, no guest); ``ssh_keys`` are ids of the account's SSH keys (at most 10) to
-        install for root."""
+        install for root. ``snapshot_id`` or ``backup_id`` (at most one) makes the new
+        server's disk a copy of that snapshot or backup (``disk_gb`` at least its disk's)."""
         return ServerOut.model_validate(
-            self.create_json(name, disk_gb, memory_mb, vcpus, image, ssh_keys)
+            self.create_json(
+                name,
+                disk_gb,
+                memory_mb,
+                vcpus,
+                image,
+                ssh_keys,
+                snapshot_id=snapshot_id,
+                backup_id=backup_id,
+            )
         )
 
     def create_json(
@@ -96,17 +223,21 @@ class ServersApi(_Collection[ServerOut]):
         vcpus: int | None = None,
         image: str | None = None,
         ssh_keys: builtins.list[int] | None = None,
+        *,
+        snapshot_id: int | None = None,
+        backup_id: int | None = None,
     ) -> JsonObject:
         """``create``'s body unchanged."""
-        payload: JsonObject = {"name": name, "disk_gb": disk_gb}
-        if memory_mb is not None:
-            payload["memory_mb"] = memory_mb
-        if vcpus is not None:
-            payload["vcpus"] = vcpus
-        if image is not None:
-            payload["image"] = image
-        if ssh_keys is not None:
-            payload["ssh_keys"] = builtins.list(ssh_keys)
+        payload = _given(
+            name=name,
+            disk_gb=disk_gb,
+            memory_mb=memory_mb,
+            vcpus=vcpus,
+            image=image,
+            ssh_keys=None if ssh_keys is None else builtins.list(ssh_keys),
+            snapshot_id=snapshot_id,
+            backup_id=backup_id,
+        )
         body: JsonObject = self._client.request("POST", "servers/", json=payload)
         return body
 
@@ -149,65 +280,80 @@ class ServersApi(_Collection[ServerOut]):
         """Delete a server with its disks and snapshots (it is ``deleting``, then gone)."""
         self._client.request("DELETE", f"servers/{server_id}/")
 
+    def get_backup_policy(self, server_id: int) -> BackupPolicyOut:
+        """The server's backup policy (``enabled`` false until one is set)."""
+        return BackupPolicyOut.model_validate(self.get_backup_policy_json(server_id))
 
-class SnapshotsApi:
-    """``/api/v1/snapshots/``."""
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-
-    def list(self, server_id: int | None = None) -> builtins.list[SnapshotOut]:
-        """The account's snapshots (only ``server_id``'s if given), newest first, all pages."""
-        return [SnapshotOut.model_validate(s) for s in self.list_json(server_id)["results"]]
-
-    def list_json(self, server_id: int | None = None) -> JsonObject:
-        """The list as the API shows it, every page's results merged into one object."""
-        params = {"server_id": server_id} if server_id is not None else {}
-        return self._client.list_all("snapshots/", params)
-
-    def list_page(
-        self, server_id: int | None = None, page: int = 1, page_size: int = 100
-    ) -> Page[SnapshotOut]:
-        """One page of the list, with ``count`` and the ``next``/``previous`` links."""
-        params: dict[str, int] = {"page": page, "page_size": page_size}
-        if server_id is not None:
-            params["server_id"] = server_id
-        body = self._client.request("GET", "snapshots/", params=params)
-        return Page[SnapshotOut].model_validate(body)
-
-    def get(self, snapshot_id: int) -> SnapshotOut:
-        """One snapshot; ``NotFoundError`` if it does not exist or is not the account's."""
-        return SnapshotOut.model_validate(self.get_json(snapshot_id))
-
-    def get_json(self, snapshot_id: int) -> JsonObject:
-        """``get``'s body unchanged."""
-        body: JsonObject = self._client.request("GET", f"snapshots/{snapshot_id}/")
+    def get_backup_policy_json(self, server_id: int) -> JsonObject:
+        """``get_backup_policy``'s body unchanged."""
+        body: JsonObject = self._client.request("GET", f"servers/{server_id}/backup-policy/")
         return body
 
-    def create(self, server_id: int, name: str, description: str | None = None) -> SnapshotCreated:
-        """Start a snapshot of the server (``in_progress``); see ``Client.wait_for_snapshot``."""
-        return SnapshotCreated.model_validate(self.create_json(server_id, name, description))
+    def set_backup_policy(
+        self,
+        server_id: int,
+        *,
+        enabled: bool | None = None,
+        frequency: BackupFrequency | None = None,
+        hour: int | None = None,
+        weekday: int | None = None,
+        keep: int | None = None,
+    ) -> BackupPolicyOut:
+        """Replace the server's backup policy (``PUT``): fields left out take the API's
+        defaults, not their current values (``enabled`` true, ``daily`` at ``hour`` 3 UTC,
+        ``weekday`` 6 = Sunday for weekly ones, ``keep`` 7 automatic backups)."""
+        return BackupPolicyOut.model_validate(
+            self.set_backup_policy_json(
+                server_id,
+                enabled=enabled,
+                frequency=frequency,
+                hour=hour,
+                weekday=weekday,
+                keep=keep,
+            )
+        )
 
-    def create_json(self, server_id: int, name: str, description: str | None = None) -> JsonObject:
-        """``create``'s body unchanged."""
-        payload: JsonObject = {"server_id": server_id, "name": name}
-        if description is not None:
-            payload["description"] = description
-        body: JsonObject = self._client.request("POST", "snapshots/", json=payload)
+    def set_backup_policy_json(
+        self,
+        server_id: int,
+        *,
+        enabled: bool | None = None,
+        frequency: BackupFrequency | None = None,
+        hour: int | None = None,
+        weekday: int | None = None,
+        keep: int | None = None,
+    ) -> JsonObject:
+        """``set_backup_policy``'s body unchanged."""
+        payload = _given(
+            enabled=enabled, frequency=frequency, hour=hour, weekday=weekday, keep=keep
+        )
+        body: JsonObject = self._client.request(
+            "PUT", f"servers/{server_id}/backup-policy/", json=payload
+        )
         return body
 
-    def restore(self, snapshot_id: int) -> RestoreStarted:
-        """Start overwriting the server's disks with the snapshot (server ``restoring``)."""
-        return RestoreStarted.model_validate(self.restore_json(snapshot_id))
 
-    def restore_json(self, snapshot_id: int) -> JsonObject:
-        """``restore``'s body unchanged."""
-        body: JsonObject = self._client.request("POST", f"snapshots/{snapshot_id}/restore/")
-        return body
+class SnapshotsApi(ServerCopiesApi[SnapshotOut, SnapshotCreated, RestoreStarted]):
+    """``/api/v1/snapshots/``: point-in-time copies kept beside the server (5 per server)."""
 
-    def delete(self, snapshot_id: int) -> None:
-        """Permanently delete a snapshot; it is gone from the API at once."""
-        self._client.request("DELETE", f"snapshots/{snapshot_id}/")
+    path = "snapshots/"
+    noun = "snapshot"
+    model = SnapshotOut
+    page_model = Page[SnapshotOut]
+    created_model = SnapshotCreated
+    restored_model = RestoreStarted
+
+
+class BackupsApi(ServerCopiesApi[BackupOut, BackupCreated, BackupRestoreStarted]):
+    """``/api/v1/backups/``: copies on the backup storage, apart from the host (10 manual per
+    server, plus the automatic ones of its backup policy)."""
+
+    path = "backups/"
+    noun = "backup"
+    model = BackupOut
+    page_model = Page[BackupOut]
+    created_model = BackupCreated
+    restored_model = BackupRestoreStarted
 
 
 class SshKeysApi(_Collection[SshKeyOut]):

@@ -1,4 +1,5 @@
-"""The tables: accounts and their API tokens, servers, snapshots and durable operations."""
+"""The tables: accounts and their API tokens, servers, snapshots, backups and durable
+operations."""
 
 from __future__ import annotations
 
@@ -7,7 +8,17 @@ from enum import StrEnum
 from typing import Any, Literal
 from uuid import uuid4
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from vpsd.db.base import Base, UTCDateTime, utcnow
@@ -61,6 +72,25 @@ class OperationKind(StrEnum):
     SNAPSHOT_CREATE = "snapshot.create"
     SNAPSHOT_RESTORE = "snapshot.restore"
     SNAPSHOT_DELETE = "snapshot.delete"
+    BACKUP_CREATE = "backup.create"
+    BACKUP_RESTORE = "backup.restore"
+    BACKUP_DELETE = "backup.delete"
+
+
+class BackupStatus(StrEnum):
+    """``deleting`` backups are already gone from the API; a worker forgets their data."""
+
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DELETING = "deleting"
+
+
+class BackupType(StrEnum):
+    """Manual backups are the user's (at most 10 per server); automatic ones the policy's."""
+
+    MANUAL = "manual"
+    AUTOMATIC = "automatic"
 
 
 class Account(Base):
@@ -176,6 +206,10 @@ class Server(Base):
     """Host port forwarded to the guest's port 22; freed (None) once the server is deleted."""
     authorized_keys: Mapped[str | None] = mapped_column(Text)
     """The public keys installed for root on first boot, one per line."""
+    source_snapshot_id: Mapped[int | None] = mapped_column(Id)
+    """The snapshot this server's disk was copied from (no foreign key: it may be deleted)."""
+    source_backup_id: Mapped[int | None] = mapped_column(Id)
+    """The backup this server's disk was restored from."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
@@ -215,6 +249,66 @@ def new_snapshot_tag() -> str:
     return f"vpsd-snap-{uuid4().hex}"
 
 
+class Backup(Base):
+    """A copy of all of a server's disks in the backup repository (restic), apart from the
+    host. It outlives its server: ``account_id`` keeps it the account's after a delete."""
+
+    __tablename__ = "backups"
+    __table_args__ = (
+        Index("ix_backups_account_id_id", "account_id", "id"),
+        Index("ix_backups_server_id_status", "server_id", "status"),
+        UniqueConstraint("server_id", "slot", name="uq_backups_server_id_slot"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str | None] = mapped_column(Text)
+    type: Mapped[BackupType] = mapped_column(String(16))
+    status: Mapped[BackupStatus] = mapped_column(String(16))
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    size_mb: Mapped[int | None] = mapped_column(BigInteger)
+    stored_mb: Mapped[int | None] = mapped_column(BigInteger)
+    consistency: Mapped[str | None] = mapped_column(String(16))
+    slot: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """The policy's schedule slot an automatic backup was taken for (one backup per slot)."""
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="SET NULL"))
+    """The server's image when it was backed up: a server made from the backup boots it."""
+    disk_gb: Mapped[int] = mapped_column(Integer)
+    disks: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    """Per disk: ``{"name": "disk0", "size_bytes": ..., "snapshot": <restic snapshot id>}``."""
+    uuid: Mapped[str] = mapped_column(String(36), unique=True, default=lambda: str(uuid4()))
+    """Names the backup in the repository (restic tags) and its temporary snapshot's tag."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    server: Mapped[Server] = relationship()
+
+    @property
+    def snapshot_tag(self) -> str:
+        """The temporary internal snapshot the backup reads its point in time from."""
+        return f"vpsd-backup-{self.uuid.replace('-', '')}"
+
+
+class BackupPolicy(Base):
+    """When a server's automatic backups are taken, and how many are kept."""
+
+    __tablename__ = "backup_policies"
+
+    server_id: Mapped[int] = mapped_column(
+        ForeignKey("servers.id", ondelete="CASCADE"), primary_key=True
+    )
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    frequency: Mapped[str] = mapped_column(String(16))
+    hour: Mapped[int] = mapped_column(Integer)
+    weekday: Mapped[int] = mapped_column(Integer)
+    keep: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    """Slots before the policy's last change are not caught up on."""
+
+
 class Installation(Base):
     """The one row naming this installation: the data dir holds the same id in a file, and
     vpsd refuses to start when they differ (see ``vpsd.services.installation``)."""
@@ -233,6 +327,8 @@ class Operation(Base):
     __table_args__ = (
         Index("ix_operations_status_id", "status", "id"),
         Index("ix_operations_server_id_status", "server_id", "status"),
+        Index("ix_operations_snapshot_id", "snapshot_id"),
+        Index("ix_operations_backup_id", "backup_id"),
         {"sqlite_autoincrement": True},
     )
 
@@ -240,6 +336,7 @@ class Operation(Base):
     kind: Mapped[OperationKind] = mapped_column(String(32))
     server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
     snapshot_id: Mapped[int | None] = mapped_column(Id)
+    backup_id: Mapped[int | None] = mapped_column(Id)
     status: Mapped[OperationStatus] = mapped_column(String(16))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text)

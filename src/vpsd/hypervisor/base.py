@@ -7,10 +7,11 @@ that an operation interrupted by a crash can simply be executed again.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import IO, Literal, Protocol
 
 
 class DriverError(Exception):
@@ -135,6 +136,14 @@ class SnapshotResult:
 
 
 @dataclass(frozen=True, slots=True)
+class DiskInfo:
+    """One of a server's disks: its name (``disk0``, ``disk1``...) and its size in bytes."""
+
+    name: str
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class VmInfo:
     """A VM's live state, for reconciliation and for tests."""
 
@@ -210,6 +219,36 @@ class Driver(Protocol):
 
     def snapshot_tags(self, server_id: int) -> set[str]:
         """The internal snapshot tags present on all of the server's disks."""
+        ...
+
+    def disks(self, server_id: int) -> list[DiskInfo]:
+        """The server's disks, in order (empty when it has none)."""
+        ...
+
+    def snapshot_reader(
+        self, server_id: int, tag: str, disk: str
+    ) -> AbstractContextManager[IO[bytes]]:
+        """A stream of ``disk``'s raw bytes as of snapshot ``tag`` (running or stopped VM).
+
+        The consumer reads it to its end (and may close it); leaving the context raises
+        ``DriverError`` when the stream failed or was cut short.
+        """
+        ...
+
+    def disk_writer(
+        self, spec: VmSpec, disk: str, size_bytes: int
+    ) -> AbstractContextManager[IO[bytes]]:
+        """A stream whose raw bytes become ``disk``'s content from its start; the VM must be
+        stopped, and an existing disk be ``size_bytes`` long. A missing disk is created on its
+        own (no image below it), of ``size_bytes`` or ``spec.disk_gb`` GiB if larger, and
+        appears only once the stream has ended well. Leaving the context raises
+        ``DriverError`` when the write failed."""
+        ...
+
+    def snapshot_clone(self, source_server_id: int, tag: str, spec: VmSpec) -> None:
+        """Create ``spec``'s disks as copies of another server's disks at snapshot ``tag``,
+        grown to ``spec.disk_gb``; a no-op when they exist. Copy-on-write above
+        ``spec.image``, which must be the source's image (or None)."""
         ...
 
     def console_tail(self, server_id: int, max_bytes: int) -> bytes:

@@ -9,13 +9,16 @@ shown to a user as is.
 from __future__ import annotations
 
 import collections
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from vpsd.hypervisor.base import DriverError
 
@@ -53,13 +56,18 @@ def _one_line(text: str) -> str:
 
 
 def run(
-    args: list[str], *, timeout: float, cwd: Path | None = None
+    args: list[str],
+    *,
+    timeout: float,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``args`` (no shell) and return the completed process with captured text output.
 
     Raises ``CommandError`` if the program is missing, exits non-zero, or runs longer than
     ``timeout`` seconds (it is killed then). stdin is /dev/null so a command can never wait
-    for input, and no file descriptor of ours leaks into the child.
+    for input, and no file descriptor of ours leaks into the child. ``env`` adds to the
+    fixed environment (PATH and the C locale).
     """
     if not args:
         raise ValueError("run() needs a command")
@@ -73,7 +81,7 @@ def run(
             errors="replace",
             timeout=timeout,
             cwd=cwd,
-            env=_ENV,
+            env={**_ENV, **(env or {})},
             close_fds=True,
             # Own session: a Ctrl-C aimed at vpsd must not kill a qemu-img halfway through a
             # snapshot, and a daemonizing QEMU starts detached from our terminal.
@@ -177,3 +185,88 @@ def _decode(data: bytes | str | None) -> str:
     if isinstance(data, bytes):
         return data.decode(errors="replace")
     return data
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover (runs in the child, between fork and exec)
+    # A stream left running by a killed vpsd would go on reading a snapshot that the rerun of
+    # its operation deletes, or writing a disk that another run writes: it must die with us.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+@contextmanager
+def streaming(
+    args: list[str],
+    *,
+    timeout: float,
+    stdin: int | IO[bytes] | None = None,
+    stdout: int | IO[bytes] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a program that streams data through pipes (``subprocess.PIPE``) or file objects,
+    for the body of the ``with``; then wait for it to end.
+
+    Raises ``CommandError`` when it is missing, exits non-zero, or has not ended
+    ``timeout`` seconds after it started (it is killed then). When the body raises, the
+    program is killed. Unlike ``run``'s commands, it dies with vpsd (``PR_SET_PDEATHSIG``:
+    Linux sends it SIGKILL when the thread that started it ends).
+    """
+    if not args:
+        raise ValueError("streaming() needs a command")
+    name = _name(args)
+    try:
+        process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL if stdin is None else stdin,
+            stdout=subprocess.DEVNULL if stdout is None else stdout,
+            stderr=subprocess.PIPE,
+            cwd="/",
+            env={**_ENV, **(env or {})},
+            close_fds=True,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+    except FileNotFoundError as exc:
+        raise CommandError(args, None, "", f"{name} failed: program not found ({exc})") from exc
+    timed_out = threading.Event()
+
+    def expire() -> None:
+        timed_out.set()
+        process.kill()
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
+    stderr_lines: list[bytes] = []
+    reader = threading.Thread(target=_drain, args=(process, stderr_lines), daemon=True)
+    reader.start()
+    try:
+        yield process
+    except BaseException:
+        process.kill()
+        raise
+    finally:
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                pipe.close()
+        try:
+            returncode = process.wait()
+        finally:
+            timer.cancel()
+        reader.join()
+    stderr = b"".join(stderr_lines).decode(errors="replace")
+    if timed_out.is_set():
+        raise CommandError(args, None, stderr, f"{name} timed out after {timeout:g}s")
+    if returncode != 0:
+        detail = _one_line(stderr)[-2000:] or "no error output"
+        raise CommandError(args, returncode, stderr, f"{name} failed (exit {returncode}): {detail}")
+
+
+def _drain(process: subprocess.Popen[bytes], into: list[bytes]) -> None:
+    assert process.stderr is not None
+    with process.stderr:
+        for line in process.stderr:
+            into.append(line)

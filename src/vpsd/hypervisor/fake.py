@@ -7,14 +7,19 @@ be injected per method name.
 
 from __future__ import annotations
 
+import io
 import itertools
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from vpsd.hypervisor.base import (
     Consistency,
+    DiskInfo,
     DriverError,
     LivenessUnknown,
     PowerState,
@@ -39,6 +44,10 @@ _METHODS = frozenset(
         "snapshot_restore",
         "snapshot_delete",
         "snapshot_tags",
+        "disks",
+        "snapshot_reader",
+        "disk_writer",
+        "snapshot_clone",
         "console_tail",
         "trim_console",
         "server_ids_on_disk",
@@ -58,6 +67,17 @@ class _FakeVm:
     shut_down_cleanly: bool = False
     run_state: RunState = RunState.RUNNING
     """What the CPUs of the running VM do (meaningless while it is off)."""
+
+
+class _Sink(io.BytesIO):
+    """A write stream that keeps its bytes after it is closed."""
+
+    data = b""
+
+    def close(self) -> None:
+        if not self.closed:
+            self.data = self.getvalue()
+        super().close()
 
 
 class FakeDriver:
@@ -273,6 +293,50 @@ class FakeDriver:
         with self._lock:
             vm = self._vms.get(server_id)
             return set(vm.snapshots) if vm is not None else set()
+
+    def disks(self, server_id: int) -> list[DiskInfo]:
+        """One disk, ``disk0``, as long as its bytes."""
+        self._enter("disks", server_id)
+        with self._lock:
+            vm = self._vms.get(server_id)
+            return [DiskInfo("disk0", len(vm.disk))] if vm is not None else []
+
+    @contextmanager
+    def snapshot_reader(self, server_id: int, tag: str, disk: str) -> Iterator[IO[bytes]]:
+        """The bytes of ``tag``."""
+        self._enter("snapshot_reader", server_id)
+        with self._lock:
+            snapshots = self._vm(server_id).snapshots
+            if disk != "disk0" or tag not in snapshots:
+                raise DriverError(f"snapshot {tag!r} not found on {disk}")
+            data = snapshots[tag]
+        yield io.BytesIO(data)
+
+    @contextmanager
+    def disk_writer(self, spec: VmSpec, disk: str, size_bytes: int) -> Iterator[IO[bytes]]:
+        """Collect the bytes; they become the disk's once the stream ends well."""
+        self._enter("disk_writer", spec.server_id)
+        with self._lock:
+            vm = self._vms.get(spec.server_id)
+            if vm is not None and vm.pid is not None:
+                raise DriverError(f"server {spec.server_id} is running; stop it first")
+        sink = _Sink()
+        yield sink
+        with self._lock:
+            vm = self._vms.setdefault(spec.server_id, _FakeVm(spec))
+            vm.disk = sink.data if sink.closed else sink.getvalue()
+            vm.shut_down_cleanly = False
+
+    def snapshot_clone(self, source_server_id: int, tag: str, spec: VmSpec) -> None:
+        """Give the new server the bytes of the source's ``tag`` (unless it has a disk)."""
+        self._enter("snapshot_clone", spec.server_id)
+        with self._lock:
+            if spec.server_id in self._vms:
+                return
+            snapshots = self._vm(source_server_id).snapshots
+            if tag not in snapshots:
+                raise DriverError(f"snapshot {tag!r} not found on disk0.qcow2")
+            self._vms[spec.server_id] = _FakeVm(spec, disk=snapshots[tag])
 
     def console_tail(self, server_id: int, max_bytes: int) -> bytes:
         """The last ``max_bytes`` of the fake console (one line per boot)."""

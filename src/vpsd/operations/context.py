@@ -1,9 +1,10 @@
-"""What operation handlers need: the database, the driver, the settings."""
+"""What operation handlers need: the database, the driver, the settings, the backup store."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vpsd.backups.base import BackupStore
 from vpsd.config import Settings
 from vpsd.db.session import Database
 from vpsd.hypervisor.base import Driver
@@ -16,3 +17,4 @@ class OperationContext:
     db: Database
     driver: Driver
     settings: Settings
+    backups: BackupStore

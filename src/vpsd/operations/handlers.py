@@ -9,11 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
-from sqlalchemy import Executable, delete, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import joinedload
 
 from vpsd.config import Settings
@@ -36,7 +33,9 @@ from vpsd.hypervisor.base import (
     VmSpec,
 )
 from vpsd.hypervisor.images.store import guest_image
+from vpsd.operations import backup_handlers
 from vpsd.operations.context import OperationContext
+from vpsd.operations.job import FailureHandler, Handler, Job, Result, set_server
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -49,56 +48,27 @@ BOOT_FAILED = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
-    """An operation as a handler sees it: plain values, no session attached."""
-
-    id: int
-    kind: OperationKind
-    spec: VmSpec
-    snapshot_id: int | None
-    snapshot_tag: str | None
-    """The snapshot's tag on disk; None when its row is gone (deleted with its server)."""
-    attempts: int = 1
-    """This run is the operation's attempts-th (1: no earlier run did any of its work)."""
-    payload: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def server_id(self) -> int:
-        """The server this operation acts on."""
-        return self.spec.server_id
-
-    @property
-    def tag(self) -> str:
-        """The internal snapshot tag of this operation's snapshot."""
-        if self.snapshot_tag is None:
-            raise DriverError(f"snapshot {self.snapshot_id} no longer exists")
-        return self.snapshot_tag
-
-
-def _set_server(job: Job, status: ServerStatus, reason: str | None) -> Executable:
-    return (
-        update(Server)
-        .where(Server.id == job.server_id)
-        .values(status=status, status_reason=reason, updated_at=utcnow())
-    )
-
-
 def _server_failed(ctx: OperationContext, job: Job, reason: str) -> Result:
-    return [_set_server(job, ServerStatus.ERROR, reason)]
+    return [set_server(job, ServerStatus.ERROR, reason)]
 
 
 # --- servers -----------------------------------------------------------------------------
 
 
 def _server_create(ctx: OperationContext, job: Job) -> Result:
+    source = job.payload.get("source")
+    if source is not None and not ctx.driver.disks(job.server_id):
+        if source["kind"] == "snapshot":
+            ctx.driver.snapshot_clone(source["server_id"], source["tag"], job.spec)
+        else:
+            backup_handlers.restore_new_disks(ctx, job)
     ctx.driver.start(job.spec)  # creates the disks first when they are missing
-    return [_set_server(job, ServerStatus.RUNNING, None)]
+    return [set_server(job, ServerStatus.RUNNING, None)]
 
 
 def _server_start(ctx: OperationContext, job: Job) -> Result:
     ctx.driver.start(job.spec)
-    return [_set_server(job, ServerStatus.RUNNING, None)]
+    return [set_server(job, ServerStatus.RUNNING, None)]
 
 
 def _power_down(ctx: OperationContext, job: Job) -> str | None:
@@ -113,20 +83,20 @@ def _power_down(ctx: OperationContext, job: Job) -> str | None:
 
 
 def _server_stop(ctx: OperationContext, job: Job) -> Result:
-    return [_set_server(job, ServerStatus.STOPPED, _power_down(ctx, job))]
+    return [set_server(job, ServerStatus.STOPPED, _power_down(ctx, job))]
 
 
 def _server_reboot(ctx: OperationContext, job: Job) -> Result:
     forced = _power_down(ctx, job)
     ctx.driver.start(job.spec)
-    return [_set_server(job, ServerStatus.RUNNING, forced and f"rebooted, {forced}")]
+    return [set_server(job, ServerStatus.RUNNING, forced and f"rebooted, {forced}")]
 
 
 def _server_delete(ctx: OperationContext, job: Job) -> Result:
     ctx.driver.destroy(job.server_id)
     return [
         delete(Snapshot).where(Snapshot.server_id == job.server_id),
-        _set_server(job, ServerStatus.DELETED, None),
+        set_server(job, ServerStatus.DELETED, None),
         # The SSH port is free for the next server.
         update(Server).where(Server.id == job.server_id).values(ssh_port=None),
     ]
@@ -169,8 +139,8 @@ def _snapshot_restore(ctx: OperationContext, job: Job) -> Result:
     ctx.driver.snapshot_restore(job.server_id, job.tag)
     if job.payload.get("power_state") == "running":
         ctx.driver.start(job.spec)
-        return [_set_server(job, ServerStatus.RUNNING, None)]
-    return [_set_server(job, ServerStatus.STOPPED, None)]
+        return [set_server(job, ServerStatus.RUNNING, None)]
+    return [set_server(job, ServerStatus.STOPPED, None)]
 
 
 def _snapshot_restore_failed(ctx: OperationContext, job: Job, reason: str) -> Result:
@@ -189,11 +159,6 @@ def _snapshot_delete_failed(ctx: OperationContext, job: Job, reason: str) -> Res
     return [update(Snapshot).where(Snapshot.id == job.snapshot_id).values(status_reason=reason)]
 
 
-Result = list[Executable]
-"""What an operation changed, applied in the transaction that marks it finished."""
-Handler = Callable[[OperationContext, Job], Result]
-FailureHandler = Callable[[OperationContext, Job, str], Result]
-
 HANDLERS: dict[OperationKind, tuple[Handler, FailureHandler]] = {
     OperationKind.SERVER_CREATE: (_server_create, _server_failed),
     OperationKind.SERVER_START: (_server_start, _server_failed),
@@ -203,6 +168,7 @@ HANDLERS: dict[OperationKind, tuple[Handler, FailureHandler]] = {
     OperationKind.SNAPSHOT_CREATE: (_snapshot_create, _snapshot_create_failed),
     OperationKind.SNAPSHOT_RESTORE: (_snapshot_restore, _snapshot_restore_failed),
     OperationKind.SNAPSHOT_DELETE: (_snapshot_delete, _snapshot_delete_failed),
+    **backup_handlers.HANDLERS,
 }
 
 
@@ -246,6 +212,7 @@ def load_job(ctx: OperationContext, operation_id: int) -> Job | None:
             tag,
             operation.attempts,
             dict(operation.payload),
+            operation.backup_id,
         )
 
 
@@ -333,6 +300,7 @@ SERVER_KINDS = frozenset(
         OperationKind.SERVER_REBOOT,
         OperationKind.SERVER_DELETE,
         OperationKind.SNAPSHOT_RESTORE,
+        OperationKind.BACKUP_RESTORE,
     }
 )
 """Kinds whose failure puts the server in ``error``."""

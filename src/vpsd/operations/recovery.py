@@ -11,6 +11,8 @@ from sqlalchemy import exists, select, update
 
 from vpsd.db.base import utcnow
 from vpsd.db.models import (
+    Backup,
+    BackupStatus,
     Operation,
     OperationKind,
     OperationStatus,
@@ -26,6 +28,8 @@ from vpsd.services.common import ACTIVE_OPERATION, enqueue
 
 log = logging.getLogger(__name__)
 
+BACKUP_TAG_PREFIX = "vpsd-backup-"
+"""Tags of backups' temporary snapshots (``Backup.snapshot_tag``)."""
 MAX_ATTEMPTS = 3
 """An operation interrupted this many times is failed rather than tried again."""
 
@@ -47,6 +51,7 @@ def recover(ctx: OperationContext) -> None:
     _recover_vms(ctx)
     _requeue_interrupted(ctx)
     _settle_orphans(ctx)
+    _settle_backups(ctx)
 
 
 def quarantine_unknown_servers(ctx: OperationContext) -> list[int]:
@@ -77,12 +82,25 @@ def report_unknown_snapshots(ctx: OperationContext) -> None:
         rows = session.execute(
             select(Snapshot.server_id, Snapshot.tag).where(Snapshot.server_id.in_(servers))
         ).all()
+        backing_up = set(
+            session.scalars(
+                select(Backup.server_id).where(Backup.status == BackupStatus.IN_PROGRESS)
+            )
+        )
     recorded: dict[int, set[str]] = {}
     for server_id, tag in rows:
         recorded.setdefault(server_id, set()).add(tag)
     for server_id in servers:
         try:
             stray = ctx.driver.snapshot_tags(server_id) - recorded.get(server_id, set())
+            temporary = {tag for tag in stray if tag.startswith(BACKUP_TAG_PREFIX)}
+            stray -= temporary
+            if server_id not in backing_up:
+                # A backup's temporary snapshot whose backup is over: vpsd's own, made to be
+                # deleted; a backup under way deletes its own when it runs again.
+                for tag in sorted(temporary):
+                    log.warning("server %s: deleting leftover backup snapshot %s", server_id, tag)
+                    ctx.driver.snapshot_delete(server_id, tag)
         except DriverError as error:
             log.warning("server %s: cannot list its snapshots: %s", server_id, error)
             continue
@@ -179,3 +197,23 @@ def _settle_orphans(ctx: OperationContext) -> None:
                 snapshot.status = SnapshotStatus.FAILED
                 snapshot.status_reason = "interrupted: vpsd stopped before it was taken"
                 snapshot.completed_at = utcnow()
+
+
+def _settle_backups(ctx: OperationContext) -> None:
+    """Backups whose operation is gone: an unfinished one failed, a hidden one deleted."""
+    active = exists().where(
+        Operation.backup_id == Backup.id, Operation.status.in_(ACTIVE_OPERATION)
+    )
+    with ctx.db.write() as session:
+        stuck = session.scalars(
+            select(Backup).where(
+                Backup.status.in_((BackupStatus.IN_PROGRESS, BackupStatus.DELETING)), ~active
+            )
+        ).all()
+        for backup in stuck:
+            if backup.status == BackupStatus.DELETING:
+                enqueue(session, OperationKind.BACKUP_DELETE, backup.server_id, backup_id=backup.id)
+            else:
+                backup.status = BackupStatus.FAILED
+                backup.status_reason = "interrupted: vpsd stopped before it was taken"
+                backup.completed_at = utcnow()

@@ -22,8 +22,12 @@ from vpsd.services.errors import InvalidState, NotFound
 from vpsd.services.states import RESULTING_STATUS, ServerAction, is_allowed, refusal
 
 ACTIVE_OPERATION = (OperationStatus.PENDING, OperationStatus.RUNNING)
-# Kinds that make a server "busy": deleting a snapshot may queue behind anything.
-BLOCKING_KINDS = tuple(kind for kind in OperationKind if kind != OperationKind.SNAPSHOT_DELETE)
+# Kinds that make a server "busy": deleting a snapshot or a backup may queue behind anything.
+BLOCKING_KINDS = tuple(
+    kind
+    for kind in OperationKind
+    if kind not in (OperationKind.SNAPSHOT_DELETE, OperationKind.BACKUP_DELETE)
+)
 
 
 class Dispatcher(Protocol):
@@ -106,6 +110,7 @@ def enqueue(
     server_id: int,
     *,
     snapshot_id: int | None = None,
+    backup_id: int | None = None,
     payload: dict[str, Any] | None = None,
 ) -> Operation:
     """Add a pending operation to the session; it runs after the transaction commits."""
@@ -113,6 +118,7 @@ def enqueue(
         kind=kind,
         server_id=server_id,
         snapshot_id=snapshot_id,
+        backup_id=backup_id,
         status=OperationStatus.PENDING,
         payload=payload or {},
     )

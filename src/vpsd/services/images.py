@@ -16,7 +16,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from vpsd.config import Settings
-from vpsd.db.models import Image, ImageStatus, Server, ServerStatus
+from vpsd.db.models import Backup, BackupStatus, Image, ImageStatus, Server, ServerStatus
 from vpsd.db.session import Database
 from vpsd.hypervisor.base import DriverError
 from vpsd.hypervisor.images import store
@@ -163,6 +163,16 @@ class ImageService:
                 raise InvalidState(
                     f"image {image.build_name} is in use by {view.servers} server(s); "
                     "delete them first"
+                )
+            backups = session.scalar(
+                select(func.count())
+                .select_from(Backup)
+                .where(Backup.image_id == image.id, Backup.status != BackupStatus.DELETING)
+            )
+            if backups:
+                raise InvalidState(
+                    f"image {image.build_name} is needed by {backups} backup(s): servers made "
+                    "from them boot it; delete the backups first"
                 )
             session.delete(image)
             store.remove(self.settings.images_dir, image.build_name)

@@ -11,11 +11,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from vpsd.config import Settings
-from vpsd.db.models import OperationKind, Server, ServerStatus, Snapshot, SnapshotStatus
+from vpsd.db.models import (
+    BackupPolicy,
+    OperationKind,
+    Server,
+    ServerStatus,
+    Snapshot,
+    SnapshotStatus,
+)
 from vpsd.db.session import Database
 from vpsd.hypervisor.base import Driver
 from vpsd.schemas import BLANK_IMAGE, ServerCreate
-from vpsd.services import quotas, ssh_keys
+from vpsd.services import quotas, sources, ssh_keys
 from vpsd.services.common import Dispatcher, PageRequest, enqueue, lock_server, transition
 from vpsd.services.errors import Invalid, NotFound
 from vpsd.services.images import resolve_image
@@ -51,6 +58,8 @@ class ServerView:
     ssh_host: str | None
     ssh_port: int | None
     created_at: datetime
+    source_snapshot_id: int | None = None
+    source_backup_id: int | None = None
 
 
 class ServerService:
@@ -91,6 +100,10 @@ class ServerService:
         an unknown image, SSH keys on a blank server; NotFound for an SSH key id that is not
         the account's; LimitReached when no SSH port is free, when the account's quota or the
         host's capacity would be exceeded (``vpsd.services.quotas``).
+
+        With ``snapshot_id`` or ``backup_id`` the disk is made from that completed snapshot
+        or backup of the account's (NotFound otherwise): the server gets its image and, when
+        the request names no SSH keys, the keys of the server it came from.
         """
         memory_mb = request.memory_mb or self.settings.default_memory_mb
         vcpus = request.vcpus or self.settings.default_vcpus
@@ -124,7 +137,12 @@ class ServerService:
         host: quotas.HostCapacity,
     ) -> ServerView:
         with self.db.write() as session:
-            image = resolve_image(session, self.settings, request.image)
+            source = sources.resolve(session, account_id, request)
+            if source is None:
+                image = resolve_image(session, self.settings, request.image)
+            else:
+                image = source.image
+                source.check(request)
             keys: list[str] = []
             if image is None:
                 if request.ssh_keys:
@@ -143,6 +161,8 @@ class ServerService:
                         f"image {image.slug!r} needs at least {image.min_memory_mb} MiB of memory",
                     )
                 keys = ssh_keys.resolve(session, account_id, request.ssh_keys or [])
+                if source is not None and not request.ssh_keys:
+                    keys = source.authorized_keys
             wanted = quotas.Resources(1, vcpus, memory_mb, request.disk_gb)
             quotas.admit(session, self.settings, account_id, wanted, host)
             server = Server(
@@ -155,10 +175,19 @@ class ServerService:
                 image=image,
                 ssh_port=allocate_ssh_port(session, self.settings) if image else None,
                 authorized_keys="\n".join(keys) if image else None,
+                source_snapshot_id=request.snapshot_id,
+                source_backup_id=request.backup_id,
             )
             session.add(server)
             session.flush()
-            enqueue(session, OperationKind.SERVER_CREATE, server.id)
+            enqueue(
+                session,
+                OperationKind.SERVER_CREATE,
+                server.id,
+                snapshot_id=request.snapshot_id,
+                backup_id=request.backup_id,
+                payload={"source": source.payload} if source is not None else None,
+            )
             return self._view(server)
 
     def _act(self, account_id: int, server_id: int, action: ServerAction) -> ServerView:
@@ -166,11 +195,17 @@ class ServerService:
             server = lock_server(session, account_id, server_id)
             transition(server, action)
             if action is ServerAction.DELETE:
-                # The server's snapshots go with it, and leave the API at once.
+                # The server's snapshots go with it, and leave the API at once; its backups
+                # stay, but no new automatic one is taken.
                 session.execute(
                     update(Snapshot)
                     .where(Snapshot.server_id == server.id)
                     .values(status=SnapshotStatus.DELETING)
+                )
+                session.execute(
+                    update(BackupPolicy)
+                    .where(BackupPolicy.server_id == server.id)
+                    .values(enabled=False)
                 )
             enqueue(session, ACTION_KINDS[action], server.id)
             view = self._view(server)
@@ -224,6 +259,8 @@ class ServerService:
             ssh_host=self.settings.ssh_host if server.ssh_port is not None else None,
             ssh_port=server.ssh_port,
             created_at=server.created_at,
+            source_snapshot_id=server.source_snapshot_id,
+            source_backup_id=server.source_backup_id,
         )
 
 

@@ -213,26 +213,28 @@ class SnapshotService:
     def delete(self, account_id: int, snapshot_id: int) -> None:
         """Hide the snapshot at once and queue removing it from the disks.
 
-        Raises NotFound, or InvalidState while a restore from this snapshot is queued or
-        running (its disks are being reverted to it).
+        Raises NotFound, or InvalidState while a restore from this snapshot, or a new server
+        from it, is queued or running.
         """
         with self.db.write() as session:
             server_id = self._find(session, account_id, snapshot_id).server_id
             lock_server(session, account_id, server_id)
             snapshot = self._find(session, account_id, snapshot_id)
-            restoring = session.scalar(
+            in_use = session.scalar(
                 select(
                     exists().where(
-                        Operation.server_id == server_id,  # ix_operations_server_id_status
-                        Operation.snapshot_id == snapshot.id,
-                        Operation.kind == OperationKind.SNAPSHOT_RESTORE,
+                        Operation.snapshot_id == snapshot.id,  # ix_operations_snapshot_id
+                        Operation.kind.in_(
+                            (OperationKind.SNAPSHOT_RESTORE, OperationKind.SERVER_CREATE)
+                        ),
                         Operation.status.in_(ACTIVE_OPERATION),
                     )
                 )
             )
-            if restoring:
+            if in_use:
                 raise InvalidState(
-                    "this snapshot is being restored; delete it when the restore has finished"
+                    "this snapshot is being restored or copied to a new server; delete it when "
+                    "that has finished"
                 )
             snapshot.status = SnapshotStatus.DELETING
             enqueue(session, OperationKind.SNAPSHOT_DELETE, server_id, snapshot_id=snapshot.id)

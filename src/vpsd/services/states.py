@@ -33,6 +33,7 @@ class ServerAction(StrEnum):
     DELETE = "delete"
     RESTORE = "restore"
     SNAPSHOT = "snapshot"
+    BACKUP = "back up"
 
 
 ALLOWED_FROM: dict[ServerAction, frozenset[ServerStatus]] = {
@@ -46,6 +47,7 @@ ALLOWED_FROM: dict[ServerAction, frozenset[ServerStatus]] = {
         {ServerStatus.RUNNING, ServerStatus.PAUSED, ServerStatus.STOPPED}
     ),
     ServerAction.SNAPSHOT: frozenset({ServerStatus.RUNNING, ServerStatus.STOPPED}),
+    ServerAction.BACKUP: frozenset({ServerStatus.RUNNING, ServerStatus.STOPPED}),
 }
 
 RESULTING_STATUS: dict[ServerAction, ServerStatus | None] = {
@@ -55,6 +57,7 @@ RESULTING_STATUS: dict[ServerAction, ServerStatus | None] = {
     ServerAction.DELETE: ServerStatus.DELETING,
     ServerAction.RESTORE: ServerStatus.RESTORING,
     ServerAction.SNAPSHOT: None,  # a snapshot does not change the server's status
+    ServerAction.BACKUP: None,  # nor does a backup
 }
 
 

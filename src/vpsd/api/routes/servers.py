@@ -1,4 +1,5 @@
-"""``/api/v1/servers/``: create, list, show, start, stop, reboot, console, delete."""
+"""``/api/v1/servers/``: create, list, show, start, stop, reboot, console, delete, and the
+server's backup policy."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from fastapi.responses import PlainTextResponse
 
 from vpsd.api.deps import DIGITS_ONLY, PageDep, PrincipalDep, ServicesDep
 from vpsd.api.pagination import page_links
-from vpsd.api.presenters import server_out
+from vpsd.api.presenters import policy_out, server_out
 from vpsd.api.responses import responses, text_route_responses
 from vpsd.api.strict_json import StrictJSONRoute
-from vpsd.schemas import MAX_ID, Page, ServerCreate, ServerOut
+from vpsd.schemas import MAX_ID, BackupPolicy, BackupPolicyOut, Page, ServerCreate, ServerOut
 
 router = APIRouter(prefix="/servers", tags=["servers"], route_class=StrictJSONRoute)
 DEFAULT_CONSOLE_BYTES = 64 * 1024
@@ -98,3 +99,28 @@ def server_console(
 def delete_server(server_id: ServerId, principal: PrincipalDep, services: ServicesDep) -> None:
     """Delete the server: its VM is killed, its disks and snapshots removed."""
     services.servers.delete(principal.account_id, server_id)
+
+
+@router.get(
+    "/{server_id}/backup-policy/",
+    operation_id="getBackupPolicy",
+    responses=responses(400, 401, 404),
+)
+def get_backup_policy(
+    server_id: ServerId, principal: PrincipalDep, services: ServicesDep
+) -> BackupPolicyOut:
+    """When the server's automatic backups are taken and how many are kept."""
+    return policy_out(services.backup_policies.get(principal.account_id, server_id))
+
+
+@router.put(
+    "/{server_id}/backup-policy/",
+    operation_id="setBackupPolicy",
+    responses=responses(400, 401, 404, 413, 415),
+)
+def set_backup_policy(
+    server_id: ServerId, body: BackupPolicy, principal: PrincipalDep, services: ServicesDep
+) -> BackupPolicyOut:
+    """Replace the server's backup policy: daily, or weekly on ``weekday``, at ``hour`` UTC;
+    the oldest automatic backups beyond ``keep`` are deleted."""
+    return policy_out(services.backup_policies.set(principal.account_id, server_id, body))

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from vpsd.hypervisor.base import (
     BootFailed,
     Consistency,
+    DiskInfo,
     DriverError,
     LivenessUnknown,
     PowerState,
@@ -29,7 +31,7 @@ from vpsd.hypervisor.base import (
     VmInfo,
     VmSpec,
 )
-from vpsd.hypervisor.qemu import img, process, qcow2
+from vpsd.hypervisor.qemu import disk_stream, img, process, qcow2
 from vpsd.hypervisor.qemu.qmp import QmpError, QmpSession
 from vpsd.hypervisor.qemu.quiesce import quiesced, thaw_left_frozen
 
@@ -42,6 +44,9 @@ STATUS_TIMEOUT = 5.0
 """Seconds the monitor's ``run_state``/``resume`` wait for QEMU's answer."""
 START_TIMEOUT = 60.0
 KILL_TIMEOUT = 10.0
+STREAM_TIMEOUT = 6 * 3600.0
+"""Seconds a disk may take to stream to or from the backup repository."""
+_DISK_NAME = re.compile(r"disk[0-9]{1,3}")
 RESUME_MIN_FREE = 64 * MIB
 """Free bytes the disks' filesystem needs before a VM paused on a full disk is continued:
 less, and the guest's retried write would pause it again at once."""
@@ -283,6 +288,76 @@ class QemuDriver:
             per_disk = self._tags_per_disk(paths, disks, running)
             return set.intersection(*(set(names) for names in per_disk))
 
+    # -- disks as streams (backups) and copies of snapshots -----------------------------------
+
+    def disks(self, server_id: int) -> list[DiskInfo]:
+        """The server's qcow2 disks with their guest-visible sizes."""
+        return [DiskInfo(d.stem, img.virtual_size(d)) for d in self._paths(server_id).disks()]
+
+    @contextmanager
+    def snapshot_reader(self, server_id: int, tag: str, disk: str) -> Iterator[IO[bytes]]:
+        """``disk``'s raw bytes as of ``tag`` through NBD (see ``disk_stream``).
+
+        The server's lock is not held while the bytes flow (minutes for a large disk): its
+        operations run one at a time anyway, and the monitor must go on asking the VM.
+        """
+        path = self._disk_path(server_id, disk)
+        with disk_stream.snapshot_reader(path, tag, timeout=STREAM_TIMEOUT) as stream:
+            yield stream
+
+    @contextmanager
+    def disk_writer(self, spec: VmSpec, disk: str, size_bytes: int) -> Iterator[IO[bytes]]:
+        """Overwrite ``disk`` through NBD, or build a missing one aside and move it in place
+        once complete, so that a cut stream never leaves a disk that looks whole."""
+        paths = self._paths(spec.server_id)
+        path = self._disk_path(spec.server_id, disk)
+        with self._lock(spec.server_id):
+            if process.alive_pid(paths, spec.server_id) is not None:
+                raise DriverError(f"server {spec.server_id} is running; stop it first")
+            paths.clean_shutdown_marker.unlink(missing_ok=True)
+        if path.exists():
+            if img.virtual_size(path) != size_bytes:
+                # The tail of a larger disk would keep what it holds now.
+                raise DriverError(f"{disk} is no longer the size it had ({size_bytes} bytes)")
+            with disk_stream.disk_writer(path, timeout=STREAM_TIMEOUT) as stream:
+                yield stream
+            return
+        paths.folder.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.restoring")
+        partial.unlink(missing_ok=True)
+        size = max(size_bytes, spec.disk_gb * GIB)
+        img.create(partial, size, timeout=self.command_timeout)
+        with disk_stream.disk_writer(partial, timeout=STREAM_TIMEOUT) as stream:
+            yield stream
+        partial.replace(path)
+
+    def snapshot_clone(self, source_server_id: int, tag: str, spec: VmSpec) -> None:
+        """Copy the source's disks at ``tag`` into ``spec``'s new server (see ``Driver``).
+
+        Built aside and moved into place, ``disk0`` last: its presence means "done".
+        """
+        img.check_tag(tag)
+        with self._lock(spec.server_id):
+            paths = self._paths(spec.server_id)
+            if paths.disk(0).exists():
+                return
+            sources = self._require_disks(source_server_id, self._paths(source_server_id))
+            paths.folder.mkdir(parents=True, exist_ok=True)
+            partials: list[tuple[Path, Path]] = []
+            for index, source in enumerate(sources):
+                target = paths.disk(index)
+                partial = target.with_name(f"{target.name}.cloning")
+                partial.unlink(missing_ok=True)
+                backing = spec.image.disk if index == 0 and spec.image is not None else None
+                disk_stream.clone_snapshot(
+                    source, tag, partial, backing=backing, timeout=self.command_timeout
+                )
+                if index == 0 and img.virtual_size(partial) < spec.disk_gb * GIB:
+                    img.resize(partial, spec.disk_gb * GIB, timeout=self.command_timeout)
+                partials.append((partial, target))
+            for partial, target in reversed(partials):
+                partial.replace(target)
+
     # -- servers the database does not know -------------------------------------------------
 
     def server_ids_on_disk(self) -> set[int]:
@@ -373,6 +448,11 @@ class QemuDriver:
             yield
         finally:
             lock.release()
+
+    def _disk_path(self, server_id: int, disk: str) -> Path:
+        if not _DISK_NAME.fullmatch(disk):
+            raise DriverError(f"invalid disk name {disk!r}")
+        return self._paths(server_id).folder / f"{disk}.qcow2"
 
     def _require_disks(self, server_id: int, paths: process.ServerPaths) -> list[Path]:
         disks = paths.disks()

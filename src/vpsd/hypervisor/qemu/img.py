@@ -104,6 +104,11 @@ def create(path: Path, size_bytes: int, *, backing: Path | None = None, timeout:
         raise
 
 
+def resize(path: Path, size_bytes: int, *, timeout: float) -> None:
+    """Grow the qcow2 image at ``path`` (not in use) to ``size_bytes``."""
+    _run([QEMU_IMG, "resize", "-q", "-f", "qcow2", str(path), str(size_bytes)], timeout=timeout)
+
+
 def info(path: Path, *, force_share: bool = False, timeout: float) -> dict[str, Any]:
     """``qemu-img info --output=json`` of one image."""
     args = [QEMU_IMG, "info", "--output=json", *(["-U"] if force_share else []), str(path)]

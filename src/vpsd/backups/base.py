@@ -1,0 +1,60 @@
+"""The backup store contract: where backups live, apart from the hosts that run servers.
+
+Like a hypervisor driver, a store knows nothing of the database: services hand it streams
+of disk bytes and tags, and it hands back ids. Every method is safe to call again after a
+crash (a repeated ``save`` makes a second copy; callers find and forget leftovers by tag).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import IO, Protocol
+
+from vpsd.hypervisor.base import DriverError
+
+
+class BackupStoreError(DriverError):
+    """The backup storage failed; ``str(error)`` is fit for the server's owner (full,
+    unreachable...), ``detail`` holds the storage's own words for the operator's log."""
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(reason)
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class SavedDisk:
+    """One disk stored: the store's id for it, its length, and the new data it added."""
+
+    snapshot: str
+    size_bytes: int
+    added_bytes: int
+
+
+Tags = Mapping[str, str]
+"""``key=value`` labels a stored disk carries (the backup's uuid, the disk's name...)."""
+
+
+class BackupStore(Protocol):
+    """A repository of disk images, deduplicated across backups."""
+
+    def save(self, stream: IO[bytes], filename: str, tags: Tags) -> SavedDisk:
+        """Store the stream's bytes (read to its end, then closed) as ``filename``."""
+        ...
+
+    def load(self, snapshot: str, filename: str, sink: IO[bytes]) -> None:
+        """Write the stored bytes of ``filename`` in ``snapshot`` to ``sink``, then close it."""
+        ...
+
+    def find(self, tags: Tags) -> list[str]:
+        """The ids of the stored disks carrying all of ``tags``."""
+        ...
+
+    def forget(self, snapshots: list[str]) -> None:
+        """Remove these stored disks and reclaim the space no other one uses."""
+        ...
+
+    def unlock_stale(self) -> None:
+        """Release locks left by a store client that died (e.g. with a killed vpsd)."""
+        ...

@@ -1,0 +1,367 @@
+"""``ResticStore``: backups in a restic repository (a local path, ``sftp:`` or ``s3:``).
+
+restic deduplicates content-defined chunks across every backup in the repository, so the
+second backup of a disk stores only what changed, and encrypts everything with the
+repository's password. Each disk is one restic snapshot made with ``backup --stdin`` and
+tagged ``key=value`` (the backup's uuid, the disk's name), which is how a rerun after a
+crash finds what an interrupted attempt left.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from vpsd.backups.base import BackupStoreError, SavedDisk, Tags
+from vpsd.hypervisor import command
+
+log = logging.getLogger(__name__)
+
+RESTIC = "restic"
+COMMAND_TIMEOUT = 600.0
+"""Seconds a restic command that moves no disk data (list, forget, prune...) may take."""
+LOCK_WAIT = 120.0
+"""Seconds a command waits for a repository lock held by another restic (on another host,
+or a prune) before failing; restic 0.14 itself does not wait."""
+_PASSED_THROUGH = re.compile(r"(AWS|B2|AZURE|GOOGLE|OS|ST)_[A-Z0-9_]+|HOME|USER|SSH_AUTH_SOCK")
+"""Environment a repository's backend reads (S3 and other credentials, ssh's config)."""
+_MISSING = ("Is there a repository at the following location?", "unable to open config file")
+_T = TypeVar("_T")
+
+
+class ResticStore:
+    """A restic repository; see the module's docstring. Thread-safe.
+
+    Within this process, commands that need the repository to themselves (``forget`` and
+    ``prune``, which restic locks exclusively) wait for the others to finish, and the others
+    for them, instead of failing on restic's lock.
+    """
+
+    def __init__(
+        self,
+        repository: str,
+        password_file: Path,
+        cache_dir: Path,
+        *,
+        sftp_command: str | None = None,
+        stream_timeout: float = 6 * 3600.0,
+        program: str = RESTIC,
+    ) -> None:
+        self.repository = repository
+        self.password_file = password_file
+        self.cache_dir = cache_dir
+        self.sftp_command = sftp_command
+        self.stream_timeout = stream_timeout
+        self.program = program
+        self._ready = False
+        self._ready_lock = threading.Lock()
+        self._access = _SharedExclusiveLock()
+
+    # -- the contract --------------------------------------------------------------------------
+
+    def save(self, stream: IO[bytes], filename: str, tags: Tags) -> SavedDisk:
+        """``restic backup --stdin``; the stream is handed to restic (closed here)."""
+        self.ensure_ready()
+        args = self._args(
+            "backup", "--stdin", "--stdin-filename", filename, "--json", *_tag_args(tags)
+        )
+        fd = _pipe_end(stream)
+        with (
+            self._access.shared(),
+            _storage_errors(),
+            command.streaming(
+                args,
+                stdin=subprocess.PIPE if fd is None else fd,
+                stdout=subprocess.PIPE,
+                env=self._env(),
+                timeout=self.stream_timeout,
+            ) as process,
+        ):
+            feeder = _feed(stream, process)
+            assert process.stdout is not None
+            output = process.stdout.read().decode(errors="replace")
+            if feeder is not None:
+                feeder.join()
+        summary = _summary(output)
+        short_id = str(summary["snapshot_id"])
+        # The summary names the snapshot by a prefix; keep the full id, never ambiguous.
+        full = [s for s in self.find(tags) if s.startswith(short_id)]
+        return SavedDisk(
+            full[0] if len(full) == 1 else short_id,
+            int(summary["total_bytes_processed"]),
+            int(summary["data_added"]),
+        )
+
+    def load(self, snapshot: str, filename: str, sink: IO[bytes]) -> None:
+        """``restic dump`` into ``sink`` (closed here)."""
+        self.ensure_ready()
+        args = self._args("dump", snapshot, f"/{filename}")
+        with self._access.shared(), _storage_errors():
+            fd = _pipe_end(sink)
+            with command.streaming(
+                args,
+                stdout=subprocess.PIPE if fd is None else fd,
+                env=self._env(),
+                timeout=self.stream_timeout,
+            ) as process:
+                if fd is None:
+                    assert process.stdout is not None
+                    with sink:
+                        for chunk in iter(lambda: process.stdout.read(1 << 20), b""):  # type: ignore[union-attr]
+                            sink.write(chunk)
+                else:
+                    sink.close()  # restic holds its own copy; ours would hide its end
+
+    def find(self, tags: Tags) -> list[str]:
+        """``restic snapshots --tag k=v,...``: full ids, oldest first."""
+        self.ensure_ready()
+        result = self._run("snapshots", "--json", "--tag", _tag_list(tags))
+        return [str(item["id"]) for item in json.loads(result.stdout or "[]")]
+
+    def forget(self, snapshots: list[str]) -> None:
+        """``restic forget --prune``; no-op for an empty list."""
+        if not snapshots:
+            return
+        self.ensure_ready()
+        self._run("forget", "--prune", *snapshots, exclusive=True)
+
+    def unlock_stale(self) -> None:
+        """``restic unlock``: removes only locks whose process is gone (or 30 min old)."""
+        self.ensure_ready()
+        self._run("unlock")
+
+    # -- beyond the contract ---------------------------------------------------------------
+
+    def check(self) -> None:
+        """``restic check``: raises ``BackupStoreError`` when the repository has errors."""
+        self.ensure_ready()
+        self._run("check", exclusive=True)
+
+    def ensure_ready(self) -> None:
+        """Create the repository (and its password file, 0600) on first use.
+
+        Refuses to create a new password for a repository that exists: backups made under
+        the lost one could never be read again, and the operator must know.
+        """
+        if self._ready:
+            return
+        with self._ready_lock:
+            if self._ready:
+                return
+            if not self.password_file.exists():
+                if self._probe(password=secrets.token_hex(16)) != "missing":
+                    raise BackupStoreError(
+                        "the backup storage is not usable (the operator's log has the details)",
+                        f"the repository {self.repository} exists but its password file "
+                        f"{self.password_file} is missing: restore the file",
+                    )
+                _write_secret(self.password_file, secrets.token_urlsafe(32))
+                self._init()
+            elif self._probe() == "missing":
+                self._init()
+            self._ready = True
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _probe(self, password: str | None = None) -> str:
+        """``ok`` when the repository opens, ``missing`` when there is none; raises otherwise
+        (unreachable storage, a wrong password...)."""
+        env = self._env()
+        if password is not None:
+            env.pop("RESTIC_PASSWORD_FILE")
+            env["RESTIC_PASSWORD"] = password
+        try:
+            command.run(self._args("cat", "config"), timeout=COMMAND_TIMEOUT, env=env)
+        except command.CommandError as error:
+            if any(marker in error.stderr for marker in _MISSING):
+                return "missing"
+            if password is not None and "wrong password" in error.stderr:
+                return "ok"
+            raise _classify(error) from error
+        return "ok"
+
+    def _init(self) -> None:
+        if not self.repository.startswith(("sftp:", "s3:", "rest:", "b2:", "azure:", "gs:")):
+            Path(self.repository).parent.mkdir(parents=True, exist_ok=True)
+        self._run("init")
+        log.warning(
+            "created the backup repository %s; its password is in %s: keep a copy of that file "
+            "apart from this host, or the backups cannot be read without it",
+            self.repository,
+            self.password_file,
+        )
+
+    def _run(self, *args: str, exclusive: bool = False) -> subprocess.CompletedProcess[str]:
+        access = self._access.exclusive if exclusive else self._access.shared
+
+        def attempt() -> subprocess.CompletedProcess[str]:
+            with access():
+                return command.run(self._args(*args), timeout=COMMAND_TIMEOUT, env=self._env())
+
+        with _storage_errors():
+            return _waiting_for_lock(attempt)
+
+    def _args(self, *args: str) -> list[str]:
+        options = ["-o", f"sftp.command={self.sftp_command}"] if self.sftp_command else []
+        return [self.program, *options, *args]
+
+    def _env(self) -> dict[str, str]:
+        passed = {k: v for k, v in os.environ.items() if _PASSED_THROUGH.fullmatch(k)}
+        return {
+            **passed,
+            "RESTIC_REPOSITORY": self.repository,
+            "RESTIC_PASSWORD_FILE": str(self.password_file),
+            "RESTIC_CACHE_DIR": str(self.cache_dir),
+            "RESTIC_PROGRESS_FPS": "0.2",
+        }
+
+
+def _tag_list(tags: Tags) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(tags.items()))
+
+
+def _tag_args(tags: Tags) -> list[str]:
+    return [arg for key, value in sorted(tags.items()) for arg in ("--tag", f"{key}={value}")]
+
+
+def _summary(output: str) -> dict[str, Any]:
+    for line in reversed(output.splitlines()):
+        if '"message_type":"summary"' in line.replace(" ", ""):
+            summary: dict[str, Any] = json.loads(line)
+            return summary
+    raise BackupStoreError(
+        "the backup storage failed (the operator's log has the details)",
+        f"restic backup printed no summary: {output[-500:]!r}",
+    )
+
+
+def _pipe_end(stream: IO[bytes]) -> int | None:
+    """The stream's file descriptor, or None for an in-memory one (fed by a thread)."""
+    try:
+        return stream.fileno()
+    except (OSError, AttributeError, ValueError):
+        return None
+
+
+def _feed(stream: IO[bytes], process: subprocess.Popen[bytes]) -> threading.Thread | None:
+    """Hand ``stream`` to ``process``: its descriptor is already restic's stdin, so close
+    ours (else restic's death would not reach the writer); an in-memory one is copied."""
+    if process.stdin is None:
+        stream.close()
+        return None
+    target = process.stdin
+
+    def copy() -> None:
+        with stream, target:
+            try:
+                for chunk in iter(lambda: stream.read(1 << 20), b""):
+                    target.write(chunk)
+            except BrokenPipeError:
+                pass  # restic died: its exit status tells why
+
+    thread = threading.Thread(target=copy, daemon=True)
+    thread.start()
+    return thread
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(secret)
+        file.flush()
+        os.fsync(file.fileno())
+    partial.replace(path)
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    try:
+        yield
+    except command.CommandError as error:
+        raise _classify(error) from error
+
+
+def _classify(error: command.CommandError) -> BackupStoreError:
+    """What the tenant is told; the storage's own words are the operator's."""
+    text = f"{error} {error.stderr}".lower()
+    if "no space left" in text or "disk quota exceeded" in text:
+        reason = "the backup storage is full"
+    elif "already locked" in text:
+        reason = "the backup storage is busy with another operation; try again later"
+    elif any(
+        marker in text
+        for marker in (
+            "unable to open repository",
+            "connection refused",
+            "connection reset",
+            "ssh:",
+            "dial tcp",
+            "no such host",
+            "timed out",
+            "unable to start the sftp session",
+        )
+    ):
+        reason = "the backup storage cannot be reached"
+    else:
+        reason = "the backup storage failed"
+    return BackupStoreError(f"{reason} (the operator's log has the details)", str(error))
+
+
+def _waiting_for_lock(call: Callable[[], _T]) -> _T:
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            return call()
+        except command.CommandError as error:
+            if "already locked" not in error.stderr or time.monotonic() > deadline:
+                raise
+            log.info("the backup repository is locked by another restic; waiting")
+            time.sleep(2.0)
+
+
+class _SharedExclusiveLock:
+    """Many holders of ``shared``, or one of ``exclusive``; writers are not starved."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._condition:
+            self._condition.wait_for(lambda: not self._writer and not self._waiting_writers)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._readers -= 1
+                self._condition.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._condition:
+            self._waiting_writers += 1
+            self._condition.wait_for(lambda: not self._writer and not self._readers)
+            self._waiting_writers -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._writer = False
+                self._condition.notify_all()

@@ -1,0 +1,184 @@
+"""The backup operations: take one, restore one in place, forget one, make a new server's
+disks from one.
+
+A backup reads a point in time from a temporary internal snapshot (taken as snapshots are:
+filesystems frozen when the guest agent answers), streams each disk to the backup store,
+and deletes the snapshot. A rerun after a crash forgets what the interrupted attempt
+stored (found by the backup's uuid) and starts over; recovery deletes temporary snapshots
+no operation will.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, update
+
+from vpsd.backups.base import BackupStoreError, SavedDisk
+from vpsd.db.base import utcnow
+from vpsd.db.models import Backup, BackupStatus, OperationKind, ServerStatus
+from vpsd.hypervisor.base import DriverError
+from vpsd.operations.context import OperationContext
+from vpsd.operations.job import FailureHandler, Handler, Job, Result, set_server
+
+log = logging.getLogger(__name__)
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class _Backup:
+    id: int
+    uuid: str
+    status: BackupStatus
+    snapshot_tag: str
+    disks: list[dict[str, Any]]
+
+
+def _load(ctx: OperationContext, job: Job) -> _Backup | None:
+    with ctx.db.read() as session:
+        backup = session.get(Backup, job.backup_id)
+        if backup is None:
+            return None
+        return _Backup(
+            backup.id, backup.uuid, backup.status, backup.snapshot_tag, list(backup.disks)
+        )
+
+
+def _filename(disk: str) -> str:
+    return f"{disk}.raw"
+
+
+def _forget_stored(ctx: OperationContext, uuid: str) -> None:
+    ctx.backups.forget(ctx.backups.find({"backup": uuid}))
+
+
+# --- take ----------------------------------------------------------------------------------
+
+
+def _backup_create(ctx: OperationContext, job: Job) -> Result:
+    backup = _load(ctx, job)
+    if backup is None or backup.status != BackupStatus.IN_PROGRESS:
+        return []  # deleted before it was taken: its delete operation forgets any data
+    if job.attempts > 1:
+        # An interrupted attempt may have left a lock, stored disks and its snapshot.
+        ctx.backups.unlock_stale()
+        _forget_stored(ctx, backup.uuid)
+        ctx.driver.snapshot_delete(job.server_id, backup.snapshot_tag)
+    taken = ctx.driver.snapshot_create(job.server_id, backup.snapshot_tag, fresh=True)
+    try:
+        saved = _store_disks(ctx, job, backup)
+    except BaseException:
+        with suppress(DriverError):
+            _forget_stored(ctx, backup.uuid)
+        raise
+    finally:
+        ctx.driver.snapshot_delete(job.server_id, backup.snapshot_tag)
+    return [
+        update(Backup)
+        .where(Backup.id == backup.id, Backup.status == BackupStatus.IN_PROGRESS)
+        .values(
+            status=BackupStatus.COMPLETED,
+            size_mb=math.ceil(taken.captured_bytes / MIB),
+            stored_mb=math.ceil(sum(disk.added_bytes for _, disk in saved) / MIB),
+            consistency=taken.consistency,
+            disks=[
+                {"name": name, "size_bytes": disk.size_bytes, "snapshot": disk.snapshot}
+                for name, disk in saved
+            ],
+            completed_at=utcnow(),
+        )
+    ]
+
+
+def _store_disks(ctx: OperationContext, job: Job, backup: _Backup) -> list[tuple[str, SavedDisk]]:
+    saved: list[tuple[str, SavedDisk]] = []
+    for disk in ctx.driver.disks(job.server_id):
+        tags = {"backup": backup.uuid, "disk": disk.name, "server": str(job.server_id)}
+        with ctx.driver.snapshot_reader(job.server_id, backup.snapshot_tag, disk.name) as stream:
+            stored = ctx.backups.save(stream, _filename(disk.name), tags)
+        if stored.size_bytes != disk.size_bytes:
+            raise BackupStoreError(
+                "the disk could not be read whole (the operator's log has the details)",
+                f"{disk.name}: stored {stored.size_bytes} of {disk.size_bytes} bytes",
+            )
+        saved.append((disk.name, stored))
+    return saved
+
+
+def _backup_create_failed(ctx: OperationContext, job: Job, reason: str) -> Result:
+    backup = _load(ctx, job)
+    if backup is not None:
+        # Abandoned without a run, its temporary snapshot may still be on the disks.
+        with suppress(DriverError):
+            ctx.driver.snapshot_delete(job.server_id, backup.snapshot_tag)
+    return [
+        update(Backup)
+        .where(Backup.id == job.backup_id, Backup.status == BackupStatus.IN_PROGRESS)
+        .values(status=BackupStatus.FAILED, status_reason=reason, completed_at=utcnow())
+    ]
+
+
+# --- restore ---------------------------------------------------------------------------------
+
+
+def _write_disks(ctx: OperationContext, job: Job, backup: _Backup) -> None:
+    """Stream every disk of ``backup`` from the store onto the job's server's disks."""
+    for disk in backup.disks:
+        name, size = str(disk["name"]), int(disk["size_bytes"])
+        with ctx.driver.disk_writer(job.spec, name, size) as sink:
+            ctx.backups.load(str(disk["snapshot"]), _filename(name), sink)
+
+
+def _completed(ctx: OperationContext, job: Job) -> _Backup:
+    backup = _load(ctx, job)
+    if backup is None or backup.status != BackupStatus.COMPLETED:
+        raise DriverError(f"backup {job.backup_id} no longer exists")
+    return backup
+
+
+def _backup_restore(ctx: OperationContext, job: Job) -> Result:
+    backup = _completed(ctx, job)
+    ctx.driver.kill(job.server_id)  # a hard stop, as for a snapshot: the disks are replaced
+    _write_disks(ctx, job, backup)
+    if job.payload.get("power_state") == "running":
+        ctx.driver.start(job.spec)
+        return [set_server(job, ServerStatus.RUNNING, None)]
+    return [set_server(job, ServerStatus.STOPPED, None)]
+
+
+def _backup_restore_failed(ctx: OperationContext, job: Job, reason: str) -> Result:
+    return [
+        set_server(job, ServerStatus.ERROR, f"restore from backup {job.backup_id} failed: {reason}")
+    ]
+
+
+def restore_new_disks(ctx: OperationContext, job: Job) -> None:
+    """Make a new server's disks from the backup its create operation names."""
+    _write_disks(ctx, job, _completed(ctx, job))
+
+
+# --- forget ----------------------------------------------------------------------------------
+
+
+def _backup_delete(ctx: OperationContext, job: Job) -> Result:
+    backup = _load(ctx, job)
+    if backup is None:
+        return []
+    _forget_stored(ctx, backup.uuid)
+    return [delete(Backup).where(Backup.id == backup.id)]
+
+
+def _backup_delete_failed(ctx: OperationContext, job: Job, reason: str) -> Result:
+    # The backup stays hidden (``deleting``); recovery queues its deletion again.
+    return [update(Backup).where(Backup.id == job.backup_id).values(status_reason=reason)]
+
+
+HANDLERS: dict[OperationKind, tuple[Handler, FailureHandler]] = {
+    OperationKind.BACKUP_CREATE: (_backup_create, _backup_create_failed),
+    OperationKind.BACKUP_RESTORE: (_backup_restore, _backup_restore_failed),
+    OperationKind.BACKUP_DELETE: (_backup_delete, _backup_delete_failed),
+}

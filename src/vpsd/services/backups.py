@@ -1,0 +1,263 @@
+"""Backups: the rules of the Backups API (10 manual per server, completed-only restore,
+tenancy; backups outlive their server). The copying is an operation (``handlers``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Row, Select, exists, func, select
+from sqlalchemy.orm import Session, joinedload
+
+from vpsd.config import Settings
+from vpsd.db.models import (
+    Backup,
+    BackupStatus,
+    BackupType,
+    Operation,
+    OperationKind,
+    PowerStateName,
+    Server,
+    ServerStatus,
+)
+from vpsd.db.session import Database
+from vpsd.schemas import BackupCreate
+from vpsd.services.common import (
+    ACTIVE_OPERATION,
+    Dispatcher,
+    PageRequest,
+    enqueue,
+    ensure_idle,
+    lock_server,
+    transition,
+)
+from vpsd.services.errors import InvalidState, LimitReached, NotFound
+from vpsd.services.snapshots import ServerName
+from vpsd.services.states import ServerAction
+
+VISIBLE = (BackupStatus.IN_PROGRESS, BackupStatus.COMPLETED, BackupStatus.FAILED)
+COUNTED = (BackupStatus.IN_PROGRESS, BackupStatus.COMPLETED)
+"""Manual backups in these states count toward the per-server limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackupView:
+    """A backup as the read endpoints show it."""
+
+    id: int
+    server: ServerName
+    name: str
+    type: BackupType
+    status: BackupStatus
+    size_mb: int | None
+    stored_mb: int | None
+    created_at: datetime
+    description: str | None
+    status_reason: str | None
+    consistency: str | None
+    completed_at: datetime | None
+
+
+def _view_query() -> Select[Backup, int, str]:
+    return select(Backup, Server.id, Server.name).join(Backup.server)
+
+
+def _view(row: Row[Backup, int, str]) -> BackupView:
+    backup, server_id, server_name = row
+    return backup_view(backup, ServerName(server_id, server_name))
+
+
+def backup_view(backup: Backup, server: ServerName) -> BackupView:
+    """The plain value of a backup row."""
+    return BackupView(
+        backup.id, server, backup.name, backup.type, backup.status, backup.size_mb,
+        backup.stored_mb, backup.created_at, backup.description, backup.status_reason,
+        backup.consistency, backup.completed_at,
+    )  # fmt: skip
+
+
+class BackupService:
+    """The rules for a customer's backups; every method is one transaction."""
+
+    def __init__(self, db: Database, settings: Settings, dispatcher: Dispatcher) -> None:
+        self.db = db
+        self.settings = settings
+        self.dispatcher = dispatcher
+
+    def list(
+        self, account_id: int, page: PageRequest, server_id: int | None = None
+    ) -> tuple[int, list[BackupView]]:
+        """The account's backups, newest first, optionally of one server (deleted or not)."""
+        conditions = [Backup.account_id == account_id, Backup.status.in_(VISIBLE)]
+        if server_id is not None:
+            conditions.append(Backup.server_id == server_id)
+        with self.db.read() as session:
+            count = session.scalar(select(func.count()).select_from(Backup).where(*conditions))
+            rows = session.execute(
+                _view_query()
+                .where(*conditions)
+                .order_by(Backup.id.desc())
+                .offset(page.offset)
+                .limit(page.page_size)
+            ).all()
+            return count or 0, [_view(row) for row in rows]
+
+    def get(self, account_id: int, backup_id: int) -> BackupView:
+        """One of the account's backups; NotFound for others' and unknown ids."""
+        with self.db.read() as session:
+            row = session.execute(
+                _view_query().where(
+                    Backup.id == backup_id,
+                    Backup.account_id == account_id,
+                    Backup.status.in_(VISIBLE),
+                )
+            ).first()
+            if row is None:
+                raise NotFound("backup not found")
+            return _view(row)
+
+    def create(self, account_id: int, request: BackupCreate) -> BackupView:
+        """Record an ``in_progress`` manual backup and queue taking it.
+
+        Raises NotFound for an unknown server, InvalidState when it is not running or
+        stopped, LimitReached when it has the maximum of manual backups already.
+        """
+        with self.db.write() as session:
+            server = lock_server(session, account_id, request.server_id)
+            transition(server, ServerAction.BACKUP)
+            taken = session.scalar(
+                select(func.count())
+                .select_from(Backup)
+                .where(
+                    Backup.server_id == server.id,
+                    Backup.type == BackupType.MANUAL,
+                    Backup.status.in_(COUNTED),
+                )
+            )
+            limit = self.settings.max_manual_backups_per_server
+            if (taken or 0) >= limit:
+                raise LimitReached(
+                    f"backup limit reached: a server can have at most {limit} manual backups "
+                    "(automatic ones do not count); delete one first"
+                )
+            backup = add_backup(
+                session, server, request.name, request.description, BackupType.MANUAL
+            )
+            view = backup_view(backup, ServerName(server.id, server.name))
+        self.dispatcher.notify()
+        return view
+
+    def restore(self, account_id: int, backup_id: int) -> tuple[BackupView, PowerStateName]:
+        """Put the server in ``restoring`` and queue: hard stop, write the backup's bytes over
+        its disks, prior power state. Returns the backup and that power state.
+
+        Raises NotFound, or InvalidState when the backup is not completed, its server was
+        deleted, is not running or stopped, or is busy with another operation.
+        """
+        with self.db.write() as session:
+            found = self._find(session, account_id, backup_id)
+            if found.server.status == ServerStatus.DELETED:
+                raise InvalidState(
+                    "the server of this backup was deleted; create a new server from the "
+                    "backup instead (POST /api/v1/servers/ with backup_id)"
+                )
+            server = lock_server(session, account_id, found.server_id)
+            backup = self._find(session, account_id, backup_id)  # re-read under the lock
+            if backup.status != BackupStatus.COMPLETED:
+                raise InvalidState(
+                    f"only completed backups can be restored; this one is {backup.status}"
+                )
+            ensure_idle(session, server)
+            prior: PowerStateName = (
+                "running" if server.status == ServerStatus.RUNNING else "stopped"
+            )
+            transition(server, ServerAction.RESTORE)
+            enqueue(
+                session,
+                OperationKind.BACKUP_RESTORE,
+                server.id,
+                backup_id=backup.id,
+                payload={"power_state": prior},
+            )
+            view = backup_view(backup, ServerName(server.id, server.name))
+        self.dispatcher.notify()
+        return view, prior
+
+    def delete(self, account_id: int, backup_id: int) -> None:
+        """Hide the backup at once and queue forgetting its data in the repository.
+
+        Raises NotFound, or InvalidState while it is being restored or a server is being
+        made from it.
+        """
+        with self.db.write() as session:
+            backup = self._find(session, account_id, backup_id)
+            if backup.server.status != ServerStatus.DELETED:
+                lock_server(session, account_id, backup.server_id)
+                backup = self._find(session, account_id, backup_id)
+            if backup_in_use(session, backup.id):
+                raise InvalidState(
+                    "this backup is being restored or a server is being made from it; delete "
+                    "it when that has finished"
+                )
+            backup.status = BackupStatus.DELETING
+            enqueue(session, OperationKind.BACKUP_DELETE, backup.server_id, backup_id=backup.id)
+        self.dispatcher.notify()
+
+    @staticmethod
+    def _find(session: Session, account_id: int, backup_id: int) -> Backup:
+        backup = session.scalar(
+            select(Backup)
+            .options(joinedload(Backup.server))
+            .where(
+                Backup.id == backup_id,
+                Backup.account_id == account_id,
+                Backup.status.in_(VISIBLE),
+            )
+            .with_for_update(of=Backup)
+            .execution_options(populate_existing=True)
+        )
+        if backup is None:
+            raise NotFound("backup not found")
+        return backup
+
+
+def add_backup(
+    session: Session,
+    server: Server,
+    name: str,
+    description: str | None,
+    backup_type: BackupType,
+    slot: datetime | None = None,
+) -> Backup:
+    """Add an ``in_progress`` backup of ``server`` (locked by the caller) and queue taking
+    it. The caller checks the rules and commits."""
+    backup = Backup(
+        account_id=server.account_id,
+        server=server,
+        name=name,
+        description=description,
+        type=backup_type,
+        status=BackupStatus.IN_PROGRESS,
+        slot=slot,
+        image_id=server.image_id,
+        disk_gb=server.disk_gb,
+    )
+    session.add(backup)
+    session.flush()
+    enqueue(session, OperationKind.BACKUP_CREATE, server.id, backup_id=backup.id)
+    return backup
+
+
+def backup_in_use(session: Session, backup_id: int) -> bool:
+    """Whether a restore from the backup, or a new server from it, is queued or running."""
+    return bool(
+        session.scalar(
+            select(
+                exists().where(
+                    Operation.backup_id == backup_id,  # ix_operations_backup_id
+                    Operation.kind.in_((OperationKind.BACKUP_RESTORE, OperationKind.SERVER_CREATE)),
+                    Operation.status.in_(ACTIVE_OPERATION),
+                )
+            )
+        )
+    )
