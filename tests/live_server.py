@@ -150,11 +150,12 @@ class LiveServer:
 
 
 @contextmanager
-def serving(database_url: str | None = None) -> Iterator[LiveServer]:
-    """A started ``LiveServer`` in a fresh short data dir; afterwards it is stopped, every VM
-    it started is killed and the data dir removed, even when the block failed."""
+def serving(database_url: str | None = None, **settings: str) -> Iterator[LiveServer]:
+    """A started ``LiveServer`` in a fresh short data dir (``settings`` as ``VPSD_*``);
+    afterwards it is stopped, every VM it started is killed and the data dir removed, even
+    when the block failed."""
     root = qh.short_tmpdir()
-    server = LiveServer(root, database_url=database_url)
+    server = LiveServer(root, database_url=database_url, **settings)
     try:
         server.start()
         yield server
