@@ -7,6 +7,6 @@ end-to-end suites do.
 from __future__ import annotations
 
 from tests.e2e.conftest import alice_live, live_server
-from tests.unit.conftest import alice, bob, client, fake_driver
+from tests.unit.conftest import alice, bob, client, fake_driver, fake_store
 
-__all__ = ["alice", "alice_live", "bob", "client", "fake_driver", "live_server"]
+__all__ = ["alice", "alice_live", "bob", "client", "fake_driver", "fake_store", "live_server"]

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import ApiClient
+from vpsd.backups.fake import FakeBackupStore
 from vpsd.hypervisor.fake import FakeDriver
 from vpsd.schemas import MAX_ID
 
@@ -22,9 +23,12 @@ NEVER_USED = [999_999, MAX_ID]
 class Estate:
     """Alice's and bob's objects, and the ids that name nothing alice can see."""
 
-    def __init__(self, alice: ApiClient, bob: ApiClient, driver: FakeDriver) -> None:
+    def __init__(
+        self, alice: ApiClient, bob: ApiClient, driver: FakeDriver, store: FakeBackupStore
+    ) -> None:
         self.alice_server = alice.create_server("alice-web")["id"]
         self.alice_snapshot = alice.create_snapshot(self.alice_server, "alice-snap")["id"]
+        self.alice_backup = alice.create_backup(self.alice_server, "alice-backup")["id"]
 
         bob_running = bob.create_server("bob-web")["id"]
         bob_stopped = bob.create_server("bob-db")["id"]
@@ -35,16 +39,25 @@ class Estate:
         bob_failed = bob.create_snapshot(bob_stopped, "bob-failed")["id"]
         assert bob.get(f"/snapshots/{bob_failed}/").json()["status"] == "failed"
 
+        bob_backup = bob.create_backup(bob_running, "bob-backup")["id"]
+        store.fail_next("save", "injected failure")
+        bob_failed_backup = bob.create_backup(bob_stopped, "bob-failed")["id"]
+        bob_gone_backup = bob.create_backup(bob_running, "bob-gone")["id"]
+        assert bob.delete(f"/backups/{bob_gone_backup}/").status_code == 204
+
         bob_gone_snapshot = bob.create_snapshot(bob_running, "bob-gone")["id"]
         assert bob.delete(f"/snapshots/{bob_gone_snapshot}/").status_code == 204
         bob_gone_server = bob.create_server("bob-gone")["id"]
         bob_gone_server_snapshot = bob.create_snapshot(bob_gone_server, "with-server")["id"]
+        bob_orphan_backup = bob.create_backup(bob_gone_server, "outlives")["id"]
         assert bob.delete(f"/servers/{bob_gone_server}/").status_code == 204
         bob.wait_server(bob_gone_server, None)
 
         alice_gone_server = alice.create_server("alice-gone")["id"]
         alice_gone_snapshot = alice.create_snapshot(alice_gone_server, "alice-gone")["id"]
+        alice_gone_backup = alice.create_backup(alice_gone_server, "alice-gone")["id"]
         assert alice.delete(f"/snapshots/{alice_gone_snapshot}/").status_code == 204
+        assert alice.delete(f"/backups/{alice_gone_backup}/").status_code == 204
         assert alice.delete(f"/servers/{alice_gone_server}/").status_code == 204
         alice.wait_server(alice_gone_server, None)
 
@@ -61,16 +74,34 @@ class Estate:
             "bob-of-deleted-server": bob_gone_server_snapshot,
             "alice-deleted": alice_gone_snapshot,
         }
+        self.foreign_backups = {
+            "bob-completed": bob_backup,
+            "bob-failed": bob_failed_backup,
+            "bob-deleted": bob_gone_backup,
+            "bob-of-deleted-server": bob_orphan_backup,
+            "alice-deleted": alice_gone_backup,
+        }
         self.bob = bob
         self.bob_before = self.bob_state()
 
-    def bob_state(self) -> tuple[Any, Any]:
-        return self.bob.get("/servers/").json(), self.bob.get("/snapshots/").json()
+    def bob_state(self) -> tuple[Any, ...]:
+        policies = [
+            self.bob.get(f"/servers/{sid}/backup-policy/").json()
+            for sid in (self.foreign_servers["bob-running"], self.foreign_servers["bob-stopped"])
+        ]
+        return (
+            self.bob.get("/servers/").json(),
+            self.bob.get("/snapshots/").json(),
+            self.bob.get("/backups/").json(),
+            policies,
+        )
 
 
 @pytest.fixture
-def estate(alice: ApiClient, bob: ApiClient, fake_driver: FakeDriver) -> Estate:
-    return Estate(alice, bob, fake_driver)
+def estate(
+    alice: ApiClient, bob: ApiClient, fake_driver: FakeDriver, fake_store: FakeBackupStore
+) -> Estate:
+    return Estate(alice, bob, fake_driver, fake_store)
 
 
 def fingerprint(response: Any) -> tuple[int, bytes, dict[str, str]]:
@@ -90,6 +121,12 @@ SNAPSHOT_ENDPOINTS = [
     ("POST", "/snapshots/{}/restore/"),
     ("DELETE", "/snapshots/{}/"),
 ]
+BACKUP_ENDPOINTS = [
+    ("GET", "/backups/{}/"),
+    ("POST", "/backups/{}/restore/"),
+    ("DELETE", "/backups/{}/"),
+]
+POLICY = {"enabled": True, "frequency": "daily", "hour": 1, "keep": 2}
 
 
 def _assert_like_never_used(request: Any, foreign: dict[str, int]) -> None:
@@ -116,6 +153,55 @@ def test_snapshot_endpoints(alice: ApiClient, estate: Estate, method: str, templ
         estate.foreign_snapshots,
     )
     assert estate.bob_state() == estate.bob_before
+
+
+@pytest.mark.parametrize(("method", "template"), BACKUP_ENDPOINTS, ids=lambda x: str(x))
+def test_backup_endpoints(alice: ApiClient, estate: Estate, method: str, template: str) -> None:
+    _assert_like_never_used(
+        lambda object_id: alice.request(method, template.format(object_id)),
+        estate.foreign_backups,
+    )
+    assert estate.bob_state() == estate.bob_before
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT"])
+def test_backup_policy_of_anothers_server(alice: ApiClient, estate: Estate, method: str) -> None:
+    _assert_like_never_used(
+        lambda sid: alice.request(method, f"/servers/{sid}/backup-policy/", json=POLICY),
+        estate.foreign_servers,
+    )
+    assert estate.bob_state() == estate.bob_before
+
+
+def test_backup_of_anothers_server(alice: ApiClient, estate: Estate) -> None:
+    _assert_like_never_used(
+        lambda sid: alice.post("/backups/", json={"server_id": sid, "name": "intruder"}),
+        estate.foreign_servers,
+    )
+    assert estate.bob_state() == estate.bob_before
+
+
+@pytest.mark.parametrize(
+    ("field", "foreign"), [("snapshot_id", "foreign_snapshots"), ("backup_id", "foreign_backups")]
+)
+def test_new_server_from_anothers_copy(
+    alice: ApiClient, estate: Estate, field: str, foreign: str
+) -> None:
+    def create(object_id: int) -> Any:
+        return alice.post("/servers/", json={"name": "copy", "disk_gb": 1, field: object_id})
+
+    _assert_like_never_used(create, getattr(estate, foreign))
+    assert alice.get("/servers/").json()["count"] == 1
+    assert estate.bob_state() == estate.bob_before
+
+
+def test_backup_list_filtered_by_anothers_server(alice: ApiClient, estate: Estate) -> None:
+    reference = fingerprint(alice.get(f"/backups/?server_id={NEVER_USED[0]}"))
+    assert reference[0] == 200
+    for case, server_id in estate.foreign_servers.items():
+        if case == "alice-deleted":
+            continue  # her own deleted server: its backups are hers to list (none left here)
+        assert fingerprint(alice.get(f"/backups/?server_id={server_id}")) == reference, case
 
 
 @pytest.mark.parametrize("description", [None, "x"])
@@ -147,7 +233,10 @@ def test_lists_show_only_ones_own(alice: ApiClient, estate: Estate) -> None:
     assert snapshots["count"] == 1
     assert [s["id"] for s in snapshots["results"]] == [estate.alice_snapshot]
     # and bob's own view is the mirror image: his live objects, none of alice's
-    bob_servers, bob_snapshots = estate.bob_before
+    backups = alice.get("/backups/").json()
+    assert [b["id"] for b in backups["results"]] == [estate.alice_backup]
+    bob_servers, bob_snapshots, bob_backups, _ = estate.bob_before
+    assert bob_backups["count"] == 3  # completed, failed, and the deleted server's
     assert bob_servers["count"] == 2 and bob_snapshots["count"] == 2
     assert estate.alice_server not in [s["id"] for s in bob_servers["results"]]
 
