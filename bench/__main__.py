@@ -1,4 +1,4 @@
-"""``python -m bench [snapshots|guest|api|guests|all] [--sizes 256M,2G,8G] [--quick]``.
+"""``python -m bench [snapshots|guest|api|guests|backups|all] [--sizes 256M,2G,8G] [--quick]``.
 
 Each part prints its tables, writes ``<results-dir>/<part>.json`` and then
 ``docs/benchmarks.md`` is regenerated from every part's latest result (``--doc`` elsewhere,
@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import api, guest, guests, report, snapshots
+from bench import api, backups, guest, guests, report, snapshots
 from bench.util import (
+    GIB,
     ResultTable,
     console,
     machine,
@@ -26,7 +27,7 @@ from bench.util import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("snapshots", "guest", "api", "guests")
+PARTS = ("snapshots", "guest", "api", "guests", "backups")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,11 +43,28 @@ def _parser() -> argparse.ArgumentParser:
         "--sizes", default="256M,2G,8G", help="written data per server (snapshots, deletion)"
     )
     parser.add_argument("--reps", type=int, default=5, help="repetitions of API snapshot/restore")
-    parser.add_argument("--copy-reps", type=int, default=3, help="repetitions of full copies")
+    parser.add_argument(
+        "--copy-reps", type=int, default=3, help="repetitions of full copies (and of backups)"
+    )
     parser.add_argument("--throughput-size", default="1G", help="data per write pass (guest)")
     parser.add_argument("--servers", type=int, default=10_000, help="seeded servers (api)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per step")
     parser.add_argument("--rates", default="100,300", help="fixed rates in req/s (api)")
+    parser.add_argument(
+        "--backup-disk-gb", type=int, default=2, help="disk of the backed-up server (backups)"
+    )
+    parser.add_argument(
+        "--backup-data", default="", help="random data in it (backups; default: all of it)"
+    )
+    parser.add_argument(
+        "--clone-disk-gb", type=int, default=8, help="disk of servers made from a snapshot"
+    )
+    parser.add_argument("--clone-data", default="256M", help="random data in their source")
+    parser.add_argument(
+        "--no-image",
+        action="store_true",
+        help="backups: no servers from the debian-12 image even when it is built",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -76,6 +94,15 @@ def _run_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
             args.servers, args.duration, [float(r) for r in args.rates.split(",")], args.work_dir
         ),
         "guests": lambda: guests.run(args.reps, args.work_dir),
+        "backups": lambda: backups.run(
+            args.backup_disk_gb,
+            parse_size(args.backup_data) if args.backup_data else args.backup_disk_gb * GIB,
+            args.clone_disk_gb,
+            parse_size(args.clone_data),
+            args.copy_reps,
+            not args.no_image,
+            args.work_dir,
+        ),
     }
     before = machine(args.work_dir or Path("/tmp"))
     data = runners[part]()
@@ -100,6 +127,8 @@ def render(
         return guest.tables(data)
     if result["part"] == "guests":
         return guests.tables(data)
+    if result["part"] == "backups":
+        return backups.tables(data)
     before_path = results_dir / "api-before.json"
     before = json.loads(before_path.read_text())["data"] if before_path.exists() else None
     return api.tables(data, None if result.get("label") == "before" else before)
@@ -111,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.sizes, args.reps, args.copy_reps = "8M", 2, 1
         args.throughput_size, args.servers, args.duration = "8M", 50, 2.0
+        args.backup_disk_gb, args.backup_data, args.no_image = 1, "8M", True
+        args.clone_disk_gb, args.clone_data = 1, "8M"
     parts = PARTS if args.part == "all" else () if args.part == "report" else (args.part,)
     for part in parts:
         result = _run_part(part, args)

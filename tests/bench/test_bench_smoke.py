@@ -7,6 +7,7 @@ dir, and that docs/benchmarks.md was left alone.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,24 @@ pytestmark = [pytest.mark.qemu, pytest.mark.e2e, qh.requires_qemu]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("part", ["snapshots", "guest", "api", "guests"])
+BACKUP_TOOLS = [tool for tool in ("restic", "nbdcopy", "qemu-nbd") if shutil.which(tool) is None]
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        "snapshots",
+        "guest",
+        "api",
+        "guests",
+        pytest.param(
+            "backups",
+            marks=pytest.mark.skipif(
+                bool(BACKUP_TOOLS), reason=f"missing from PATH: {', '.join(BACKUP_TOOLS)}"
+            ),
+        ),
+    ],
+)
 def test_each_part_writes_its_results_and_table(part: str, tmp_path: Path) -> None:
     doc = ROOT / "docs" / "benchmarks.md"
     doc_before = doc.read_bytes() if doc.exists() else None

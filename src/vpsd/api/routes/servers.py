@@ -34,10 +34,15 @@ def list_servers(
 
 
 @router.post(
-    "/", operation_id="createServer", status_code=201, responses=responses(400, 401, 413, 415)
+    "/",
+    operation_id="createServer",
+    status_code=201,
+    responses=responses(400, 401, 404, 413, 415),
 )
 def create_server(body: ServerCreate, principal: PrincipalDep, services: ServicesDep) -> ServerOut:
-    """Create a server: its disk is made and its VM boots (status ``starting``→``running``)."""
+    """Create a server: its disk is made (from an image, a snapshot or a backup) and its VM
+    boots (status ``starting``→``running``). 404: an SSH key, snapshot or backup that is not
+    yours."""
     return server_out(services.servers.create(principal.account_id, body))
 
 
