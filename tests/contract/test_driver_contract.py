@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from tests.contract.driver_probes import DiskProbe
@@ -164,3 +166,54 @@ def test_a_vm_paused_outside_vpsd_is_reported_and_left_paused(
     assert driver.info(SID).power_state is PowerState.STOPPED
     driver.start(SPEC)
     assert driver.run_state(SID) is RunState.RUNNING
+
+
+def test_a_snapshot_streams_out_and_back_in(driver: Driver, disk: DiskProbe) -> None:
+    driver.start(SPEC)
+    disk.write(SID, 0xAB)
+    driver.snapshot_create(SID, "point")
+    disk.write(SID, 0xCD)  # after the snapshot: not in the stream
+    [info] = driver.disks(SID)
+    assert info.name == "disk0"
+    other = VmSpec(server_id=8, memory_mb=128, vcpus=1, disk_gb=1)
+    with (
+        driver.snapshot_reader(SID, "point", "disk0") as stream,
+        driver.disk_writer(other, "disk0", info.size_bytes) as sink,
+    ):
+        shutil.copyfileobj(stream, sink, MIB)
+    assert disk.has(8, 0xAB)
+    assert driver.snapshot_tags(8) == set()
+    # A running VM's disk is not written under it.
+    with pytest.raises(DriverError), driver.disk_writer(SPEC, "disk0", info.size_bytes):
+        pass
+    driver.kill(SID)
+    with (
+        driver.snapshot_reader(SID, "point", "disk0") as stream,
+        driver.disk_writer(SPEC, "disk0", info.size_bytes) as sink,
+    ):
+        shutil.copyfileobj(stream, sink, MIB)
+    assert disk.has(SID, 0xAB)
+    assert driver.snapshot_tags(SID) == {"point"}  # written in place: snapshots kept
+
+
+def test_a_cut_stream_leaves_no_new_disk(driver: Driver) -> None:
+    spec = VmSpec(server_id=9, memory_mb=128, vcpus=1, disk_gb=1)
+    with pytest.raises(RuntimeError), driver.disk_writer(spec, "disk0", MIB) as sink:
+        sink.write(b"\x01" * 4096)
+        raise RuntimeError("the backup storage went away")
+    assert driver.disks(9) == []
+
+
+def test_clone_a_snapshot_into_a_new_server(driver: Driver, disk: DiskProbe) -> None:
+    driver.start(SPEC)
+    disk.write(SID, 0x11)
+    driver.snapshot_create(SID, "golden")
+    disk.write(SID, 0x22)
+    bigger = VmSpec(server_id=10, memory_mb=128, vcpus=1, disk_gb=2)
+    driver.snapshot_clone(SID, "golden", bigger)
+    driver.snapshot_clone(SID, "golden", bigger)  # idempotent
+    assert disk.has(10, 0x11)
+    assert disk.has(SID, 0x22)
+    assert driver.snapshot_tags(10) == set()
+    with pytest.raises(DriverError):
+        driver.snapshot_clone(SID, "no-such-snapshot", VmSpec(11, 128, 1, 1))

@@ -9,6 +9,7 @@ shown to a user as is.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import json
 import os
@@ -211,8 +212,9 @@ def streaming(
 
     Raises ``CommandError`` when it is missing, exits non-zero, or has not ended
     ``timeout`` seconds after it started (it is killed then). When the body raises, the
-    program is killed. Unlike ``run``'s commands, it dies with vpsd (``PR_SET_PDEATHSIG``:
-    Linux sends it SIGKILL when the thread that started it ends).
+    program is killed, with whatever it started (its process group). Unlike ``run``'s
+    commands, it dies with vpsd (``PR_SET_PDEATHSIG``: Linux sends it SIGKILL when the thread
+    that started it ends).
     """
     if not args:
         raise ValueError("streaming() needs a command")
@@ -235,7 +237,7 @@ def streaming(
 
     def expire() -> None:
         timed_out.set()
-        process.kill()
+        _kill_group(process)
 
     timer = threading.Timer(timeout, expire)
     timer.daemon = True
@@ -246,7 +248,7 @@ def streaming(
     try:
         yield process
     except BaseException:
-        process.kill()
+        _kill_group(process)
         raise
     finally:
         for pipe in (process.stdin, process.stdout):
@@ -256,13 +258,21 @@ def streaming(
             returncode = process.wait()
         finally:
             timer.cancel()
-        reader.join()
+        # A child the program started (nbdcopy's qemu-nbd) may hold stderr open after it.
+        reader.join(timeout=10.0)
     stderr = b"".join(stderr_lines).decode(errors="replace")
     if timed_out.is_set():
         raise CommandError(args, None, stderr, f"{name} timed out after {timeout:g}s")
     if returncode != 0:
         detail = _one_line(stderr)[-2000:] or "no error output"
         raise CommandError(args, returncode, stderr, f"{name} failed (exit {returncode}): {detail}")
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the program and what it started (its own session: ``start_new_session``)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.kill()
 
 
 def _drain(process: subprocess.Popen[bytes], into: list[bytes]) -> None:
