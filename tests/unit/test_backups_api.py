@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import re
 
-from tests.helpers import ApiClient, wait_for
+from sqlalchemy import select
+
+from tests.helpers import ApiClient, snapshot_tag, wait_for
 from vpsd.backups.fake import FakeBackupStore
+from vpsd.config import Settings
+from vpsd.db.models import Backup, BackupStatus, BackupType, Server
+from vpsd.db.session import Database
 from vpsd.hypervisor.fake import FakeDriver
+from vpsd.operations.context import OperationContext
+from vpsd.operations.recovery import recover
 
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 BACKUP_KEYS = {
@@ -279,3 +286,30 @@ def test_bad_input_is_a_clear_400_and_changes_nothing(alice: ApiClient) -> None:
         assert response.status_code == 400, (policy, response.text)
     assert alice.get("/backups/").json()["count"] == 0
     assert alice.get(f"/servers/{sid}/backup-policy/").json()["enabled"] is False
+
+
+def test_recovery_deletes_leftover_temporary_snapshots_and_settles_backups(
+    alice: ApiClient, settings: Settings, fake_driver: FakeDriver, fake_store: FakeBackupStore
+) -> None:
+    sid = alice.create_server()["id"]
+    fake_driver.snapshot_create(sid, "vpsd-backup-0123456789abcdef")  # left by a crash
+    snapshot = alice.create_snapshot(sid)
+    database = Database(settings.effective_database_url)
+    try:
+        with database.write() as session:  # a backup whose operation vanished
+            session.add(
+                Backup(
+                    account_id=session.scalars(select(Server.account_id)).one(),
+                    server_id=sid, name="orphan", type=BackupType.MANUAL,
+                    status=BackupStatus.IN_PROGRESS, disk_gb=1,
+                )
+            )  # fmt: skip
+        recover(OperationContext(database, fake_driver, settings, fake_store))
+    finally:
+        database.dispose()
+    assert fake_driver.snapshot_tags(sid) == {
+        snapshot_tag(settings.effective_database_url, snapshot["id"])
+    }
+    [orphan] = alice.get("/backups/").json()["results"]
+    assert orphan["status"] == "failed"
+    assert orphan["status_reason"] == "interrupted: vpsd stopped before it was taken"

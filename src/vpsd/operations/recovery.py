@@ -84,7 +84,10 @@ def report_unknown_snapshots(ctx: OperationContext) -> None:
         ).all()
         backing_up = set(
             session.scalars(
-                select(Backup.server_id).where(Backup.status == BackupStatus.IN_PROGRESS)
+                select(Operation.server_id).where(
+                    Operation.kind == OperationKind.BACKUP_CREATE,
+                    Operation.status.in_(ACTIVE_OPERATION),
+                )
             )
         )
     recorded: dict[int, set[str]] = {}
@@ -96,8 +99,8 @@ def report_unknown_snapshots(ctx: OperationContext) -> None:
             temporary = {tag for tag in stray if tag.startswith(BACKUP_TAG_PREFIX)}
             stray -= temporary
             if server_id not in backing_up:
-                # A backup's temporary snapshot whose backup is over: vpsd's own, made to be
-                # deleted; a backup under way deletes its own when it runs again.
+                # A backup's temporary snapshot with no backup operation left to delete it:
+                # vpsd's own, made to be deleted (an interrupted one deletes its own).
                 for tag in sorted(temporary):
                     log.warning("server %s: deleting leftover backup snapshot %s", server_id, tag)
                     ctx.driver.snapshot_delete(server_id, tag)
