@@ -323,6 +323,11 @@ class BackupOut(ResponseModel):
     consistency: Consistency | None = Field(
         default=None, description="as a snapshot's; null while in progress"
     )
+    progress: int | None = Field(
+        default=None,
+        description="percent of the server's disks read into the backup so far (0-100); 100 "
+        "once completed, null if it failed",
+    )
     completed_at: Timestamp | None = None
 
 

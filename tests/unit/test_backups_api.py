@@ -29,6 +29,7 @@ BACKUP_KEYS = {
     "description",
     "status_reason",
     "consistency",
+    "progress",
     "completed_at",
 }
 MIB = 1024 * 1024
@@ -50,11 +51,13 @@ def test_create_answers_in_the_snapshot_pages_style(alice: ApiClient) -> None:
         "in_progress",
     )
     assert body["size_mb"] is None and body["stored_mb"] is None
+    assert body["progress"] == 0
     assert TIME.match(body["created_at"])
     assert f"/api/v1/backups/{body['id']}/" in body["message"]
     done = alice.wait_backup(body["id"])
     assert set(done) == BACKUP_KEYS
     assert done["status"] == "completed", done
+    assert done["progress"] == 100
     assert TIME.match(done["completed_at"])
 
 
@@ -205,7 +208,7 @@ def test_a_failing_store_fails_the_backup_and_leaves_the_server_alone(
     assert backup["status_reason"] == (
         "the backup storage is full (the operator's log has the details)"
     )
-    assert backup["size_mb"] is None
+    assert backup["size_mb"] is None and backup["progress"] is None
     server = alice.get(f"/servers/{sid}/").json()
     assert (server["status"], server["status_reason"]) == ("running", None)
     assert fake_driver.read(sid) == b"data"

@@ -103,6 +103,7 @@ def backup_out(backup: BackupView) -> BackupOut:
         description=backup.description,
         status_reason=backup.status_reason,
         consistency=backup.consistency,
+        progress=backup.progress,
         completed_at=backup.completed_at,
     )
 

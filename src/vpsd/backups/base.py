@@ -7,7 +7,7 @@ crash (a repeated ``save`` makes a second copy; callers find and forget leftover
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO, Protocol
 
@@ -34,13 +34,18 @@ class SavedDisk:
 
 Tags = Mapping[str, str]
 """``key=value`` labels a stored disk carries (the backup's uuid, the disk's name...)."""
+Progress = Callable[[int], None]
+"""Called with the bytes of a stream stored so far."""
 
 
 class BackupStore(Protocol):
     """A repository of disk images, deduplicated across backups."""
 
-    def save(self, stream: IO[bytes], filename: str, tags: Tags) -> SavedDisk:
-        """Store the stream's bytes (read to its end, then closed) as ``filename``."""
+    def save(
+        self, stream: IO[bytes], filename: str, tags: Tags, on_progress: Progress | None = None
+    ) -> SavedDisk:
+        """Store the stream's bytes (read to its end, then closed) as ``filename``; call
+        ``on_progress`` now and then with the bytes stored so far."""
         ...
 
     def load(self, snapshot: str, filename: str, sink: IO[bytes]) -> None:

@@ -7,7 +7,7 @@ import threading
 import zlib
 from typing import IO
 
-from vpsd.backups.base import BackupStoreError, SavedDisk, Tags
+from vpsd.backups.base import BackupStoreError, Progress, SavedDisk, Tags
 
 
 class FakeBackupStore:
@@ -25,11 +25,15 @@ class FakeBackupStore:
         with self._lock:
             self._faults.setdefault(method_name, []).append(reason)
 
-    def save(self, stream: IO[bytes], filename: str, tags: Tags) -> SavedDisk:
+    def save(
+        self, stream: IO[bytes], filename: str, tags: Tags, on_progress: Progress | None = None
+    ) -> SavedDisk:
         """Keep the bytes; "added" is their compressed length when no copy exists yet."""
         with stream:
             data = stream.read()
         self._fault("save")
+        if on_progress is not None:
+            on_progress(len(data))
         with self._lock:
             known = any(stored == data for stored, _ in self.stored.values())
             snapshot = f"{next(self._ids):08x}"

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from vpsd.backups.base import BackupStoreError, SavedDisk, Tags
+from vpsd.backups.base import BackupStoreError, Progress, SavedDisk, Tags
 from vpsd.hypervisor import command
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,11 @@ class ResticStore:
 
     # -- the contract --------------------------------------------------------------------------
 
-    def save(self, stream: IO[bytes], filename: str, tags: Tags) -> SavedDisk:
-        """``restic backup --stdin``; the stream is handed to restic (closed here)."""
+    def save(
+        self, stream: IO[bytes], filename: str, tags: Tags, on_progress: Progress | None = None
+    ) -> SavedDisk:
+        """``restic backup --stdin``; the stream is handed to restic (closed here). Progress
+        comes from restic's JSON status lines (one a second)."""
         self.ensure_ready()
         args = self._args(
             "backup", "--stdin", "--stdin-filename", filename, "--json", *_tag_args(tags)
@@ -89,10 +92,15 @@ class ResticStore:
         ):
             feeder = _feed(stream, process)
             assert process.stdout is not None
-            output = process.stdout.read().decode(errors="replace")
+            summary = _read_output(process.stdout, on_progress)
             if feeder is not None:
                 feeder.join()
-        summary = _summary(output)
+        # Checked once restic has ended: a failed restic's own words (above) come first.
+        if summary is None:
+            raise BackupStoreError(
+                "the backup storage failed (the operator's log has the details)",
+                "restic backup exited 0 without a summary",
+            )
         short_id = str(summary["snapshot_id"])
         # The summary names the snapshot by a prefix; keep the full id, never ambiguous.
         full = [s for s in self.find(tags) if s.startswith(short_id)]
@@ -133,6 +141,7 @@ class ResticStore:
         if not snapshots:
             return
         self.ensure_ready()
+        self._run("unlock")  # a restic killed mid-command left a lock --prune would wait on
         self._run("forget", "--prune", *snapshots, exclusive=True)
 
     def unlock_stale(self) -> None:
@@ -222,7 +231,7 @@ class ResticStore:
             "RESTIC_REPOSITORY": self.repository,
             "RESTIC_PASSWORD_FILE": str(self.password_file),
             "RESTIC_CACHE_DIR": str(self.cache_dir),
-            "RESTIC_PROGRESS_FPS": "0.2",
+            "RESTIC_PROGRESS_FPS": "1",
         }
 
 
@@ -234,15 +243,25 @@ def _tag_args(tags: Tags) -> list[str]:
     return [arg for key, value in sorted(tags.items()) for arg in ("--tag", f"{key}={value}")]
 
 
-def _summary(output: str) -> dict[str, Any]:
-    for line in reversed(output.splitlines()):
-        if '"message_type":"summary"' in line.replace(" ", ""):
-            summary: dict[str, Any] = json.loads(line)
-            return summary
-    raise BackupStoreError(
-        "the backup storage failed (the operator's log has the details)",
-        f"restic backup printed no summary: {output[-500:]!r}",
-    )
+def _read_output(output: IO[bytes], on_progress: Progress | None) -> dict[str, Any] | None:
+    """restic backup's summary (None if it printed none), passing the bytes of its status
+    lines to ``on_progress``."""
+    summary: dict[str, Any] | None = None
+    last = b""
+    for line in output:
+        last = line
+        try:
+            message = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        kind = message.get("message_type")
+        if kind == "status" and on_progress is not None:
+            on_progress(int(message.get("bytes_done", 0)))
+        elif kind == "summary":
+            summary = message
+    if summary is None:
+        log.warning("restic backup printed no summary; its last line: %r", last[-500:])
+    return summary
 
 
 def _pipe_end(stream: IO[bytes]) -> int | None:

@@ -272,6 +272,8 @@ class Backup(Base):
     size_mb: Mapped[int | None] = mapped_column(BigInteger)
     stored_mb: Mapped[int | None] = mapped_column(BigInteger)
     consistency: Mapped[str | None] = mapped_column(String(16))
+    progress: Mapped[int | None] = mapped_column(Integer)
+    """Percent of the disks' bytes stored so far, while in progress (100 once completed)."""
     slot: Mapped[datetime | None] = mapped_column(UTCDateTime())
     """The policy's schedule slot an automatic backup was taken for (one backup per slot)."""
     image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="SET NULL"))

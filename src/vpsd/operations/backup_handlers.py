@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,8 @@ from vpsd.operations.job import FailureHandler, Handler, Job, Result, set_server
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
+PROGRESS_INTERVAL = 2.0
+"""Seconds between two records of a backup's progress."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,7 @@ def _backup_create(ctx: OperationContext, job: Job) -> Result:
             size_mb=math.ceil(taken.captured_bytes / MIB),
             stored_mb=math.ceil(sum(disk.added_bytes for _, disk in saved) / MIB),
             consistency=taken.consistency,
+            progress=100,
             disks=[
                 {"name": name, "size_bytes": disk.size_bytes, "snapshot": disk.snapshot}
                 for name, disk in saved
@@ -96,10 +100,13 @@ def _backup_create(ctx: OperationContext, job: Job) -> Result:
 
 def _store_disks(ctx: OperationContext, job: Job, backup: _Backup) -> list[tuple[str, SavedDisk]]:
     saved: list[tuple[str, SavedDisk]] = []
-    for disk in ctx.driver.disks(job.server_id):
+    disks = ctx.driver.disks(job.server_id)
+    progress = _ProgressWriter(ctx, backup.id, sum(disk.size_bytes for disk in disks))
+    for disk in disks:
         tags = {"backup": backup.uuid, "disk": disk.name, "server": str(job.server_id)}
         with ctx.driver.snapshot_reader(job.server_id, backup.snapshot_tag, disk.name) as stream:
-            stored = ctx.backups.save(stream, _filename(disk.name), tags)
+            stored = ctx.backups.save(stream, _filename(disk.name), tags, progress.update)
+        progress.disk_done(disk.size_bytes)
         if stored.size_bytes != disk.size_bytes:
             raise BackupStoreError(
                 "the disk could not be read whole (the operator's log has the details)",
@@ -107,6 +114,37 @@ def _store_disks(ctx: OperationContext, job: Job, backup: _Backup) -> list[tuple
             )
         saved.append((disk.name, stored))
     return saved
+
+
+class _ProgressWriter:
+    """Records a backup's progress (percent of all its disks' bytes), at most every
+    ``PROGRESS_INTERVAL`` seconds: polling clients see it move, the database is not flooded."""
+
+    def __init__(self, ctx: OperationContext, backup_id: int, total_bytes: int) -> None:
+        self.ctx = ctx
+        self.backup_id = backup_id
+        self.total = max(total_bytes, 1)
+        self.earlier_disks = 0
+        self.recorded = 0
+        self.recorded_at = 0.0
+
+    def update(self, disk_bytes_done: int) -> None:
+        """The current disk's bytes stored so far."""
+        percent = min(99, (self.earlier_disks + disk_bytes_done) * 100 // self.total)
+        now = time.monotonic()
+        if percent <= self.recorded or now - self.recorded_at < PROGRESS_INTERVAL:
+            return
+        with self.ctx.db.write() as session:
+            session.execute(
+                update(Backup)
+                .where(Backup.id == self.backup_id, Backup.status == BackupStatus.IN_PROGRESS)
+                .values(progress=percent)
+            )
+        self.recorded, self.recorded_at = percent, now
+
+    def disk_done(self, size_bytes: int) -> None:
+        """The current disk is stored whole."""
+        self.earlier_disks += size_bytes
 
 
 def _backup_create_failed(ctx: OperationContext, job: Job, reason: str) -> Result:
@@ -118,7 +156,9 @@ def _backup_create_failed(ctx: OperationContext, job: Job, reason: str) -> Resul
     return [
         update(Backup)
         .where(Backup.id == job.backup_id, Backup.status == BackupStatus.IN_PROGRESS)
-        .values(status=BackupStatus.FAILED, status_reason=reason, completed_at=utcnow())
+        .values(
+            status=BackupStatus.FAILED, status_reason=reason, progress=None, completed_at=utcnow()
+        )
     ]
 
 

@@ -56,6 +56,7 @@ class BackupView:
     status_reason: str | None
     consistency: str | None
     completed_at: datetime | None
+    progress: int | None
 
 
 def _view_query() -> Select[Backup, int, str]:
@@ -72,7 +73,7 @@ def backup_view(backup: Backup, server: ServerName) -> BackupView:
     return BackupView(
         backup.id, server, backup.name, backup.type, backup.status, backup.size_mb,
         backup.stored_mb, backup.created_at, backup.description, backup.status_reason,
-        backup.consistency, backup.completed_at,
+        backup.consistency, backup.completed_at, backup.progress,
     )  # fmt: skip
 
 
@@ -238,6 +239,7 @@ def add_backup(
         description=description,
         type=backup_type,
         status=BackupStatus.IN_PROGRESS,
+        progress=0,
         slot=slot,
         image_id=server.image_id,
         disk_gb=server.disk_gb,

@@ -18,6 +18,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
+from vpsd.hypervisor import command
 from vpsd.hypervisor.base import (
     BootFailed,
     Consistency,
@@ -302,7 +303,10 @@ class QemuDriver:
         operations run one at a time anyway, and the monitor must go on asking the VM.
         """
         path = self._disk_path(server_id, disk)
-        with disk_stream.snapshot_reader(path, tag, timeout=STREAM_TIMEOUT) as stream:
+        with (
+            _stream_errors("the disk could not be read"),
+            disk_stream.snapshot_reader(path, tag, timeout=STREAM_TIMEOUT) as stream,
+        ):
             yield stream
 
     @contextmanager
@@ -319,7 +323,10 @@ class QemuDriver:
             if img.virtual_size(path) != size_bytes:
                 # The tail of a larger disk would keep what it holds now.
                 raise DriverError(f"{disk} is no longer the size it had ({size_bytes} bytes)")
-            with disk_stream.disk_writer(path, timeout=STREAM_TIMEOUT) as stream:
+            with (
+                _stream_errors("the disk could not be written"),
+                disk_stream.disk_writer(path, timeout=STREAM_TIMEOUT) as stream,
+            ):
                 yield stream
             return
         paths.folder.mkdir(parents=True, exist_ok=True)
@@ -327,7 +334,10 @@ class QemuDriver:
         partial.unlink(missing_ok=True)
         size = max(size_bytes, spec.disk_gb * GIB)
         img.create(partial, size, timeout=self.command_timeout)
-        with disk_stream.disk_writer(partial, timeout=STREAM_TIMEOUT) as stream:
+        with (
+            _stream_errors("the disk could not be written"),
+            disk_stream.disk_writer(partial, timeout=STREAM_TIMEOUT) as stream,
+        ):
             yield stream
         partial.replace(path)
 
@@ -590,6 +600,17 @@ def _run_state(qmp: QmpSession, server_id: int) -> RunState:
             return RunState.DISK_FULL
     log.debug("server %s: the VM is paused (QEMU status %s)", server_id, name)
     return RunState.PAUSED
+
+
+@contextmanager
+def _stream_errors(reason: str) -> Iterator[None]:
+    """A failed disk stream as the tenant may read it; nbdcopy's words (paths) are logged."""
+    try:
+        yield
+    except command.CommandError as exc:
+        error = DriverError(f"{reason} (the operator's log has the details)")
+        error.detail = str(exc)
+        raise error from exc
 
 
 def _free_bytes(folder: Path) -> int:

@@ -55,6 +55,7 @@ def upgrade() -> None:
         sa.Column("size_mb", sa.BigInteger(), nullable=True),
         sa.Column("stored_mb", sa.BigInteger(), nullable=True),
         sa.Column("consistency", sa.String(length=16), nullable=True),
+        sa.Column("progress", sa.Integer(), nullable=True),
         sa.Column("slot", vpsd.db.base.UTCDateTime(), nullable=True),
         sa.Column("image_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
         sa.Column("disk_gb", sa.Integer(), nullable=False),
