@@ -4,10 +4,12 @@ and new servers made from a snapshot or a backup."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from sqlalchemy import select
 
 from tests.helpers import ApiClient, snapshot_tag, wait_for
+from vpsd.backups import same_filesystem_warning
 from vpsd.backups.fake import FakeBackupStore
 from vpsd.config import Settings
 from vpsd.db.models import Backup, BackupStatus, BackupType, Server
@@ -316,3 +318,15 @@ def test_recovery_deletes_leftover_temporary_snapshots_and_settles_backups(
     [orphan] = alice.get("/backups/").json()["results"]
     assert orphan["status"] == "failed"
     assert orphan["status_reason"] == "interrupted: vpsd stopped before it was taken"
+
+
+def test_operators_are_warned_when_backups_share_the_disks_filesystem(
+    settings: Settings, tmp_path: Path
+) -> None:
+    assert "same filesystem" in (same_filesystem_warning(settings) or "")
+    remote = settings.model_copy(update={"backup_repository": "sftp:backup@storage:/srv/vpsd"})
+    assert same_filesystem_warning(remote) is None
+    shm = Path("/dev/shm")
+    if shm.is_dir() and shm.stat().st_dev != settings.data_dir.stat().st_dev:
+        apart = settings.model_copy(update={"backup_repository": str(shm / "vpsd-repo")})
+        assert same_filesystem_warning(apart) is None

@@ -17,7 +17,7 @@ from vpsd.api.openapi import install_openapi, operation_id
 from vpsd.api.pagination import install_slash_redirects
 from vpsd.api.routes import backups, images, servers, snapshots, ssh_keys
 from vpsd.api.strict_json import BodySizeLimit
-from vpsd.backups import make_backup_store
+from vpsd.backups import make_backup_store, same_filesystem_warning
 from vpsd.backups.base import BackupStore
 from vpsd.config import Settings, get_settings
 from vpsd.db import migrate
@@ -76,6 +76,8 @@ def create_app(
         image_service.sync()
         recover(ctx)
         reconcile_power_states(ctx)
+        if warning := same_filesystem_warning(settings):
+            log.warning("%s", warning)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
