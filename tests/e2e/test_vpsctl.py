@@ -157,6 +157,49 @@ def test_snapshot_commands_match_the_api_and_restore_reverts_the_disk(
     assert alice_live.get(f"/snapshots/{snap['id']}/").status_code == 404
 
 
+def test_backup_commands_match_the_api_restore_and_new_server_from_a_backup(
+    ctl: Ctl, alice_live: ApiClient, live_server: LiveServer
+) -> None:
+    sid = alice_live.create_server("app-1")["id"]
+    assert ctl("servers", "stop", str(sid), "--wait").returncode == 0
+    disk = live_server.data_dir / "servers" / str(sid) / "disk0.qcow2"
+    qh.write_pattern(disk, 0x33)
+
+    backup = ctl.json(
+        "backups", "create", "--server", str(sid), "--name", "nightly", "--wait"
+    )  # fmt: skip
+    assert backup["status"] == "completed", backup
+    assert backup == alice_live.get(f"/backups/{backup['id']}/").json()
+    assert (
+        ctl.json("backups", "list", "--server", str(sid))
+        == alice_live.get(f"/backups/?server_id={sid}").json()
+    )
+    assert "nightly" in ctl("backups", "list").stdout
+
+    policy = ctl.json(
+        "backups", "policy", str(sid), "--enable", "--frequency", "weekly", "--weekday", "sun",
+        "--hour", "2", "--keep", "4",
+    )  # fmt: skip
+    assert policy == alice_live.get(f"/servers/{sid}/backup-policy/").json()
+    assert (policy["enabled"], policy["weekday"], policy["hour"], policy["keep"]) == (
+        True, 6, 2, 4,
+    )  # fmt: skip
+
+    qh.write_pattern(disk, 0x44)
+    restored = ctl("backups", "restore", str(backup["id"]), "--yes", "--wait", "-o", "json")
+    assert restored.returncode == 0, restored.stderr
+    assert json.loads(restored.stdout)["status"] == "stopped"
+    assert qh.has_pattern(disk, 0x33)
+
+    copy = ctl.json(
+        "servers", "create", "--name", "app-2", "--disk-gb", "1", "--from-backup",
+        str(backup["id"]), "--wait",
+    )  # fmt: skip
+    assert copy["source"] == {"backup_id": backup["id"]} and copy["status"] == "running"
+    assert ctl("backups", "delete", str(backup["id"]), "--yes").returncode == 0
+    assert alice_live.get(f"/backups/{backup['id']}/").status_code == 404
+
+
 def test_failed_snapshot_wait_exits_1_with_the_reason(
     ctl: Ctl, alice_live: ApiClient, live_server: LiveServer
 ) -> None:
