@@ -153,15 +153,8 @@ class SnapshotCreate(RequestModel):
     ] = None
 
 
-class BackupCreate(RequestModel):
-    """Body of ``POST /api/v1/backups/``."""
-
-    server_id: ObjectId
-    name: Name
-    description: Annotated[
-        str | None,
-        Field(max_length=DESCRIPTION_MAX_LENGTH, description="free text, up to 1000 characters"),
-    ] = None
+class BackupCreate(SnapshotCreate):
+    """Body of ``POST /api/v1/backups/``: the same fields as a snapshot's."""
 
 
 class BackupPolicy(RequestModel):

@@ -24,7 +24,14 @@ from vpsd.db.base import utcnow
 from vpsd.db.models import Backup, BackupStatus, OperationKind, ServerStatus
 from vpsd.hypervisor.base import DriverError
 from vpsd.operations.context import OperationContext
-from vpsd.operations.job import FailureHandler, Handler, Job, Result, set_server
+from vpsd.operations.job import (
+    FailureHandler,
+    Handler,
+    Job,
+    Result,
+    return_to_prior_power,
+    set_server,
+)
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -184,10 +191,7 @@ def _backup_restore(ctx: OperationContext, job: Job) -> Result:
     backup = _completed(ctx, job)
     ctx.driver.kill(job.server_id)  # a hard stop, as for a snapshot: the disks are replaced
     _write_disks(ctx, job, backup)
-    if job.payload.get("power_state") == "running":
-        ctx.driver.start(job.spec)
-        return [set_server(job, ServerStatus.RUNNING, None)]
-    return [set_server(job, ServerStatus.STOPPED, None)]
+    return return_to_prior_power(ctx, job)
 
 
 def _backup_restore_failed(ctx: OperationContext, job: Job, reason: str) -> Result:

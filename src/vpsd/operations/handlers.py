@@ -35,7 +35,14 @@ from vpsd.hypervisor.base import (
 from vpsd.hypervisor.images.store import guest_image
 from vpsd.operations import backup_handlers
 from vpsd.operations.context import OperationContext
-from vpsd.operations.job import FailureHandler, Handler, Job, Result, set_server
+from vpsd.operations.job import (
+    FailureHandler,
+    Handler,
+    Job,
+    Result,
+    return_to_prior_power,
+    set_server,
+)
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -137,10 +144,7 @@ def _snapshot_restore(ctx: OperationContext, job: Job) -> Result:
     # A hard stop, as Proxmox does on rollback: the disks are about to be overwritten.
     ctx.driver.kill(job.server_id)
     ctx.driver.snapshot_restore(job.server_id, job.tag)
-    if job.payload.get("power_state") == "running":
-        ctx.driver.start(job.spec)
-        return [set_server(job, ServerStatus.RUNNING, None)]
-    return [set_server(job, ServerStatus.STOPPED, None)]
+    return return_to_prior_power(ctx, job)
 
 
 def _snapshot_restore_failed(ctx: OperationContext, job: Job, reason: str) -> Result:

@@ -48,6 +48,15 @@ Handler = Callable[[OperationContext, Job], Result]
 FailureHandler = Callable[[OperationContext, Job, str], Result]
 
 
+def return_to_prior_power(ctx: OperationContext, job: Job) -> Result:
+    """After a restore: boot the VM again if the server ran before (``power_state`` in the
+    payload), and record the server's status."""
+    if job.payload.get("power_state") == "running":
+        ctx.driver.start(job.spec)
+        return [set_server(job, ServerStatus.RUNNING, None)]
+    return [set_server(job, ServerStatus.STOPPED, None)]
+
+
 def set_server(job: Job, status: ServerStatus, reason: str | None) -> Executable:
     """The statement setting the job's server's status and reason."""
     return (

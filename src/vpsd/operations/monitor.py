@@ -4,7 +4,6 @@ QEMU paused (its disk's filesystem full) is ``paused``, and is continued once th
 from __future__ import annotations
 
 import logging
-import threading
 
 from sqlalchemy import exists, select, update
 
@@ -12,6 +11,7 @@ from vpsd.db.base import utcnow
 from vpsd.db.models import Operation, Server, ServerStatus
 from vpsd.hypervisor.base import DriverError, LivenessUnknown, PowerState, RunState
 from vpsd.operations.context import OperationContext
+from vpsd.operations.periodic import Periodic
 from vpsd.services.common import ACTIVE_OPERATION
 
 log = logging.getLogger(__name__)
@@ -122,29 +122,15 @@ def trim_consoles(ctx: OperationContext) -> int:
     return trimmed
 
 
-class VmMonitor:
-    """Runs ``reconcile_power_states`` every ``interval`` seconds in a background thread."""
+class VmMonitor(Periodic):
+    """Runs ``reconcile_power_states`` and ``trim_consoles`` every ``interval`` seconds in a
+    background thread."""
 
     def __init__(self, ctx: OperationContext, interval: float) -> None:
+        super().__init__("vpsd-monitor", "checking the VMs", lambda: self.check(), interval)
         self.ctx = ctx
-        self.interval = interval
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="vpsd-monitor", daemon=True)
 
-    def start(self) -> None:
-        """Start watching."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop watching and wait for the thread to end."""
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _loop(self) -> None:
-        while not self._stopping.wait(self.interval):
-            try:
-                reconcile_power_states(self.ctx, running_only=True)
-                trim_consoles(self.ctx)
-            except Exception:
-                log.exception("checking the VMs failed")
+    def check(self) -> None:
+        """One look at every running VM."""
+        reconcile_power_states(self.ctx, running_only=True)
+        trim_consoles(self.ctx)

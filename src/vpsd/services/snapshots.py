@@ -188,9 +188,9 @@ class SnapshotService:
         not running or stopped, or another operation on the server is under way.
         """
         with self.db.write() as session:
-            server_id = self._find(session, account_id, snapshot_id).server_id
+            server_id = find_snapshot(session, account_id, snapshot_id).server_id
             server = lock_server(session, account_id, server_id)
-            snapshot = self._find(session, account_id, snapshot_id)  # re-read under the lock
+            snapshot = find_snapshot(session, account_id, snapshot_id)  # re-read under the lock
             if snapshot.status != SnapshotStatus.COMPLETED:
                 raise InvalidState(
                     f"only completed snapshots can be restored; this one is {snapshot.status}"
@@ -217,9 +217,9 @@ class SnapshotService:
         from it, is queued or running.
         """
         with self.db.write() as session:
-            server_id = self._find(session, account_id, snapshot_id).server_id
+            server_id = find_snapshot(session, account_id, snapshot_id).server_id
             lock_server(session, account_id, server_id)
-            snapshot = self._find(session, account_id, snapshot_id)
+            snapshot = find_snapshot(session, account_id, snapshot_id)
             in_use = session.scalar(
                 select(
                     exists().where(
@@ -240,19 +240,21 @@ class SnapshotService:
             enqueue(session, OperationKind.SNAPSHOT_DELETE, server_id, snapshot_id=snapshot.id)
         self.dispatcher.notify()
 
-    @staticmethod
-    def _find(session: Session, account_id: int, snapshot_id: int) -> Snapshot:
-        snapshot = session.scalar(
-            select(Snapshot)
-            .join(Snapshot.server)
-            .options(joinedload(Snapshot.server))
-            .where(
-                Snapshot.id == snapshot_id,
-                Server.account_id == account_id,
-                Snapshot.status.in_(VISIBLE),
-            )
-            .execution_options(populate_existing=True)
+
+def find_snapshot(session: Session, account_id: int, snapshot_id: int) -> Snapshot:
+    """The account's visible snapshot, its server loaded and re-read (use under a lock);
+    NotFound for others' and unknown ids."""
+    snapshot = session.scalar(
+        select(Snapshot)
+        .join(Snapshot.server)
+        .options(joinedload(Snapshot.server))
+        .where(
+            Snapshot.id == snapshot_id,
+            Server.account_id == account_id,
+            Snapshot.status.in_(VISIBLE),
         )
-        if snapshot is None:
-            raise NotFound("snapshot not found")
-        return snapshot
+        .execution_options(populate_existing=True)
+    )
+    if snapshot is None:
+        raise NotFound("snapshot not found")
+    return snapshot

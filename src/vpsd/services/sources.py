@@ -8,12 +8,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from vpsd.db.models import Backup, BackupStatus, Image, Server, Snapshot, SnapshotStatus
+from vpsd.db.models import Backup, BackupStatus, Image, Server, SnapshotStatus
 from vpsd.schemas import BLANK_IMAGE, ServerCreate
 from vpsd.services.backups import VISIBLE as VISIBLE_BACKUPS
 from vpsd.services.common import lock_server
 from vpsd.services.errors import Invalid, InvalidState, NotFound
-from vpsd.services.snapshots import VISIBLE as VISIBLE_SNAPSHOTS
+from vpsd.services.snapshots import find_snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,23 +63,9 @@ def _keys(server: Server) -> list[str]:
 
 
 def _snapshot(session: Session, account_id: int, snapshot_id: int) -> Source:
-    def find() -> Snapshot:
-        snapshot = session.scalar(
-            select(Snapshot)
-            .join(Snapshot.server)
-            .where(
-                Snapshot.id == snapshot_id,
-                Server.account_id == account_id,
-                Snapshot.status.in_(VISIBLE_SNAPSHOTS),
-            )
-            .execution_options(populate_existing=True)
-        )
-        if snapshot is None:
-            raise NotFound("snapshot not found")
-        return snapshot
-
-    server = lock_server(session, account_id, find().server_id)
-    snapshot = find()  # again, under its server's lock
+    server_id = find_snapshot(session, account_id, snapshot_id).server_id
+    server = lock_server(session, account_id, server_id)
+    snapshot = find_snapshot(session, account_id, snapshot_id)  # again, under the lock
     if snapshot.status != SnapshotStatus.COMPLETED:
         raise InvalidState(f"only completed snapshots can be copied; this one is {snapshot.status}")
     return Source(
