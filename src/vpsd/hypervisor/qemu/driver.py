@@ -2,27 +2,22 @@
 
 A running VM's disks are only ever changed by QEMU itself (over QMP); a stopped VM's disks
 by ``qemu-img``. Calls for one server are serialized by a per-server lock; different servers
-proceed in parallel.
+proceed in parallel (``driver_base``). Streams and copies of disks are in ``copies``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, suppress
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from vpsd.hypervisor import command
 from vpsd.hypervisor.base import (
     BootFailed,
     Consistency,
-    DiskInfo,
     DriverError,
     LivenessUnknown,
     PowerState,
@@ -32,7 +27,8 @@ from vpsd.hypervisor.base import (
     VmInfo,
     VmSpec,
 )
-from vpsd.hypervisor.qemu import disk_stream, img, process, qcow2
+from vpsd.hypervisor.qemu import console, img, process, qcow2
+from vpsd.hypervisor.qemu.copies import DiskCopies
 from vpsd.hypervisor.qemu.qmp import QmpError, QmpSession
 from vpsd.hypervisor.qemu.quiesce import quiesced, thaw_left_frozen
 
@@ -45,30 +41,13 @@ STATUS_TIMEOUT = 5.0
 """Seconds the monitor's ``run_state``/``resume`` wait for QEMU's answer."""
 START_TIMEOUT = 60.0
 KILL_TIMEOUT = 10.0
-STREAM_TIMEOUT = 6 * 3600.0
-"""Seconds a disk may take to stream to or from the backup repository."""
-_DISK_NAME = re.compile(r"disk[0-9]{1,3}")
 RESUME_MIN_FREE = 64 * MIB
 """Free bytes the disks' filesystem needs before a VM paused on a full disk is continued:
 less, and the guest's retried write would pause it again at once."""
 
 
-class QemuDriver:
+class QemuDriver(DiskCopies):
     """Runs each server as a daemonized qemu-system-x86_64 below ``servers_dir``."""
-
-    def __init__(
-        self,
-        servers_dir: Path,
-        accel: str = "auto",
-        command_timeout: float = 600.0,
-        quarantine_dir: Path | None = None,
-    ):
-        self.servers_dir = servers_dir.absolute()
-        self.quarantine_dir = (quarantine_dir or servers_dir.parent / "quarantine").absolute()
-        self.accel = accel
-        self.command_timeout = command_timeout
-        self._locks: dict[int, threading.RLock] = {}
-        self._locks_guard = threading.Lock()
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -289,85 +268,6 @@ class QemuDriver:
             per_disk = self._tags_per_disk(paths, disks, running)
             return set.intersection(*(set(names) for names in per_disk))
 
-    # -- disks as streams (backups) and copies of snapshots -----------------------------------
-
-    def disks(self, server_id: int) -> list[DiskInfo]:
-        """The server's qcow2 disks with their guest-visible sizes."""
-        return [DiskInfo(d.stem, img.virtual_size(d)) for d in self._paths(server_id).disks()]
-
-    @contextmanager
-    def snapshot_reader(self, server_id: int, tag: str, disk: str) -> Iterator[IO[bytes]]:
-        """``disk``'s raw bytes as of ``tag`` through NBD (see ``disk_stream``).
-
-        The server's lock is not held while the bytes flow (minutes for a large disk): its
-        operations run one at a time anyway, and the monitor must go on asking the VM.
-        """
-        path = self._disk_path(server_id, disk)
-        with (
-            _stream_errors("the disk could not be read"),
-            disk_stream.snapshot_reader(path, tag, timeout=STREAM_TIMEOUT) as stream,
-        ):
-            yield stream
-
-    @contextmanager
-    def disk_writer(self, spec: VmSpec, disk: str, size_bytes: int) -> Iterator[IO[bytes]]:
-        """Overwrite ``disk`` through NBD, or build a missing one aside and move it in place
-        once complete, so that a cut stream never leaves a disk that looks whole."""
-        paths = self._paths(spec.server_id)
-        path = self._disk_path(spec.server_id, disk)
-        with self._lock(spec.server_id):
-            if process.alive_pid(paths, spec.server_id) is not None:
-                raise DriverError(f"server {spec.server_id} is running; stop it first")
-            paths.clean_shutdown_marker.unlink(missing_ok=True)
-        if path.exists():
-            if img.virtual_size(path) != size_bytes:
-                # The tail of a larger disk would keep what it holds now.
-                raise DriverError(f"{disk} is no longer the size it had ({size_bytes} bytes)")
-            with (
-                _stream_errors("the disk could not be written"),
-                disk_stream.disk_writer(path, timeout=STREAM_TIMEOUT) as stream,
-            ):
-                yield stream
-            return
-        paths.folder.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.restoring")
-        partial.unlink(missing_ok=True)
-        size = max(size_bytes, spec.disk_gb * GIB)
-        img.create(partial, size, timeout=self.command_timeout)
-        with (
-            _stream_errors("the disk could not be written"),
-            disk_stream.disk_writer(partial, timeout=STREAM_TIMEOUT) as stream,
-        ):
-            yield stream
-        partial.replace(path)
-
-    def snapshot_clone(self, source_server_id: int, tag: str, spec: VmSpec) -> None:
-        """Copy the source's disks at ``tag`` into ``spec``'s new server (see ``Driver``).
-
-        Built aside and moved into place, ``disk0`` last: its presence means "done".
-        """
-        img.check_tag(tag)
-        with self._lock(spec.server_id):
-            paths = self._paths(spec.server_id)
-            if paths.disk(0).exists():
-                return
-            sources = self._require_disks(source_server_id, self._paths(source_server_id))
-            paths.folder.mkdir(parents=True, exist_ok=True)
-            partials: list[tuple[Path, Path]] = []
-            for index, source in enumerate(sources):
-                target = paths.disk(index)
-                partial = target.with_name(f"{target.name}.cloning")
-                partial.unlink(missing_ok=True)
-                backing = spec.image.disk if index == 0 and spec.image is not None else None
-                disk_stream.clone_snapshot(
-                    source, tag, partial, backing=backing, timeout=self.command_timeout
-                )
-                if index == 0 and img.virtual_size(partial) < spec.disk_gb * GIB:
-                    img.resize(partial, spec.disk_gb * GIB, timeout=self.command_timeout)
-                partials.append((partial, target))
-            for partial, target in reversed(partials):
-                partial.replace(target)
-
     # -- servers the database does not know -------------------------------------------------
 
     def server_ids_on_disk(self) -> set[int]:
@@ -398,38 +298,12 @@ class QemuDriver:
     # -- console and recovery ----------------------------------------------------------------
 
     def console_tail(self, server_id: int, max_bytes: int) -> bytes:
-        """The last ``max_bytes`` of the serial console: this boot's, preceded by as much of
-        the previous boot's as fits. Empty when the server never booted."""
-        paths = self._paths(server_id)
-        chunks: list[bytes] = []
-        remaining = max_bytes
-        for log_file in (paths.console_log, paths.previous_console_log):
-            if remaining <= 0:
-                break
-            chunk = _tail(log_file, remaining)
-            chunks.insert(0, chunk)
-            remaining -= len(chunk)
-        return b"".join(chunks)
+        """See ``console.console_tail``."""
+        return console.console_tail(self._paths(server_id), max_bytes)
 
     def trim_console(self, server_id: int, max_bytes: int) -> bool:
-        """Keep the console log under ``max_bytes``: when longer, cut it to its last half.
-
-        QEMU appends (``append=on``), so the file is cut in place and QEMU goes on writing
-        at its new end; the few bytes written while it is cut are lost. True if it was cut.
-        """
-        log_file = self._paths(server_id).console_log
-        try:
-            if log_file.stat().st_size <= max_bytes:
-                return False
-            with log_file.open("r+b") as file:
-                file.seek(-(max_bytes // 2), os.SEEK_END)
-                kept = file.read()
-                file.seek(0)
-                file.write(kept)
-                file.truncate()
-        except FileNotFoundError:
-            return False
-        return True
+        """See ``console.trim_console``."""
+        return console.trim_console(self._paths(server_id).console_log, max_bytes)
 
     def recover(self, server_id: int) -> None:
         """Thaw a guest whose filesystems vpsd froze and was interrupted before thawing."""
@@ -443,32 +317,6 @@ class QemuDriver:
             thaw_left_frozen(paths.qga_socket, paths.frozen_marker)
 
     # -- internals ---------------------------------------------------------------------------
-
-    def _paths(self, server_id: int) -> process.ServerPaths:
-        return process.ServerPaths.of(self.servers_dir, server_id)
-
-    @contextmanager
-    def _lock(self, server_id: int, *, blocking: bool = True) -> Iterator[None]:
-        """Hold the server's lock; without ``blocking``, raise DriverError if it is taken."""
-        with self._locks_guard:
-            lock = self._locks.setdefault(server_id, threading.RLock())
-        if not lock.acquire(blocking=blocking):
-            raise DriverError(f"another call on the VM of server {server_id} is under way")
-        try:
-            yield
-        finally:
-            lock.release()
-
-    def _disk_path(self, server_id: int, disk: str) -> Path:
-        if not _DISK_NAME.fullmatch(disk):
-            raise DriverError(f"invalid disk name {disk!r}")
-        return self._paths(server_id).folder / f"{disk}.qcow2"
-
-    def _require_disks(self, server_id: int, paths: process.ServerPaths) -> list[Path]:
-        disks = paths.disks()
-        if not disks:
-            raise DriverError(f"server {server_id} has no disks")
-        return disks
 
     def _wait_running(self, server_id: int, paths: process.ServerPaths) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -602,29 +450,7 @@ def _run_state(qmp: QmpSession, server_id: int) -> RunState:
     return RunState.PAUSED
 
 
-@contextmanager
-def _stream_errors(reason: str) -> Iterator[None]:
-    """A failed disk stream as the tenant may read it; nbdcopy's words (paths) are logged."""
-    try:
-        yield
-    except command.CommandError as exc:
-        error = DriverError(f"{reason} (the operator's log has the details)")
-        error.detail = str(exc)
-        raise error from exc
-
-
 def _free_bytes(folder: Path) -> int:
     """Bytes an unprivileged writer may still use on the filesystem holding ``folder``."""
     stat = os.statvfs(folder)
     return stat.f_bavail * stat.f_frsize
-
-
-def _tail(path: Path, max_bytes: int) -> bytes:
-    """The last ``max_bytes`` of ``path`` (empty when it does not exist)."""
-    try:
-        with path.open("rb") as file:
-            size = file.seek(0, os.SEEK_END)
-            file.seek(max(0, size - max_bytes))
-            return file.read(max_bytes)
-    except FileNotFoundError:
-        return b""
