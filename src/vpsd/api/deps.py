@@ -55,7 +55,7 @@ class Services:
     authenticate: TokenAuthenticator
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     """The app's services (set by ``vpsd.api.app.create_app``)."""
     services: Services = request.app.state.services
     return services
@@ -71,7 +71,7 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def get_principal(
+async def get_principal(
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
@@ -87,7 +87,7 @@ def get_principal(
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def get_page(
+async def get_page(
     page: Annotated[
         int, Query(ge=1, le=1_000_000, description="1-based page number"), DIGITS_ONLY
     ] = 1,

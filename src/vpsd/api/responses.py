@@ -1,8 +1,11 @@
-"""The error answers each route documents in the OpenAPI document."""
+"""The error answers each route documents in the OpenAPI document, and the fast JSON response."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import orjson
+from starlette.responses import JSONResponse
 
 from vpsd.schemas import ErrorBody
 
@@ -13,6 +16,15 @@ DESCRIPTIONS = {
     413: "Request body too large",
     415: "Request body is not JSON, or not in UTF-8",
 }
+
+
+class FastJSONResponse(JSONResponse):
+    """JSON rendered by orjson: the same compact bytes as the default renderer for vpsd's
+    bodies (UTF-8, no spaces), in a fraction of the time. For hot read paths that build
+    their body as plain data instead of through a response model."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -154,7 +154,6 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        too_large = body_too_large(self.max_bytes)
         if declared is not None and not declared.isdigit():
             invalid = FieldError(field="header.content-length", message="must be decimal digits")
             await error_response(400, "invalid Content-Length header", [invalid])(
@@ -162,7 +161,7 @@ class BodySizeLimit:
             )
             return
         if declared is not None and int(declared) > self.max_bytes:
-            await too_large(scope, receive, send)
+            await body_too_large(self.max_bytes)(scope, receive, send)
             return
         received = 0
         started = False
@@ -186,4 +185,4 @@ class BodySizeLimit:
             await self.app(scope, counting_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await too_large(scope, receive, send)
+                await body_too_large(self.max_bytes)(scope, receive, send)

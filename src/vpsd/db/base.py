@@ -25,6 +25,20 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
+StoredTime = datetime | str
+"""A ``UTCDateTime`` column read without its type: SQLite's text (``YYYY-MM-DD HH:MM:SS[.f]``,
+UTC) or PostgreSQL's naive UTC datetime."""
+
+
+def api_time(value: StoredTime) -> str:
+    """``value`` as the API shows times, ``2025-01-15T18:30:00Z``, without parsing text."""
+    if isinstance(value, str):
+        return f"{value[:10]}T{value[11:19]}Z"
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC datetime on every backend (SQLite stores no zone)."""
 

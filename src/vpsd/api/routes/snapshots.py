@@ -8,8 +8,8 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from vpsd.api.deps import DIGITS_ONLY, PageDep, PrincipalDep, ServicesDep
 from vpsd.api.pagination import page_links
-from vpsd.api.presenters import snapshot_out
-from vpsd.api.responses import responses
+from vpsd.api.presenters import snapshot_json, snapshot_out
+from vpsd.api.responses import FastJSONResponse, responses
 from vpsd.api.strict_json import StrictJSONRoute
 from vpsd.schemas import (
     MAX_ID,
@@ -37,8 +37,13 @@ RESTORE_MESSAGE = (
 )
 
 
-@router.get("/", operation_id="listSnapshots", responses=responses(400, 401))
-def list_snapshots(
+@router.get(
+    "/",
+    operation_id="listSnapshots",
+    response_model=Page[SnapshotOut],
+    responses=responses(400, 401),
+)
+async def list_snapshots(
     request: Request,
     principal: PrincipalDep,
     services: ServicesDep,
@@ -48,15 +53,18 @@ def list_snapshots(
         Query(ge=1, le=MAX_ID, description="only the snapshots of this server"),
         DIGITS_ONLY,
     ] = None,
-) -> Page[SnapshotOut]:
+) -> FastJSONResponse:
     """All snapshots on your servers, newest first."""
+    # Async: two short indexed queries run on the event loop, cheaper than a thread handoff.
     count, rows = services.snapshots.list(principal.account_id, page, server_id)
     next_url, previous_url = page_links(request, page, count)
-    return Page[SnapshotOut](
-        count=count,
-        next=next_url,
-        previous=previous_url,
-        results=[snapshot_out(s) for s in rows],
+    return FastJSONResponse(
+        {
+            "count": count,
+            "next": next_url,
+            "previous": previous_url,
+            "results": [snapshot_json(s) for s in rows],
+        }
     )
 
 
@@ -77,12 +85,19 @@ def create_snapshot(
     )
 
 
-@router.get("/{snapshot_id}/", operation_id="getSnapshot", responses=responses(400, 401, 404))
-def get_snapshot(
+@router.get(
+    "/{snapshot_id}/",
+    operation_id="getSnapshot",
+    response_model=SnapshotOut,
+    responses=responses(400, 401, 404),
+)
+async def get_snapshot(
     snapshot_id: SnapshotId, principal: PrincipalDep, services: ServicesDep
-) -> SnapshotOut:
+) -> FastJSONResponse:
     """One snapshot: poll it until its status is ``completed`` or ``failed``."""
-    return snapshot_out(services.snapshots.get(principal.account_id, snapshot_id))
+    return FastJSONResponse(
+        snapshot_json(services.snapshots.get(principal.account_id, snapshot_id))
+    )
 
 
 @router.post(

@@ -1,0 +1,59 @@
+"""The snapshot reads' fast path answers exactly what the response models would: the same
+keys in the same order, the same times, the same bytes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from vpsd.api.presenters import snapshot_json
+from vpsd.db.base import StoredTime, api_time
+from vpsd.db.models import SnapshotStatus
+from vpsd.schemas import SnapshotOut
+from vpsd.services.snapshots import ServerName, SnapshotView
+
+MOMENT = datetime(2025, 1, 15, 18, 30, 5, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "2025-01-15 18:30:05.000000",  # SQLite's text
+        "2025-01-15 18:30:05",
+        datetime(2025, 1, 15, 18, 30, 5),  # PostgreSQL's naive UTC datetime
+        MOMENT,
+    ],
+)
+def test_stored_times_read_as_the_api_shows_them(stored: StoredTime) -> None:
+    assert api_time(stored) == "2025-01-15T18:30:05Z"
+
+
+@pytest.mark.parametrize(
+    ("description", "reason", "consistency", "size_mb"),
+    [(None, None, None, None), ('ünïcode "quoted" \n', "it failed", "crash", 2048)],
+)
+def test_snapshot_json_is_byte_for_byte_the_models(
+    description: str | None, reason: str | None, consistency: str | None, size_mb: int | None
+) -> None:
+    view = SnapshotView(
+        7, ServerName(3, "web-01"), "before-update", SnapshotStatus.COMPLETED, size_mb,
+        "2025-01-15 18:30:05.000000", description, reason, consistency,
+    )  # fmt: skip
+    model = SnapshotOut.model_validate(
+        {
+            "id": 7,
+            "server": {"id": 3, "name": "web-01"},
+            "name": "before-update",
+            "status": "completed",
+            "size_mb": size_mb,
+            "created_at": MOMENT,
+            "description": description,
+            "status_reason": reason,
+            "consistency": consistency,
+        }
+    )
+    fast = snapshot_json(view)
+    assert list(fast) == list(SnapshotOut.model_fields)  # a new field must reach both
+    assert orjson.dumps(fast) == model.model_dump_json().encode()
