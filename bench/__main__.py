@@ -49,7 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--throughput-size", default="1G", help="data per write pass (guest)")
     parser.add_argument("--servers", type=int, default=10_000, help="seeded servers (api)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per step")
-    parser.add_argument("--rates", default="100,300", help="fixed rates in req/s (api)")
+    parser.add_argument("--rates", default="300", help="fixed rates in req/s (api)")
+    parser.add_argument(
+        "--api-backends", default="sqlite,postgresql", help="databases the api part loads"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="api: A/B rounds per read (--duration split)"
+    )
     parser.add_argument(
         "--backup-disk-gb", type=int, default=2, help="disk of the backed-up server (backups)"
     )
@@ -91,7 +97,12 @@ def _run_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
         "snapshots": lambda: snapshots.run(sizes, args.reps, args.copy_reps, args.work_dir),
         "guest": lambda: guest.run(parse_size(args.throughput_size), sizes, args.work_dir),
         "api": lambda: api.run(
-            args.servers, args.duration, [float(r) for r in args.rates.split(",")], args.work_dir
+            args.servers,
+            args.duration,
+            [float(r) for r in args.rates.split(",")],
+            args.work_dir,
+            args.api_backends.split(","),
+            args.rounds,
         ),
         "guests": lambda: guests.run(args.reps, args.work_dir),
         "backups": lambda: backups.run(

@@ -61,7 +61,23 @@ A graceful stop is an ACPI power-down the Debian guest honours in about 2 s; a r
 graceful power cycle.
 """,
     "api": """\
-**What changed, found by profiling (py-spy on a loaded `vpsd serve`, cProfile in-process):**
+**Beside the lean twin (issue 14).** The twin (bench/twin.py) does the same work as vpsd's
+three reads with nothing in between: the same SQL statements, tenancy filter and token check
+with its 2 s cache, bodies byte-identical to vpsd's (tests/bench/test_twin.py checks 19
+queries on both databases, with and without `VPSD_PUBLIC_URL`), on uvicorn with uvloop and
+httptools, stdlib sqlite3 or psycopg 3, orjson. It is what one Python process can do for that
+work on this machine, so the ratio vpsd/twin says how much of vpsd's time is its own stack.
+This baseline is vpsd as committed before issue 14's read-path work (run with the committed
+`src/` on `PYTHONPATH`): on SQLite vpsd serves 0.22x the twin's rate on the 100-row list and
+0.05x on get and the filtered list (about 620 req/s against 11,700 for get); on PostgreSQL
+0.16-0.27x, where the twin itself pays a round trip per statement (about 2,300 req/s for get).
+At 300 req/s vpsd falls behind on every read (the generator achieved 59-146 req/s of the
+300 requested; the fixed-rate p50/p99 then count queueing in seconds). The load average
+stood at 2.5-5 during the run (other work on the 2 cores), so absolute rates are low; the
+ratios come from vpsd and the twin alternating in the same minutes.
+
+**Earlier read-path fixes (before issue 14), found by profiling (py-spy on a loaded
+`vpsd serve`, cProfile in-process):**
 - Snapshot `list`/`get` select the nine columns the API shows and return plain values instead
   of ORM objects with a joined server: ~70% of a 100-row list was SQLAlchemy building
   instances.
@@ -74,26 +90,14 @@ graceful power cycle.
   pidfiles every 2 s.
 - The queries use `ix_servers_account_id_id` and `ix_snapshots_server_id_status`
   (`EXPLAIN QUERY PLAN`); in SQLite a 100-row page plus its count takes 0.8 ms.
+- The HTTP server fixes of issue 10: the listening socket had no `TCP_NODELAY` (40 ms per
+  keep-alive request, Nagle against delayed ACKs), and the event loop is asyncio's (bounded
+  accepts under floods).
 
-Together: list 25 → 91 req/s, list-filtered 80 → 161, get 143 → 244 (the "before" run was on
-a loaded machine, the "after" one on a quiet one, so the ratios are approximate). The latest
-run (the table above: 236, 448, 648 req/s) also has the HTTP server fixes of issue 10: the
-listening socket had no `TCP_NODELAY` (40 ms per keep-alive request, Nagle against delayed
-ACKs), and the event loop is asyncio's (bounded accepts under floods).
-
-**Targets not met, and what it would take.** One Python process serves a 100-row page in
-~11 ms of CPU and a single snapshot in ~4 ms: in-process, `SnapshotService.list` is 4.4 ms
-(0.8 ms of it SQLite, most of the rest SQLAlchemy's row and type processing: timestamps are
-parsed from SQLite's text per row), building and serializing the 100 response objects ~1.2 ms,
-and FastAPI's request handling (dependencies, thread hand-off, response validation) the rest.
-The GIL keeps one process on one core, and the load generator shares the two cores. So
-≥ 1,000 req/s and a p99 ≤ 50 ms at 300 req/s are not reachable from one process on this
-machine with this stack; at rates above saturation the fixed-rate figures only measure the
-queue. What it would take: several uvicorn workers per host (`--workers N`; the service is
-stateless apart from the runner, which would move to one worker or to `vpsd agent`), integer
-epoch timestamps instead of SQLite text dates, a Core-only read path that renders JSON
-straight from rows, and smaller default pages for lists (`page_size=20` would cut list cost
-about 4x).
+Together they took list from 25 to 91-236 req/s, list-filtered from 80 to 161-448, get from
+143 to 244-648 (the before/after table compares the vpsd-only run kept in
+`bench/results/api-before.json`; runs on a loaded and a quiet machine, so ratios are
+approximate).
 """,
     "backups": """\
 **Reading it.** A backup is CPU-bound in restic, not in reading the disk. The same 2 GiB of
