@@ -12,6 +12,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
+from vpsd.api.deps import BEARER_SCHEME
+
 # FastAPI documents a 422 on every operation with parameters; vpsd never sends one
 # (``vpsd.api.errors`` turns validation failures into 400), so the document must not either.
 _FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
@@ -85,13 +87,25 @@ OPERATION_ID = re.compile(r"^[a-z][A-Za-z]+$")
 """What every operation id looks like: ``listSnapshots``, ``getServerConsole``."""
 
 
+def with_bearer_security(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with every operation requiring the bearer token (in place): the check is
+    a plain dependency (``vpsd.api.deps.get_principal``), which FastAPI cannot document."""
+    schemes = document.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes["HTTPBearer"] = dict(BEARER_SCHEME)
+    for path in document.get("paths", {}).values():
+        for operation in path.values():
+            operation["security"] = [{"HTTPBearer": []}]
+    return document
+
+
 def install_openapi(app: FastAPI) -> None:
     """Serve FastAPI's generated document, corrected as above, built once."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = with_json_schema_bounds(without_422(generate()))
+            document = with_bearer_security(without_422(generate()))
+            app.openapi_schema = with_json_schema_bounds(document)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Engine, TextClause, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -65,6 +65,7 @@ class Database:
         self.engine = create_engine(self.url, **kwargs)
         if self.is_sqlite:
             _configure_sqlite(self.engine)
+        self._compiled: dict[TextClause, tuple[str, tuple[str, ...] | None]] = {}
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(
             self.engine.execution_options(vpsd_write=True), expire_on_commit=False
@@ -81,11 +82,43 @@ class Database:
         with self._read() as session:
             yield session
 
-    @contextmanager
-    def connect(self) -> Iterator[Connection]:
-        """A pooled connection for reads in Core (no ORM session), rolled back at the end."""
-        with self.engine.connect() as connection:
-            yield connection
+    def fetch(self, *queries: tuple[TextClause, Mapping[str, Any]]) -> list[list[Sequence[Any]]]:
+        """Run read-only ``queries`` (one snapshot of the database) on a pooled DB-API
+        connection; each one's rows, as plain tuples.
+
+        The hot reads' path: a statement compiled once per dialect, no ``Connection`` or
+        ``Result`` objects, no type processing (a ``text()`` statement has none anyway), no
+        ``BEGIN`` for a single statement. About a tenth of ``Connection.execute``'s time here.
+        """
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            several = len(queries) > 1 and self.is_sqlite
+            if several:  # one snapshot for all; PostgreSQL's driver opened a transaction
+                cursor.execute("BEGIN")
+            try:
+                results: list[list[Sequence[Any]]] = []
+                for statement, params in queries:
+                    sql, names = self._driver_sql(statement)
+                    cursor.execute(sql, [params[n] for n in names] if names else params)
+                    results.append(list(cursor.fetchall()))
+            finally:
+                if several:
+                    cursor.execute("ROLLBACK")
+                cursor.close()
+            return results
+        finally:
+            raw.close()  # back to the pool, which rolls back what is left
+
+    def _driver_sql(self, statement: TextClause) -> tuple[str, tuple[str, ...] | None]:
+        """The statement as this database's driver takes it, and the order of its
+        parameters when they are positional (SQLite's ``?``)."""
+        found = self._compiled.get(statement)
+        if found is None:
+            compiled = statement.compile(dialect=self.engine.dialect)
+            names = tuple(compiled.positiontup) if compiled.positiontup else None
+            found = self._compiled[statement] = (compiled.string, names)
+        return found
 
     @contextmanager
     def write(self) -> Iterator[Session]:

@@ -122,22 +122,18 @@ class SnapshotService:
         if server_id is not None:
             params["server"] = server_id
             count_sql, list_sql = SERVER_COUNT_SQL, SERVER_LIST_SQL
-        with self.db.connect() as connection:
-            count = connection.execute(count_sql, params).scalar()
-            rows = connection.execute(
-                list_sql, {**params, "limit": page.page_size, "offset": page.offset}
-            ).all()
-        return count or 0, [_view(row) for row in rows]
+        counted, rows = self.db.fetch(
+            (count_sql, params),
+            (list_sql, {**params, "limit": page.page_size, "offset": page.offset}),
+        )
+        return counted[0][0], [_view(row) for row in rows]
 
     def get(self, account_id: int, snapshot_id: int) -> SnapshotView:
         """One of the account's snapshots; NotFound for others' and unknown ids."""
-        with self.db.connect() as connection:
-            row = connection.execute(
-                GET_SQL, {"account": account_id, "snapshot": snapshot_id}
-            ).first()
-        if row is None:
+        [rows] = self.db.fetch((GET_SQL, {"account": account_id, "snapshot": snapshot_id}))
+        if not rows:
             raise NotFound("snapshot not found")
-        return _view(row)
+        return _view(rows[0])
 
     def create(self, account_id: int, request: SnapshotCreate) -> Snapshot:
         """Record an ``in_progress`` snapshot and queue taking it.
