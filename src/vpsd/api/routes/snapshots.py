@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from vpsd.api.deps import DIGITS_ONLY, PageDep, PrincipalDep, ServicesDep
+from vpsd.api.deps import DIGITS_ONLY, PageDep, PrincipalDep, Services, ServicesDep
 from vpsd.api.pagination import page_links
 from vpsd.api.presenters import snapshot_json, snapshot_out
 from vpsd.api.responses import FastJSONResponse, responses
@@ -46,7 +46,6 @@ RESTORE_MESSAGE = (
 async def list_snapshots(
     request: Request,
     principal: PrincipalDep,
-    services: ServicesDep,
     page: PageDep,
     server_id: Annotated[
         int | None,
@@ -55,7 +54,9 @@ async def list_snapshots(
     ] = None,
 ) -> FastJSONResponse:
     """All snapshots on your servers, newest first."""
-    # Async: two short indexed queries run on the event loop, cheaper than a thread handoff.
+    # Async: two short indexed queries run on the event loop, cheaper than a thread handoff;
+    # the services straight from the app (one dependency fewer on the hottest path).
+    services: Services = request.app.state.services
     count, rows = services.snapshots.list(principal.account_id, page, server_id)
     next_url, previous_url = page_links(request, page, count)
     return FastJSONResponse(
@@ -92,9 +93,10 @@ def create_snapshot(
     responses=responses(400, 401, 404),
 )
 async def get_snapshot(
-    snapshot_id: SnapshotId, principal: PrincipalDep, services: ServicesDep
+    snapshot_id: SnapshotId, principal: PrincipalDep, request: Request
 ) -> FastJSONResponse:
     """One snapshot: poll it until its status is ``completed`` or ``failed``."""
+    services: Services = request.app.state.services
     return FastJSONResponse(
         snapshot_json(services.snapshots.get(principal.account_id, snapshot_id))
     )
