@@ -7,10 +7,12 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+from sqlalchemy import text
 
 from vpsd.api.presenters import snapshot_json
 from vpsd.db.base import StoredTime, api_time
 from vpsd.db.models import SnapshotStatus
+from vpsd.db.session import Database
 from vpsd.schemas import SnapshotOut
 from vpsd.services.snapshots import ServerName, SnapshotView
 
@@ -57,3 +59,25 @@ def test_snapshot_json_is_byte_for_byte_the_models(
     fast = snapshot_json(view)
     assert list(fast) == list(SnapshotOut.model_fields)  # a new field must reach both
     assert orjson.dumps(fast) == model.model_dump_json().encode()
+
+
+def test_reads_see_one_snapshot_and_survive_a_postgresql_restart(pg_database_url: str) -> None:
+    """The hot reads keep a connection per thread: one whose server side went away (a
+    PostgreSQL restart, an administrator's pg_terminate_backend) is replaced at once."""
+    database = Database(pg_database_url)
+    admin = Database(pg_database_url)
+    try:
+        [[(pid,)]] = database.fetch((text("SELECT pg_backend_pid()"), {}))
+        # Several statements share one transaction: the same snapshot of the database.
+        first, second = database.fetch(
+            (text("SELECT txid_current_if_assigned(), now()"), {}),
+            (text("SELECT now()"), {}),
+        )
+        assert first[0][1] == second[0][0]
+        with admin.engine.connect() as connection:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        [[(new_pid,)]] = database.fetch((text("SELECT pg_backend_pid()"), {}))
+        assert new_pid != pid
+    finally:
+        database.dispose()
+        admin.dispose()

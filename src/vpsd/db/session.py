@@ -70,6 +70,10 @@ class Database:
         self._local = threading.local()
         self._kept: list[Any] = []
         self._kept_lock = threading.Lock()
+        dbapi = self.engine.dialect.dbapi
+        self._disconnects: tuple[type[Exception], ...] = (
+            (dbapi.OperationalError, dbapi.InterfaceError) if dbapi is not None else ()
+        )
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(
             self.engine.execution_options(vpsd_write=True), expire_on_commit=False
@@ -87,44 +91,64 @@ class Database:
             yield session
 
     def fetch(self, *queries: tuple[TextClause, Mapping[str, Any]]) -> list[list[Sequence[Any]]]:
-        """Run read-only ``queries`` (one snapshot of the database) on a pooled DB-API
-        connection; each one's rows, as plain tuples.
+        """Run read-only ``queries`` (one snapshot of the database: a transaction when there
+        are several) on this thread's own DB-API connection; each one's rows, as tuples.
 
         The hot reads' path: a statement compiled once per dialect, no ``Connection`` or
         ``Result`` objects, no type processing (a ``text()`` statement has none anyway), no
-        ``BEGIN`` for a single statement. About a tenth of ``Connection.execute``'s time here.
+        pool checkout, no ``BEGIN`` for a single statement. About a tenth of
+        ``Connection.execute``'s time here. A PostgreSQL connection found broken (a server
+        restart) is replaced and the queries run again, once: reads can be.
         """
-        raw = self._thread_connection() if self.is_sqlite else self.engine.raw_connection()
         try:
-            cursor = raw.cursor()
-            several = len(queries) > 1 and self.is_sqlite
-            if several:  # one snapshot for all; PostgreSQL's driver opened a transaction
+            return self._fetch(self._thread_connection(), queries)
+        except self._disconnects:
+            if self.is_sqlite:
+                raise
+            self._drop_thread_connection()
+            return self._fetch(self._thread_connection(), queries)
+
+    def _fetch(
+        self, raw: Any, queries: tuple[tuple[TextClause, Mapping[str, Any]], ...]
+    ) -> list[list[Sequence[Any]]]:
+        cursor = raw.cursor()
+        several = len(queries) > 1
+        try:
+            if several:
                 cursor.execute("BEGIN")
-            try:
-                results: list[list[Sequence[Any]]] = []
-                for statement, params in queries:
-                    sql, names = self._driver_sql(statement)
-                    cursor.execute(sql, [params[n] for n in names] if names else params)
-                    results.append(list(cursor.fetchall()))
-            finally:
-                if several:
-                    cursor.execute("ROLLBACK")
-                cursor.close()
+            results: list[list[Sequence[Any]]] = []
+            for statement, params in queries:
+                sql, names = self._driver_sql(statement)
+                cursor.execute(sql, [params[n] for n in names] if names else params)
+                results.append(list(cursor.fetchall()))
             return results
         finally:
-            if not self.is_sqlite:
-                raw.close()  # back to the pool, which rolls back what is left
+            if several:
+                cursor.execute("ROLLBACK")
+            cursor.close()
 
     def _thread_connection(self) -> Any:
-        """This thread's own SQLite connection for ``fetch``, taken from the pool once and
-        kept: a checkout and return cost twice the query itself. (A local file cannot drop
-        the connection; PostgreSQL's go back to the pool, which pings them.)"""
+        """This thread's own connection for ``fetch``, in autocommit mode, taken from the
+        pool once and kept: a checkout (with PostgreSQL's ping) and return cost more than
+        the query itself."""
         raw = getattr(self._local, "raw", None)
         if raw is None:
-            raw = self._local.raw = self.engine.raw_connection()
+            raw = self.engine.raw_connection()
+            if not self.is_sqlite:  # SQLite's already is (see _configure_sqlite)
+                connection: Any = raw.dbapi_connection
+                connection.autocommit = True
+            self._local.raw = raw
             with self._kept_lock:
                 self._kept.append(raw)
         return raw
+
+    def _drop_thread_connection(self) -> None:
+        raw = self._local.raw
+        self._local.raw = None
+        with self._kept_lock:
+            if raw in self._kept:
+                self._kept.remove(raw)
+        raw.invalidate()  # closed, never handed out again
 
     def _driver_sql(self, statement: TextClause) -> tuple[str, tuple[str, ...] | None]:
         """The statement as this database's driver takes it, and the order of its
