@@ -14,7 +14,7 @@ from vpsd.db.base import StoredTime, api_time
 from vpsd.db.models import SnapshotStatus
 from vpsd.db.session import Database
 from vpsd.schemas import SnapshotOut
-from vpsd.services.snapshots import ServerName, SnapshotView
+from vpsd.services.snapshots import SnapshotView
 
 MOMENT = datetime(2025, 1, 15, 18, 30, 5, tzinfo=UTC)
 
@@ -40,8 +40,8 @@ def test_snapshot_json_is_byte_for_byte_the_models(
     description: str | None, reason: str | None, consistency: str | None, size_mb: int | None
 ) -> None:
     view = SnapshotView(
-        7, ServerName(3, "web-01"), "before-update", SnapshotStatus.COMPLETED, size_mb,
-        "2025-01-15 18:30:05.000000", description, reason, consistency,
+        7, "before-update", SnapshotStatus.COMPLETED, size_mb, "2025-01-15 18:30:05.000000",
+        description, reason, consistency, 3, "web-01",
     )  # fmt: skip
     model = SnapshotOut.model_validate(
         {

@@ -71,7 +71,7 @@ def snapshot_json(snapshot: SnapshotView) -> dict[str, Any]:
     without a model: the list and show endpoints' hot path (a unit test holds the two equal)."""
     return {
         "id": snapshot.id,
-        "server": {"id": snapshot.server.id, "name": snapshot.server.name},
+        "server": {"id": snapshot.server_id, "name": snapshot.server_name},
         "name": snapshot.name,
         "status": snapshot.status,
         "size_mb": snapshot.size_mb,

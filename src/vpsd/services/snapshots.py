@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import exists, func, select, text
 from sqlalchemy.orm import Session, joinedload
@@ -46,18 +45,17 @@ class ServerName:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
-class SnapshotView:
-    """A snapshot as the read endpoints show it: a plain value, not an ORM object.
+class SnapshotView(NamedTuple):
+    """A snapshot as the read endpoints show it: a plain value, not an ORM object, made
+    straight from a row of the read statements (the columns in this order).
 
-    Reads run one precompiled SQL statement per query on a pooled connection and keep
+    Reads run one precompiled SQL statement per query (``Database.fetch``) and keep
     ``created_at`` as the database returns it (``StoredTime``): building ORM objects, and
     parsing then formatting each row's time, were most of a list request's time (see
     docs/benchmarks.md).
     """
 
     id: int
-    server: ServerName
     name: str
     status: SnapshotStatus
     size_mb: int | None
@@ -65,6 +63,8 @@ class SnapshotView:
     description: str | None
     status_reason: str | None
     consistency: str | None
+    server_id: int
+    server_name: str
 
 
 _VISIBLE_SQL = ", ".join(f"'{status.value}'" for status in VISIBLE)
@@ -86,23 +86,7 @@ SERVER_COUNT_SQL = text("SELECT count(*) " + _FROM + _BY_SERVER)
 GET_SQL = text(_COLUMNS + _FROM + " AND snapshots.id = :snapshot")
 
 
-def _view(row: Sequence[Any]) -> SnapshotView:
-    (
-        sid,
-        name,
-        status,
-        size_mb,
-        created_at,
-        description,
-        reason,
-        consistency,
-        server,
-        server_name,
-    ) = row
-    return SnapshotView(
-        sid, ServerName(server, server_name), name, status, size_mb, created_at, description,
-        reason, consistency,
-    )  # fmt: skip
+_view = SnapshotView._make
 
 
 class SnapshotService:
@@ -126,7 +110,7 @@ class SnapshotService:
             (count_sql, params),
             (list_sql, {**params, "limit": page.page_size, "offset": page.offset}),
         )
-        return counted[0][0], [_view(row) for row in rows]
+        return counted[0][0], list(map(_view, rows))
 
     def get(self, account_id: int, snapshot_id: int) -> SnapshotView:
         """One of the account's snapshots; NotFound for others' and unknown ids."""
