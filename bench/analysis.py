@@ -62,19 +62,60 @@ graceful power cycle.
 """,
     "api": """\
 **Beside the lean twin (issue 14).** The twin (bench/twin.py) does the same work as vpsd's
-three reads with nothing in between: the same SQL statements, tenancy filter and token check
-with its 2 s cache, bodies byte-identical to vpsd's (tests/bench/test_twin.py checks 19
-queries on both databases, with and without `VPSD_PUBLIC_URL`), on uvicorn with uvloop and
-httptools, stdlib sqlite3 or psycopg 3, orjson. It is what one Python process can do for that
-work on this machine, so the ratio vpsd/twin says how much of vpsd's time is its own stack.
-This baseline is vpsd as committed before issue 14's read-path work (run with the committed
-`src/` on `PYTHONPATH`): on SQLite vpsd serves 0.22x the twin's rate on the 100-row list and
-0.05x on get and the filtered list (about 620 req/s against 11,700 for get); on PostgreSQL
-0.16-0.27x, where the twin itself pays a round trip per statement (about 2,300 req/s for get).
-At 300 req/s vpsd falls behind on every read (the generator achieved 59-146 req/s of the
-300 requested; the fixed-rate p50/p99 then count queueing in seconds). The load average
-stood at 2.5-5 during the run (other work on the 2 cores), so absolute rates are low; the
-ratios come from vpsd and the twin alternating in the same minutes.
+three reads with nothing in between: the very SQL statements vpsd sends (it imports them from
+`vpsd.services.snapshots`), the same tenancy filter and token check with its 2 s cache, bodies
+byte-identical to vpsd's (tests/bench/test_twin.py checks 19 queries on both databases, with
+and without `VPSD_PUBLIC_URL`), on uvicorn with uvloop and httptools, stdlib sqlite3 or
+psycopg 3, orjson. It is what one Python process can do for that work on this machine, so the
+ratio vpsd/twin says how much of vpsd's time is its own stack. vpsd and the twin alternate
+A/B/A/B on each read in the same minutes, so the ratios hold when the machine is loaded.
+
+**Before** (vpsd as committed before this work, `api-before.json`): on SQLite 0.22x the twin
+on the 100-row list and 0.05x on get and the filtered list (622 req/s against 11,749 for get);
+on PostgreSQL 0.16-0.27x; at 300 req/s vpsd fell behind on every read.
+
+**What the profiles said, and what changed** (py-spy on a loaded `vpsd serve`, pyinstrument
+on the ASGI app called directly; per request, no sockets):
+1. The service call of the 100-row list took 3.98 ms against 1.1 ms for its SQL alone: an ORM
+   session per request, each statement's cache key rebuilt, 100 times a datetime parsed by
+   the column type then formatted by the response model. Now: precompiled `text()`
+   statements, stored times formatted by slicing SQLite's text (`api_time`), rows made
+   straight into named tuples: 1.69 ms.
+2. Pydantic built and validated 100 `SnapshotOut` models, then serialized them (0.9 ms). Now
+   the list and show endpoints build plain dicts in the model's field order (a unit test holds
+   them byte-identical to the model's JSON) rendered by orjson; `response_model` stays for the
+   OpenAPI document.
+3. Sync handlers and dependencies went through a worker thread (the issue's profile: 24%).
+   The three reads and the dependencies are `async` now: their queries are short (an index
+   lookup; the list's 1 ms sort) and run on the event loop.
+4. `Connection.execute` cost ten times the query: a pool checkout, SQLAlchemy's `BEGIN`
+   event, the result machinery. Now `Database.fetch` runs the compiled statement on a DB-API
+   connection each thread keeps (autocommit; an explicit transaction when a list's count and
+   page must see one snapshot; on PostgreSQL no pool ping, and a connection found broken is
+   replaced and the read run again, tested with `pg_terminate_backend`). get's service call:
+   0.39 ms -> 0.09 ms.
+5. Authentication was three dependency layers (HTTPBearer, the services, the check): now one,
+   parsing the header with FastAPI's own parser; the OpenAPI document is unchanged (its
+   security requirement is added in `vpsd.api.openapi`, compared before and after). The
+   body-size middleware no longer builds its 413 answer on every request.
+Together, ASGI-level get went from 346 to 139 us per request, and the list to 1.5 ms, of
+which the SQL is 1.1 ms.
+
+**Where it stands** (the targets table above; the same figures over three runs this day, the
+machine shared with other work): on SQLite the list is 0.62-0.76x the twin (the twin pays the
+same 1 ms SQL; what is left is the 100 dicts, the page links and FastAPI's routing), the
+filtered list 0.34-0.35x, get 0.27-0.28x (3,755-4,034 req/s against 13,748-14,525: just short
+of 0.3x), and every read's p99 at 300 req/s is 19-39 ms. On PostgreSQL the list is 0.60-0.63x
+(short of 0.7x: besides the same work, vpsd opens an explicit transaction for the count and
+the page, one round trip more than the twin's), the filtered list 0.52-0.56x, get 0.64-0.68x,
+and p99 at 300 req/s 17-50 ms. What remains of get's
+time is the framework and server: per request FastAPI's routing, dependency solving and
+parameter validation (~50 us), the middleware stack (vpsd's body-size and error middlewares,
+Starlette's and FastAPI's own, ~30 us), and uvicorn on asyncio's event loop where the twin
+runs on uvloop: vpsd keeps asyncio on purpose, since its accept loop takes at most `backlog`
+connections per wake-up and so bounds a connection flood's overshoot of the descriptor cap
+(issue 10). The next steps, not taken: uvloop with another bound on accepts, and dropping
+the middlewares FastAPI now adds by default.
 
 **Earlier read-path fixes (before issue 14), found by profiling (py-spy on a loaded
 `vpsd serve`, cProfile in-process):**

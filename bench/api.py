@@ -334,9 +334,9 @@ def tables(
             f"{data['rounds']} runs of {data['duration'] / data['rounds']:g} s per app; req/s "
             "and p50 are the runs' mean, p99 the worst run's. Both serve the same database at "
             "the same time and answered each URL with the same bytes before the load began. "
-            "Fixed rates (vpsd only): a constant-rate generator (bench/load.py, httpx + "
-            f"asyncio), latency counted from each request's due time, {data['duration']:g} s "
-            "per rate.",
+            "Fixed rates (vpsd only): a constant-rate generator (bench/load.py, raw HTTP/1.1 on "
+            "asyncio streams over 64 keep-alive connections), latency counted from each "
+            f"request's due time, {data['duration']:g} s per rate.",
             "The twin (bench/twin.py) is a raw ASGI app on uvicorn with uvloop and httptools, "
             "the stdlib sqlite3 or psycopg 3, and orjson: vpsd's SQL, tenancy filter and token "
             "check with its 2 s cache, bodies byte-identical to vpsd's "
