@@ -48,6 +48,8 @@ SQL = {
     "list": snapshot_reads.LIST_SQL.text,
     "count_server": snapshot_reads.SERVER_COUNT_SQL.text,
     "list_server": snapshot_reads.SERVER_LIST_SQL.text,
+    "counted_list": snapshot_reads.COUNTED_LIST_SQL.text,
+    "counted_list_server": snapshot_reads.COUNTED_SERVER_LIST_SQL.text,
     "get": snapshot_reads.GET_SQL.text,
     "token": "SELECT api_tokens.token_hash, api_tokens.revoked_at, accounts.id, accounts.name "
     "FROM api_tokens JOIN accounts ON accounts.id = api_tokens.account_id "
@@ -85,18 +87,17 @@ class SqliteStore:
     async def page(
         self, account: int, server: int | None, limit: int, offset: int
     ) -> tuple[int, list[Row]]:
+        # As vpsd on SQLite: the count and the page in one read transaction.
         conn = self.conn
-        # One read transaction for the count and the page, as vpsd's session has.
+        args: dict[str, Any] = {"account": account}
+        if server is not None:
+            args["server"] = server
+        mine = server is None
         conn.execute("BEGIN")
         try:
-            page = {"account": account, "limit": limit, "offset": offset}
-            if server is None:
-                count = conn.execute(SQL["count"], {"account": account}).fetchone()[0]
-                rows = conn.execute(SQL["list"], page).fetchall()
-            else:
-                args = {"account": account, "server": server}
-                count = conn.execute(SQL["count_server"], args).fetchone()[0]
-                rows = conn.execute(SQL["list_server"], {**args, **page}).fetchall()
+            count = conn.execute(SQL["count" if mine else "count_server"], args).fetchone()[0]
+            page = {**args, "limit": limit, "offset": offset}
+            rows = conn.execute(SQL["list" if mine else "list_server"], page).fetchall()
         finally:
             conn.execute("ROLLBACK")
         return count, rows
@@ -126,7 +127,8 @@ def sqlite3_connect(path: str) -> Any:
 
 
 class PostgresStore:
-    """A small pool of psycopg 3 async connections; each read is one transaction."""
+    """A small pool of psycopg 3 async connections in autocommit mode, as vpsd's hot reads
+    use: each read is one statement (and so one snapshot)."""
 
     def __init__(self, url: str, size: int = 10) -> None:
         self.url = url
@@ -138,7 +140,7 @@ class PostgresStore:
         import psycopg
 
         for _ in range(self.size):
-            self.pool.put_nowait(await psycopg.AsyncConnection.connect(self.url))
+            self.pool.put_nowait(await psycopg.AsyncConnection.connect(self.url, autocommit=True))
 
     async def _run(self, queries: list[tuple[str, dict[str, Any], bool]]) -> list[Any]:
         conn = await self.pool.get()
@@ -147,7 +149,6 @@ class PostgresStore:
             for key, args, many in queries:
                 cursor = await conn.execute(self.sql[key], args)
                 out.append(await cursor.fetchall() if many else await cursor.fetchone())
-            await conn.rollback()
             return out
         finally:
             self.pool.put_nowait(conn)
@@ -159,16 +160,18 @@ class PostgresStore:
     async def page(
         self, account: int, server: int | None, limit: int, offset: int
     ) -> tuple[int, list[Row]]:
-        page = {"account": account, "limit": limit, "offset": offset}
-        if server is None:
-            count, rows = await self._run(
-                [("count", {"account": account}, False), ("list", page, True)]
-            )
-        else:
-            args = {"account": account, "server": server}
-            count, rows = await self._run(
-                [("count_server", args, False), ("list_server", {**args, **page}, True)]
-            )
+        args: dict[str, Any] = {"account": account}
+        if server is not None:
+            args["server"] = server
+        # As vpsd on PostgreSQL: the rows carry the count (a window), one statement.
+        key = "counted_list" if server is None else "counted_list_server"
+        [rows] = await self._run([(key, {**args, "limit": limit, "offset": offset}, True)])
+        if rows:
+            return rows[0][-1], rows
+        if offset == 0:
+            return 0, rows
+        key = "count" if server is None else "count_server"
+        [count] = await self._run([(key, args, False)])
         return count[0], rows
 
     async def get(self, account: int, snapshot: int) -> Row | None:
@@ -193,7 +196,7 @@ def make_store(database_url: str) -> SqliteStore | PostgresStore:
 
 def snapshot_json(row: Row) -> dict[str, Any]:
     """A row of the snapshot statements as vpsd's ``SnapshotOut``, in its key order."""
-    sid, name, status, size_mb, created, description, reason, consistency, server, sname = row
+    sid, name, status, size_mb, created, description, reason, consistency, server, sname = row[:10]
     return {
         "id": sid,
         "server": {"id": server, "name": sname},

@@ -103,6 +103,8 @@ class StrictJSONRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler  # nothing to parse: no wrapper on the hot read paths
 
         async def strict_handler(request: Request) -> Response:
             strict = StrictJSONRequest(request.scope, request.receive)
