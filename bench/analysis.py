@@ -101,21 +101,27 @@ on the ASGI app called directly; per request, no sockets):
 Together, ASGI-level get went from 346 to 139 us per request, and the list to 1.5 ms, of
 which the SQL is 1.1 ms.
 
-**Where it stands** (the targets table above; the same figures over three runs this day, the
-machine shared with other work): on SQLite the list is 0.62-0.76x the twin (the twin pays the
-same 1 ms SQL; what is left is the 100 dicts, the page links and FastAPI's routing), the
-filtered list 0.34-0.35x, get 0.27-0.28x (3,755-4,034 req/s against 13,748-14,525: just short
-of 0.3x), and every read's p99 at 300 req/s is 19-39 ms. On PostgreSQL the list is 0.60-0.63x
-(short of 0.7x: besides the same work, vpsd opens an explicit transaction for the count and
-the page, one round trip more than the twin's), the filtered list 0.52-0.56x, get 0.64-0.68x,
-and p99 at 300 req/s 17-50 ms. What remains of get's
-time is the framework and server: per request FastAPI's routing, dependency solving and
-parameter validation (~50 us), the middleware stack (vpsd's body-size and error middlewares,
-Starlette's and FastAPI's own, ~30 us), and uvicorn on asyncio's event loop where the twin
-runs on uvloop: vpsd keeps asyncio on purpose, since its accept loop takes at most `backlog`
-connections per wake-up and so bounds a connection flood's overshoot of the descriptor cap
-(issue 10). The next steps, not taken: uvloop with another bound on accepts, and dropping
-the middlewares FastAPI now adds by default.
+**Where it stands** (the tables above; the same reads measured four times this day, the
+machine at times shared with other work). On SQLite the list is 0.62-0.83x the twin (the twin
+pays the same 1 ms SQL; what is left is the 100 dicts, the page links and FastAPI's
+routing), the filtered list 0.34-0.37x, get 0.27-0.28x (3,667-4,034 req/s against
+12,877-14,525: just short of 0.3x), and every read's p99 at 300 req/s 19-48 ms. On
+PostgreSQL, in this last run, the list is 0.40x, the filtered list 0.30x, get 0.31x, p99 at
+300 req/s up to 73 ms (the list's). An earlier run put PostgreSQL at 0.52-0.68x, but its twin
+rolled back after every read, a round trip vpsd's autocommit connection does not make; made
+as lean, the twin runs 2-3x faster. Its lead on PostgreSQL is its driver: it awaits psycopg's
+async connections, so eight clients' round trips overlap, where vpsd's sync driver holds the
+event loop for each round trip. The list's count now rides on its rows there (a window: one
+statement instead of BEGIN, count, page, ROLLBACK; 1.0 against 1.6 ms), which SQLite would
+run slower (it materializes the window: 1.7 against 1.0 ms), so SQLite keeps two statements.
+What remains of get's time
+is the framework and server: per request FastAPI's routing, dependency solving and parameter
+validation (~50 us), the middleware stack (vpsd's body-size and error middlewares, Starlette's
+and FastAPI's own, ~30 us), and uvicorn on asyncio's event loop where the twin runs on uvloop:
+vpsd keeps asyncio on purpose, since its accept loop takes at most `backlog` connections per
+wake-up and so bounds a connection flood's overshoot of the descriptor cap (issue 10). The
+next steps, not taken: the hot reads on psycopg's async connections on PostgreSQL, uvloop with
+another bound on accepts, and fewer middleware layers.
 
 **Earlier read-path fixes (before issue 14), found by profiling (py-spy on a loaded
 `vpsd serve`, cProfile in-process):**
