@@ -330,3 +330,16 @@ def test_operators_are_warned_when_backups_share_the_disks_filesystem(
     if shm.is_dir() and shm.stat().st_dev != settings.data_dir.stat().st_dev:
         apart = settings.model_copy(update={"backup_repository": str(shm / "vpsd-repo")})
         assert same_filesystem_warning(apart) is None
+
+
+def test_a_deleted_servers_backup_can_be_deleted(
+    alice: ApiClient, fake_driver: FakeDriver, fake_store: FakeBackupStore
+) -> None:
+    sid = alice.create_server()["id"]
+    fake_driver.write(sid, b"old")
+    backup = alice.create_backup(sid)
+    assert alice.delete(f"/servers/{sid}/").status_code == 204
+    alice.wait_server(sid, None)
+    assert alice.delete(f"/backups/{backup['id']}/").status_code == 204
+    wait_for(lambda: fake_store.stored == {}, what="the deleted server's backup to be forgotten")
+    assert alice.get("/backups/").json()["count"] == 0
