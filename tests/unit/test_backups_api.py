@@ -343,3 +343,22 @@ def test_a_deleted_servers_backup_can_be_deleted(
     assert alice.delete(f"/backups/{backup['id']}/").status_code == 204
     wait_for(lambda: fake_store.stored == {}, what="the deleted server's backup to be forgotten")
     assert alice.get("/backups/").json()["count"] == 0
+
+
+def test_a_copy_whose_disk_was_never_made_is_not_started_blank(
+    alice: ApiClient, fake_driver: FakeDriver
+) -> None:
+    sid = alice.create_server()["id"]
+    fake_driver.write(sid, b"the data")
+    snapshot = alice.create_snapshot(sid)
+    fake_driver.fail_next("snapshot_clone", "qemu-img convert failed")
+    created = alice.post(
+        "/servers/", json={"name": "copy", "disk_gb": 1, "snapshot_id": snapshot["id"]}
+    )
+    copy = created.json()["id"]
+    alice.wait_server(copy, "error")
+    refused = alice.post(f"/servers/{copy}/start/")
+    assert refused.status_code == 400
+    assert "never made from snapshot" in refused.json()["detail"]
+    assert not fake_driver.exists(copy)  # no empty disk made behind the user's back
+    assert alice.delete(f"/servers/{copy}/").status_code == 204

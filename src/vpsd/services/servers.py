@@ -24,7 +24,7 @@ from vpsd.hypervisor.base import Driver
 from vpsd.schemas import BLANK_IMAGE, ServerCreate
 from vpsd.services import quotas, sources, ssh_keys
 from vpsd.services.common import Dispatcher, PageRequest, enqueue, lock_server, transition
-from vpsd.services.errors import Invalid, NotFound
+from vpsd.services.errors import Invalid, InvalidState, NotFound
 from vpsd.services.images import resolve_image
 from vpsd.services.ports import allocate_ssh_port
 from vpsd.services.states import ServerAction
@@ -194,6 +194,8 @@ class ServerService:
         with self.db.write() as session:
             server = lock_server(session, account_id, server_id)
             transition(server, action)
+            if action is ServerAction.START:
+                self._ensure_made(server)
             if action is ServerAction.DELETE:
                 # The server's snapshots go with it, and leave the API at once; its backups
                 # stay, but no new automatic one is taken.
@@ -217,8 +219,26 @@ class ServerService:
         return self._act(account_id, server_id, ServerAction.STOP)
 
     def start(self, account_id: int, server_id: int) -> ServerView:
-        """``stopped``/``error`` → ``starting``; the VM boots."""
+        """``stopped``/``error`` → ``starting``; the VM boots.
+
+        Raises InvalidState for a server made from a snapshot or a backup whose disk never
+        was (its create failed): a start would give it its image's empty disk instead.
+        """
         return self._act(account_id, server_id, ServerAction.START)
+
+    def _ensure_made(self, server: Server) -> None:
+        source = (
+            f"snapshot {server.source_snapshot_id}"
+            if server.source_snapshot_id is not None
+            else f"backup {server.source_backup_id}"
+            if server.source_backup_id is not None
+            else None
+        )
+        if source is not None and not self.driver.disks(server.id):
+            raise InvalidState(
+                f"this server's disk was never made from {source} (its creation failed); "
+                "delete the server and create it again"
+            )
 
     def reboot(self, account_id: int, server_id: int) -> ServerView:
         """``running`` → ``rebooting``: a graceful power cycle (ACPI, forced after the
