@@ -98,3 +98,12 @@ def settings(data_dir: Path, database_url: str) -> Settings:
         stop_timeout=0.5,
         monitor_interval=0.2,
     )
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    """The test's database (``settings``), migrated; for tests that call services directly."""
+    database = Database(settings.effective_database_url)
+    migrate.upgrade(database)
+    yield database
+    database.dispose()

@@ -143,3 +143,18 @@ class ApiClient:
         response = self.post("/snapshots/", json={"server_id": server_id, "name": name, **extra})
         assert response.status_code == 201, response.text
         return self.wait_snapshot(response.json()["id"])
+
+
+class NoDispatch:
+    """A dispatcher that runs nothing: operations stay pending, for tests of the rules."""
+
+    def notify(self) -> None:
+        pass
+
+
+def stopped_server(client: ApiClient, name: str, disk_gb: int = 1) -> int:
+    """Create a server, stop it, and return its id once it is ``stopped``."""
+    sid: int = client.create_server(name, disk_gb=disk_gb)["id"]
+    assert client.post(f"/servers/{sid}/stop/").status_code == 200
+    client.wait_server(sid, "stopped")
+    return sid

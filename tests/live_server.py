@@ -126,6 +126,10 @@ class LiveServer:
         """A new API token from ``vpsd token create`` (its last line of stdout)."""
         return self.cli("token", "create", "--account", account).stdout.strip().splitlines()[-1]
 
+    def disk(self, server_id: int) -> Path:
+        """The qcow2 file of the server's first disk."""
+        return self.data_dir / "servers" / str(server_id) / "disk0.qcow2"
+
     def client(self, token: str, timeout: float = 30.0) -> ApiClient:
         """An ApiClient for ``token`` over real HTTP (closed by ``close``)."""
         http = httpx.Client(base_url=self.base_url, timeout=timeout)

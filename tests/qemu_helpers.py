@@ -142,3 +142,11 @@ def kill_qemus_under(folder: Path) -> None:
     for pid in qemu_pids_under(folder):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def snapshot_tags(disk: Path) -> list[str]:
+    """Internal snapshot tags on ``disk`` (``-U``: a running VM may hold the image)."""
+    listed = subprocess.run(
+        ["qemu-img", "snapshot", "-U", "-l", str(disk)], capture_output=True, text=True, check=True
+    ).stdout
+    return [line.split()[1] for line in listed.splitlines()[2:] if line.strip()]

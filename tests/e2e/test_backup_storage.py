@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests import qemu_helpers as qh
-from tests.helpers import ApiClient
+from tests.helpers import ApiClient, stopped_server
 from tests.live_server import LiveServer, serving
 from tests.storage_host import StorageHost, storage_host
 
@@ -48,25 +48,6 @@ def alice(server: LiveServer, host: StorageHost) -> Iterator[ApiClient]:
     host.start()  # a test that failed while the host was down leaves it up for the next
 
 
-def _disk(server: LiveServer, server_id: int) -> Path:
-    return server.data_dir / "servers" / str(server_id) / "disk0.qcow2"
-
-
-def _tags(disk: Path) -> list[str]:
-    """Internal snapshot tags on ``disk`` (``-U``: a running VM holds the image)."""
-    listed = subprocess.run(
-        ["qemu-img", "snapshot", "-U", "-l", str(disk)], capture_output=True, text=True, check=True
-    ).stdout
-    return [line.split()[1] for line in listed.splitlines()[2:] if line.strip()]
-
-
-def _stopped(alice: ApiClient, name: str, disk_gb: int = 1) -> int:
-    sid: int = alice.create_server(name, disk_gb=disk_gb)["id"]
-    assert alice.post(f"/servers/{sid}/stop/").status_code == 200
-    alice.wait_server(sid, "stopped")
-    return sid
-
-
 def _assert_tenant_safe(reason: str, *secrets: str) -> None:
     """A failure reason names what went wrong, never where: no path, host, port or ssh."""
     lowered = reason.lower()
@@ -86,7 +67,7 @@ def _assert_untouched(
     on it, and none of the user's."""
     assert _state(alice, sid) == state
     assert alice.get(f"/snapshots/?server_id={sid}").json()["count"] == 0
-    assert not [tag for tag in _tags(_disk(server, sid)) if tag.startswith("vpsd-backup-")]
+    assert not [tag for tag in qh.snapshot_tags(server.disk(sid)) if tag.startswith("vpsd-backup-")]
 
 
 # -- (a) an SFTP repository on another host ------------------------------------------------------
@@ -95,8 +76,8 @@ def _assert_untouched(
 def test_backup_to_sftp_storage_host_and_restore_in_place(
     server: LiveServer, host: StorageHost, alice: ApiClient
 ) -> None:
-    sid = _stopped(alice, "offsite")
-    disk = _disk(server, sid)
+    sid = stopped_server(alice, "offsite")
+    disk = server.disk(sid)
     qh.write_pattern(disk, 0x3C, 0, 48 * MIB)
     qh.write_pattern(disk, 0x4D, 512 * MIB, 8 * MIB)
 
@@ -104,7 +85,7 @@ def test_backup_to_sftp_storage_host_and_restore_in_place(
     assert backup["status"] == "completed", backup
     assert backup["size_mb"] == 56
     assert 0 < backup["stored_mb"] <= 56
-    assert _tags(disk) == []
+    assert qh.snapshot_tags(disk) == []
 
     # The backup is on the storage host, none of it in the data dir; the password stays here.
     assert (host.repo_dir / "config").is_file()
@@ -133,8 +114,8 @@ def test_unreachable_storage_fails_the_backup_and_leaves_the_server_alone(
     running = alice.create_server("online", disk_gb=1)["id"]
     qmp = server.data_dir / "servers" / str(running) / "qmp.sock"
     qh.write_pattern_running(qmp, 0x71, 0, 16 * MIB)
-    stopped = _stopped(alice, "offline")
-    qh.write_pattern(_disk(server, stopped), 0x72, 0, 16 * MIB)
+    stopped = stopped_server(alice, "offline")
+    qh.write_pattern(server.disk(stopped), 0x72, 0, 16 * MIB)
 
     states = {sid: _state(alice, sid) for sid in (running, stopped)}
     assert [status for status, _ in states.values()] == ["running", "stopped"]
@@ -147,8 +128,8 @@ def test_unreachable_storage_fails_the_backup_and_leaves_the_server_alone(
         assert "cannot be reached" in reason, reason
         _assert_tenant_safe(reason, str(host.port), str(host.root))
         _assert_untouched(server, alice, sid, state)
-    assert qh.has_pattern_running(qmp, _disk(server, running), 0x71, 0, 16 * MIB)
-    assert qh.has_pattern(_disk(server, stopped), 0x72, 0, 16 * MIB)
+    assert qh.has_pattern_running(qmp, server.disk(running), 0x71, 0, 16 * MIB)
+    assert qh.has_pattern(server.disk(stopped), 0x72, 0, 16 * MIB)
     assert "cannot be reached" in server.log()  # the operator's log has the details...
     assert str(host.port) in server.log()  # ...where the storage was
 
@@ -205,8 +186,8 @@ def test_full_repository_fails_the_backup_and_leaves_the_server_alone(
 ) -> None:
     with serving(backup_repository=str(small_repository / "repo")) as live:
         alice = live.client(live.create_token("alice"), timeout=60.0)
-        sid = _stopped(alice, "too-big")
-        disk = _disk(live, sid)
+        sid = stopped_server(alice, "too-big")
+        disk = live.disk(sid)
         # 64 MiB that neither deduplicates nor compresses, for 24 MiB of storage; the same
         # bytes in a raw reference image of the disk's size, to compare with afterwards.
         data = tmp_path / "random"

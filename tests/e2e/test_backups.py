@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests import qemu_helpers as qh
-from tests.helpers import ApiClient
+from tests.helpers import ApiClient, stopped_server
 from tests.live_server import LiveServer, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.qemu, qh.requires_qemu]
@@ -35,29 +34,11 @@ def alice(server: LiveServer) -> ApiClient:
     return server.client(server.create_token("alice"), timeout=60.0)
 
 
-def _disk(server: LiveServer, server_id: int) -> Path:
-    return server.data_dir / "servers" / str(server_id) / "disk0.qcow2"
-
-
-def _tags(disk: Path) -> list[str]:
-    listed = subprocess.run(
-        ["qemu-img", "snapshot", "-U", "-l", str(disk)], capture_output=True, text=True, check=True
-    ).stdout
-    return [line.split()[1] for line in listed.splitlines()[2:] if line.strip()]
-
-
-def _stopped(alice: ApiClient, name: str, disk_gb: int = 1) -> int:
-    sid = alice.create_server(name, disk_gb=disk_gb)["id"]
-    assert alice.post(f"/servers/{sid}/stop/").status_code == 200
-    alice.wait_server(sid, "stopped")
-    return sid
-
-
 def test_stopped_server_backup_and_restore_bring_back_the_bytes(
     server: LiveServer, alice: ApiClient
 ) -> None:
-    sid = _stopped(alice, "stopped", disk_gb=2)
-    disk = _disk(server, sid)
+    sid = stopped_server(alice, "stopped", disk_gb=2)
+    disk = server.disk(sid)
     qh.write_pattern(disk, 0xA1, 0, 64 * MIB)
     qh.write_pattern(disk, 0xA2, GIB, 16 * MIB)
     backup = alice.create_backup(sid, "before-update", timeout=300)
@@ -65,7 +46,7 @@ def test_stopped_server_backup_and_restore_bring_back_the_bytes(
     assert backup["size_mb"] == 80
     assert 0 < backup["stored_mb"] <= 80  # deduplicated: a pattern is a few chunks
     assert backup["consistency"] == "crash"  # a blank server was forced off
-    assert _tags(disk) == []
+    assert qh.snapshot_tags(disk) == []
 
     qh.write_pattern(disk, 0xB2, 0, 8 * MIB)
     qh.write_pattern(disk, 0xB3, 512 * MIB, 8 * MIB)  # zeros when backed up
@@ -79,7 +60,7 @@ def test_stopped_server_backup_and_restore_bring_back_the_bytes(
 
 def test_running_server_is_backed_up_without_stopping(server: LiveServer, alice: ApiClient) -> None:
     sid = alice.create_server("live", disk_gb=1)["id"]
-    disk = _disk(server, sid)
+    disk = server.disk(sid)
     qmp = server.data_dir / "servers" / str(sid) / "qmp.sock"
     qh.write_pattern_running(qmp, 0xC3, 0, 8 * MIB)
     backup = alice.create_backup(sid, "live", timeout=300)
@@ -87,7 +68,7 @@ def test_running_server_is_backed_up_without_stopping(server: LiveServer, alice:
     assert backup["size_mb"] == 8
     info = alice.get(f"/servers/{sid}/").json()
     assert (info["status"], info["status_reason"]) == ("running", None)
-    assert _tags(disk) == []
+    assert qh.snapshot_tags(disk) == []
 
     qh.write_pattern_running(qmp, 0xD4, 0, 8 * MIB)
     assert alice.post(f"/backups/{backup['id']}/restore/").status_code == 200
@@ -98,12 +79,12 @@ def test_running_server_is_backed_up_without_stopping(server: LiveServer, alice:
 def test_a_backup_outlives_its_server_and_makes_a_new_one(
     server: LiveServer, alice: ApiClient
 ) -> None:
-    sid = _stopped(alice, "doomed")
-    qh.write_pattern(_disk(server, sid), 0xE5, 4 * MIB, 32 * MIB)
+    sid = stopped_server(alice, "doomed")
+    qh.write_pattern(server.disk(sid), 0xE5, 4 * MIB, 32 * MIB)
     backup = alice.create_backup(sid, "last-words", timeout=300)
     assert alice.delete(f"/servers/{sid}/").status_code == 204
     alice.wait_server(sid, None)
-    assert not _disk(server, sid).exists()
+    assert not server.disk(sid).exists()
     assert alice.get(f"/backups/{backup['id']}/").json()["server"] == {"id": sid, "name": "doomed"}
 
     response = alice.post(
@@ -114,7 +95,7 @@ def test_a_backup_outlives_its_server_and_makes_a_new_one(
     alice.wait_server(new_id, "running", timeout=300)
     assert alice.post(f"/servers/{new_id}/stop/").status_code == 200
     alice.wait_server(new_id, "stopped")
-    disk = _disk(server, new_id)
+    disk = server.disk(new_id)
     assert qh.has_pattern(disk, 0x00, 0, 4 * MIB)
     assert qh.has_pattern(disk, 0xE5, 4 * MIB, 32 * MIB)
     info = subprocess.run(
@@ -141,6 +122,6 @@ def test_a_new_server_from_a_snapshot_of_a_running_server(
     copy_id = response.json()["id"]
     alice.wait_server(copy_id, "running", timeout=120)
     copy_qmp = server.data_dir / "servers" / str(copy_id) / "qmp.sock"
-    assert qh.has_pattern_running(copy_qmp, _disk(server, copy_id), 0x5A, 0, 16 * MIB)
-    assert qh.has_pattern_running(qmp, _disk(server, sid), 0x6B, 0, 16 * MIB)
-    assert _tags(_disk(server, copy_id)) == []  # the origin's snapshots stay the origin's
+    assert qh.has_pattern_running(copy_qmp, server.disk(copy_id), 0x5A, 0, 16 * MIB)
+    assert qh.has_pattern_running(qmp, server.disk(sid), 0x6B, 0, 16 * MIB)
+    assert qh.snapshot_tags(server.disk(copy_id)) == []  # the origin's snapshots stay the origin's

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,11 +27,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers import ApiClient, wait_for
+from tests.helpers import ApiClient, NoDispatch, wait_for
 from tests.unit.conftest import account_token
 from vpsd.api.app import create_app
 from vpsd.config import Settings
-from vpsd.db import migrate
 from vpsd.db.models import Account, Operation, OperationKind, Server, ServerStatus, Snapshot
 from vpsd.db.session import Database
 from vpsd.hypervisor.base import BootFailed
@@ -219,21 +218,6 @@ def test_boot_failures_do_not_show_host_details(alice: ApiClient, fake_driver: F
     reason = alice.get(f"/servers/{sid}/").json()["status_reason"]
     assert "could not be started on this host" in reason
     assert not any(word in reason for word in HOST_INTERNALS), reason
-
-
-class NoDispatch:
-    """Operations stay pending: these tests look at the rules, not at the work."""
-
-    def notify(self) -> None:
-        pass
-
-
-@pytest.fixture
-def db(settings: Settings) -> Iterator[Database]:
-    database = Database(settings.effective_database_url)
-    migrate.upgrade(database)
-    yield database
-    database.dispose()
 
 
 def _accounts(db: Database, *names: str) -> list[int]:

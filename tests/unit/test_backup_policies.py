@@ -3,15 +3,12 @@ the same slot twice, pruning to ``keep``; and the policy endpoints."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
 
-from tests.helpers import ApiClient
-from vpsd.config import Settings
-from vpsd.db import migrate
+from tests.helpers import ApiClient, NoDispatch
 from vpsd.db.models import (
     Account,
     Backup,
@@ -27,23 +24,8 @@ from vpsd.schemas import BackupPolicy as PolicyRequest
 from vpsd.services.backup_policies import BackupPolicyService, latest_slot
 
 
-class NoDispatch:
-    """Operations stay pending: these tests look at the schedule, not at the work."""
-
-    def notify(self) -> None:
-        pass
-
-
 def at(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-@pytest.fixture
-def db(settings: Settings) -> Iterator[Database]:
-    database = Database(settings.effective_database_url)
-    migrate.upgrade(database)
-    yield database
-    database.dispose()
 
 
 @pytest.fixture

@@ -8,35 +8,20 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
+from tests.helpers import NoDispatch
 from vpsd.config import Settings
-from vpsd.db import migrate
 from vpsd.db.models import Account, Backup, Server, ServerStatus, Snapshot, SnapshotStatus
 from vpsd.db.session import Database
 from vpsd.schemas import BackupCreate, SnapshotCreate
 from vpsd.services.backups import BackupService
 from vpsd.services.errors import DomainError
 from vpsd.services.snapshots import SnapshotService
-
-
-class NoDispatch:
-    """Operations stay pending: these tests look at the rules, not at the work."""
-
-    def notify(self) -> None:
-        pass
-
-
-@pytest.fixture
-def db(settings: Settings) -> Iterator[Database]:
-    database = Database(settings.effective_database_url)
-    migrate.upgrade(database)
-    yield database
-    database.dispose()
 
 
 @pytest.fixture

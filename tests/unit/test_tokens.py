@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from vpsd.config import Settings
-from vpsd.db import migrate
 from vpsd.db.session import Database
 from vpsd.services.errors import Invalid, NotFound
 from vpsd.services.tokens import (
@@ -17,14 +13,6 @@ from vpsd.services.tokens import (
     list_tokens,
     revoke_token,
 )
-
-
-@pytest.fixture
-def db(settings: Settings) -> Iterator[Database]:
-    database = Database(settings.effective_database_url)
-    migrate.upgrade(database)
-    yield database
-    database.dispose()
 
 
 def test_create_list_revoke(db: Database) -> None:
