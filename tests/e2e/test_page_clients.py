@@ -46,11 +46,13 @@ def run_example(
 ) -> str:
     """Run the page's example with the base URL, token and ids substituted; return stdout."""
     source = (EXAMPLES / f"{operation}.{kind}").read_text()
+    # The ids first: "801" could otherwise hit the free port in the base URL (127.0.0.1:38016)
+    # or the token.
     source = (
-        source.replace(PAGE_BASE, server.base_url)
-        .replace("YOUR_API_TOKEN", token)
-        .replace(PAGE_SERVER_ID, str(server_id))
+        source.replace(PAGE_SERVER_ID, str(server_id))
         .replace(PAGE_SNAPSHOT_ID, str(snapshot_id))
+        .replace("YOUR_API_TOKEN", token)
+        .replace(PAGE_BASE, server.base_url)
     )
     script = server.data_dir / f"example-{operation}.{kind}"
     script.write_text(source)
