@@ -3,6 +3,7 @@ keys in the same order, the same times, the same bytes."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import orjson
@@ -78,6 +79,45 @@ def test_reads_see_one_snapshot_and_survive_a_postgresql_restart(pg_database_url
             connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         [[(new_pid,)]] = database.fetch((text("SELECT pg_backend_pid()"), {}))
         assert new_pid != pid
+    finally:
+        database.dispose()
+        admin.dispose()
+
+
+def test_async_reads_overlap_and_survive_a_postgresql_restart(pg_database_url: str) -> None:
+    """On PostgreSQL the event loop's reads await their round trips on a pool: a slow read
+    does not hold up a quick one, and connections a restart broke are replaced."""
+    database = Database(pg_database_url)
+    admin = Database(pg_database_url)
+
+    async def scenario() -> None:
+        await database.open_async_reads()
+        try:
+            slow = asyncio.create_task(database.afetch((text("SELECT pg_sleep(1)"), {})))
+            quick = asyncio.create_task(database.afetch((text("SELECT 1"), {})))
+            done, _ = await asyncio.wait({slow, quick}, return_when=asyncio.FIRST_COMPLETED)
+            assert done == {quick}
+            assert quick.result() == [[(1,)]]
+            await slow
+            first, second = await database.afetch(
+                (text("SELECT now()"), {}), (text("SELECT now()"), {})
+            )
+            assert first == second  # one transaction: one snapshot of the database
+            [[(pid,)]] = await database.afetch((text("SELECT pg_backend_pid()"), {}))
+            with admin.engine.connect() as connection:
+                connection.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+            [[(new_pid,)]] = await database.afetch((text("SELECT pg_backend_pid()"), {}))
+            assert new_pid != pid
+        finally:
+            await database.close_async_reads()
+
+    try:
+        asyncio.run(scenario())
     finally:
         database.dispose()
         admin.dispose()

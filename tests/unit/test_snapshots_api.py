@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from fastapi.testclient import TestClient
 
 from tests.helpers import ApiClient, snapshot_tag
 from vpsd.config import Settings
@@ -243,3 +244,27 @@ def test_other_accounts_snapshots_are_not_found(
     assert create.status_code == 404
     assert alice.get(f"/snapshots/{snapshot['id']}/").json()["status"] == "completed"
     assert alice.server_status(sid) == "running"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/api/v1/snapshots/not-a-number/", None),
+        ("GET", "/api/v1/snapshots/?server_id=1.0&page=0", None),
+        ("POST", "/api/v1/snapshots/", b"{not json"),
+        ("POST", "/api/v1/snapshots/1/restore/", b"[]"),
+        ("DELETE", "/api/v1/servers/0/", None),
+    ],
+)
+def test_no_token_is_401_before_any_other_error(
+    client: TestClient, method: str, path: str, body: bytes | None
+) -> None:
+    """A stranger learns nothing of the API's rules: a missing or bad token is refused
+    before the parameters or the body are looked at."""
+    for headers in ({}, {"Authorization": "Bearer vpsd_unknown"}):
+        response = client.request(
+            method, path, content=body, headers={**headers, "Content-Type": "text/plain"}
+        )
+        assert response.status_code == 401, (headers, response.text)
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert response.json()["detail"]

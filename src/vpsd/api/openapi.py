@@ -89,7 +89,7 @@ OPERATION_ID = re.compile(r"^[a-z][A-Za-z]+$")
 
 def with_bearer_security(document: dict[str, Any]) -> dict[str, Any]:
     """``document`` with every operation requiring the bearer token (in place): the check is
-    a plain dependency (``vpsd.api.deps.get_principal``), which FastAPI cannot document."""
+    ``vpsd.api.routing.ApiRoute``'s, which FastAPI cannot document."""
     schemes = document.setdefault("components", {}).setdefault("securitySchemes", {})
     schemes["HTTPBearer"] = dict(BEARER_SCHEME)
     for path in document.get("paths", {}).values():

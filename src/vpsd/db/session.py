@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from psycopg import AsyncConnection, InterfaceError, OperationalError
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Engine, TextClause, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_POOL_SIZE = 48
+ASYNC_READ_POOL_SIZE = 8
+"""PostgreSQL connections the event loop's reads share (``Database.afetch``): enough to
+overlap the round trips of a busy process's concurrent reads, few beside the server's 100."""
 
 
 def normalize_url(url: str) -> str:
@@ -74,6 +80,7 @@ class Database:
         self._disconnects: tuple[type[Exception], ...] = (
             (dbapi.OperationalError, dbapi.InterfaceError) if dbapi is not None else ()
         )
+        self._async_reads: AsyncReadPool | None = None
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(
             self.engine.execution_options(vpsd_write=True), expire_on_commit=False
@@ -107,6 +114,36 @@ class Database:
                 raise
             self._drop_thread_connection()
             return self._fetch(self._thread_connection(), queries)
+
+    async def afetch(
+        self, *queries: tuple[TextClause, Mapping[str, Any]]
+    ) -> list[list[Sequence[Any]]]:
+        """``fetch`` for async code: on PostgreSQL the round trips are awaited on a pool of
+        async connections (``open_async_reads``), so concurrent requests' queries overlap
+        instead of each one holding the event loop. SQLite runs in this process and has no
+        round trip to await: its queries run at once, as ``fetch``'s. Without a pool for the
+        running loop (an app not started through its lifespan) it is ``fetch``.
+        """
+        reads = self._async_reads
+        if reads is None or not reads.serves_running_loop():
+            return self.fetch(*queries)
+        return await reads.fetch([(*self._driver_sql(s), p) for s, p in queries])
+
+    async def open_async_reads(self) -> None:
+        """Start ``afetch``'s pool of PostgreSQL connections on the running event loop
+        (nothing on SQLite). Close it with ``close_async_reads`` on the same loop."""
+        if self.is_sqlite or self._async_reads is not None:
+            return
+        conninfo = make_url(self.url).set(drivername="postgresql")
+        reads = AsyncReadPool(conninfo.render_as_string(hide_password=False))
+        await reads.open()
+        self._async_reads = reads
+
+    async def close_async_reads(self) -> None:
+        """Close ``afetch``'s pool; reads fall back to ``fetch``."""
+        reads, self._async_reads = self._async_reads, None
+        if reads is not None:
+            await reads.close()
 
     def _fetch(
         self, raw: Any, queries: tuple[tuple[TextClause, Mapping[str, Any]], ...]
@@ -178,3 +215,65 @@ class Database:
             raw.close()
         self._local = threading.local()
         self.engine.dispose()
+
+
+class AsyncReadPool:
+    """psycopg's async pool of autocommit connections for ``Database.afetch``, bound to the
+    event loop that opened it."""
+
+    def __init__(self, conninfo: str) -> None:
+        self._pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+            conninfo,
+            min_size=2,
+            max_size=ASYNC_READ_POOL_SIZE,
+            kwargs={"autocommit": True},
+            open=False,
+            name="vpsd-reads",
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def open(self) -> None:
+        """Connect, on the running loop (the first connections in the background)."""
+        self._loop = asyncio.get_running_loop()
+        await self._pool.open(wait=False)
+
+    async def close(self) -> None:
+        """Close every connection."""
+        await self._pool.close()
+
+    def serves_running_loop(self) -> bool:
+        """True when called on the loop that opened the pool (its connections' loop)."""
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    async def fetch(
+        self, queries: list[tuple[str, tuple[str, ...] | None, Mapping[str, Any]]]
+    ) -> list[list[Sequence[Any]]]:
+        """Run compiled ``queries`` as ``Database.fetch`` does. A connection found broken (a
+        server restart) is dropped with every other broken one, and the reads run again."""
+        try:
+            return await self._run(queries)
+        except (OperationalError, InterfaceError):
+            await self._pool.check()  # drops the idle connections the restart broke too
+            return await self._run(queries)
+
+    async def _run(
+        self, queries: list[tuple[str, tuple[str, ...] | None, Mapping[str, Any]]]
+    ) -> list[list[Sequence[Any]]]:
+        async with self._pool.connection() as connection:
+            several = len(queries) > 1
+            results: list[list[Sequence[Any]]] = []
+            cursor = connection.cursor()
+            try:
+                if several:
+                    await cursor.execute("BEGIN")
+                for sql, names, params in queries:
+                    await cursor.execute(sql, [params[n] for n in names] if names else params)
+                    results.append(await cursor.fetchall())
+            finally:
+                if several:
+                    await cursor.execute("ROLLBACK")
+                await cursor.close()
+            return results

@@ -10,7 +10,7 @@ from vpsd.api.deps import DIGITS_ONLY, PageDep, PrincipalDep, ServicesDep
 from vpsd.api.pagination import page_links
 from vpsd.api.presenters import backup_out
 from vpsd.api.responses import responses
-from vpsd.api.strict_json import StrictJSONRoute
+from vpsd.api.routing import ApiRoute
 from vpsd.schemas import (
     MAX_ID,
     BackupCreate,
@@ -22,7 +22,7 @@ from vpsd.schemas import (
     RestoreServerRef,
 )
 
-router = APIRouter(prefix="/backups", tags=["backups"], route_class=StrictJSONRoute)
+router = APIRouter(prefix="/backups", tags=["backups"], route_class=ApiRoute)
 BackupId = Annotated[int, Path(ge=1, le=MAX_ID, description="the backup's id"), DIGITS_ONLY]
 
 CREATE_MESSAGE = (

@@ -10,10 +10,10 @@ from vpsd.api.deps import DIGITS_ONLY, PageDep, PrincipalDep, ServicesDep
 from vpsd.api.pagination import page_links
 from vpsd.api.presenters import image_out
 from vpsd.api.responses import responses
-from vpsd.api.strict_json import StrictJSONRoute
+from vpsd.api.routing import ApiRoute
 from vpsd.schemas import MAX_ID, ImageOut, Page
 
-router = APIRouter(prefix="/images", tags=["images"], route_class=StrictJSONRoute)
+router = APIRouter(prefix="/images", tags=["images"], route_class=ApiRoute)
 ImageId = Annotated[int, Path(ge=1, le=MAX_ID, description="the image's id"), DIGITS_ONLY]
 
 

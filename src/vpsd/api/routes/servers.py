@@ -12,10 +12,10 @@ from vpsd.api.deps import DIGITS_ONLY, PageDep, PrincipalDep, ServicesDep
 from vpsd.api.pagination import page_links
 from vpsd.api.presenters import policy_out, server_out
 from vpsd.api.responses import responses, text_route_responses
-from vpsd.api.strict_json import StrictJSONRoute
+from vpsd.api.routing import ApiRoute
 from vpsd.schemas import MAX_ID, BackupPolicy, BackupPolicyOut, Page, ServerCreate, ServerOut
 
-router = APIRouter(prefix="/servers", tags=["servers"], route_class=StrictJSONRoute)
+router = APIRouter(prefix="/servers", tags=["servers"], route_class=ApiRoute)
 DEFAULT_CONSOLE_BYTES = 64 * 1024
 MAX_CONSOLE_BYTES = 1024 * 1024
 ServerId = Annotated[int, Path(ge=1, le=MAX_ID, description="the server's id"), DIGITS_ONLY]

@@ -6,11 +6,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from vpsd.api.deps import DIGITS_ONLY, PageDep, PrincipalDep, Services, ServicesDep
+from vpsd.api.deps import (
+    DIGITS_ONLY,
+    PageDep,
+    PrincipalDep,
+    Services,
+    ServicesDep,
+    principal_of,
+)
 from vpsd.api.pagination import page_links
 from vpsd.api.presenters import snapshot_json, snapshot_out
 from vpsd.api.responses import FastJSONResponse, responses
-from vpsd.api.strict_json import StrictJSONRoute
+from vpsd.api.routing import ApiRoute
 from vpsd.schemas import (
     MAX_ID,
     Page,
@@ -22,7 +29,7 @@ from vpsd.schemas import (
     SnapshotOut,
 )
 
-router = APIRouter(prefix="/snapshots", tags=["snapshots"], route_class=StrictJSONRoute)
+router = APIRouter(prefix="/snapshots", tags=["snapshots"], route_class=ApiRoute)
 SnapshotId = Annotated[int, Path(ge=1, le=MAX_ID, description="the snapshot's id"), DIGITS_ONLY]
 
 CREATE_MESSAGE = (
@@ -45,7 +52,6 @@ RESTORE_MESSAGE = (
 )
 async def list_snapshots(
     request: Request,
-    principal: PrincipalDep,
     page: PageDep,
     server_id: Annotated[
         int | None,
@@ -54,10 +60,12 @@ async def list_snapshots(
     ] = None,
 ) -> FastJSONResponse:
     """All snapshots on your servers, newest first."""
-    # Async: two short indexed queries run on the event loop, cheaper than a thread handoff;
-    # the services straight from the app (one dependency fewer on the hottest path).
+    # Async: short indexed queries, cheaper on the event loop than through a worker thread;
+    # the caller (checked by ApiRoute) and the services straight from the request: each
+    # dependency costs FastAPI about a tenth of a read's time to solve.
     services: Services = request.app.state.services
-    count, rows = services.snapshots.list(principal.account_id, page, server_id)
+    principal = principal_of(request)
+    count, rows = await services.snapshots.list(principal.account_id, page, server_id)
     next_url, previous_url = page_links(request, page, count)
     return FastJSONResponse(
         {
@@ -92,14 +100,11 @@ def create_snapshot(
     response_model=SnapshotOut,
     responses=responses(400, 401, 404),
 )
-async def get_snapshot(
-    snapshot_id: SnapshotId, principal: PrincipalDep, request: Request
-) -> FastJSONResponse:
+async def get_snapshot(snapshot_id: SnapshotId, request: Request) -> FastJSONResponse:
     """One snapshot: poll it until its status is ``completed`` or ``failed``."""
-    services: Services = request.app.state.services
-    return FastJSONResponse(
-        snapshot_json(services.snapshots.get(principal.account_id, snapshot_id))
-    )
+    services: Services = request.app.state.services  # as in list_snapshots
+    snapshot = await services.snapshots.get(principal_of(request).account_id, snapshot_id)
+    return FastJSONResponse(snapshot_json(snapshot))
 
 
 @router.post(

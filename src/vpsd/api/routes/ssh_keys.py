@@ -10,10 +10,10 @@ from vpsd.api.deps import DIGITS_ONLY, PageDep, PrincipalDep, ServicesDep
 from vpsd.api.pagination import page_links
 from vpsd.api.presenters import ssh_key_out
 from vpsd.api.responses import responses
-from vpsd.api.strict_json import StrictJSONRoute
+from vpsd.api.routing import ApiRoute
 from vpsd.schemas import MAX_ID, Page, SshKeyCreate, SshKeyOut
 
-router = APIRouter(prefix="/ssh_keys", tags=["ssh keys"], route_class=StrictJSONRoute)
+router = APIRouter(prefix="/ssh_keys", tags=["ssh keys"], route_class=ApiRoute)
 SshKeyId = Annotated[int, Path(ge=1, le=MAX_ID, description="the SSH key's id"), DIGITS_ONLY]
 
 
