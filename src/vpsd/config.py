@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     token_cache_seconds: float = Field(default=2.0, ge=0)
     """Seconds a live token is remembered: a revocation takes effect within this time."""
 
+    access_log: bool = False
+    """Log a line per HTTP request. Off by default: clients poll (``--wait`` loops, dashboards)
+    hundreds of times a second, which would drown the log (journald drops a service's lines
+    past 10,000 per 30 s, its real messages with them) and cost a sixth of a read's time. A
+    reverse proxy in front keeps its own access log."""
+
     keep_alive_seconds: int = Field(default=75, ge=1)
     """How long an idle HTTP connection stays open. Longer than clients' and proxies' own
     idle limits (nginx 75 s, httpx 5 s), so a client never sends on a connection the server

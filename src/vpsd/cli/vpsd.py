@@ -77,6 +77,14 @@ def serve(
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
     data_dir: DataDirOption = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    access_log: Annotated[
+        bool | None,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="log every HTTP request [env: VPSD_ACCESS_LOG; default off]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the API, the operation runner and the QEMU driver in one process.
 
@@ -119,6 +127,7 @@ def serve(
         loop="asyncio",
         backlog=serving.BACKLOG,
         log_level=log_level.lower(),
+        access_log=settings.access_log if access_log is None else access_log,
         timeout_keep_alive=settings.keep_alive_seconds,
     )
     server = uvicorn.Server(config)
