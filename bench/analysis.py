@@ -99,29 +99,42 @@ on the ASGI app called directly; per request, no sockets):
    security requirement is added in `vpsd.api.openapi`, compared before and after). The
    body-size middleware no longer builds its 413 answer on every request.
 Together, ASGI-level get went from 346 to 139 us per request, and the list to 1.5 ms, of
-which the SQL is 1.1 ms.
+which the SQL is 1.1 ms. A second round (py-spy on a loaded `vpsd serve`, the ASGI app
+called in-process; measured beside the twin each time):
+6. On PostgreSQL the reads held the event loop for each round trip (a sync driver), so eight
+   clients' queries ran one after another. They now await psycopg's async pool
+   (`Database.afetch`, opened in the app's lifespan): list 0.40x -> 0.59-0.65x the twin, p99
+   at 300 req/s 73 -> 6-7 ms. SQLite has no round trip to await and keeps its in-process call.
+7. Routing tried the servers' routes before the snapshots' (a fifth of get's time in route
+   matching); the snapshot routes are now matched first: ASGI get 180 -> 140 us.
+8. The token is checked by the route class (`ApiRoute`) before FastAPI reads the route's
+   parameters, not by a dependency FastAPI solves per request: ASGI get 140 -> 122 us. (A
+   stranger now gets 401 before any 400 or 415, tested.)
+9. At the default log level uvicorn wrote an access line per request: 16% of get's busy time
+   in a loaded `vpsd serve` (the bench ran at `--log-level warning`, so its figures did not
+   show it). The access log is off by default now (`VPSD_ACCESS_LOG`, `--access-log`):
+   pollers would also drown the log, and journald drops a service's lines past 10,000 per
+   30 s.
 
-**Where it stands** (the tables above; the same reads measured four times this day, the
-machine at times shared with other work). On SQLite the list is 0.62-0.83x the twin (the twin
-pays the same 1 ms SQL; what is left is the 100 dicts, the page links and FastAPI's
-routing), the filtered list 0.34-0.37x, get 0.27-0.28x (3,667-4,034 req/s against
-12,877-14,525: just short of 0.3x), and every read's p99 at 300 req/s 19-48 ms. On
-PostgreSQL, in this last run, the list is 0.40x, the filtered list 0.30x, get 0.31x, p99 at
-300 req/s up to 73 ms (the list's). An earlier run put PostgreSQL at 0.52-0.68x, but its twin
-rolled back after every read, a round trip vpsd's autocommit connection does not make; made
-as lean, the twin runs 2-3x faster. Its lead on PostgreSQL is its driver: it awaits psycopg's
-async connections, so eight clients' round trips overlap, where vpsd's sync driver holds the
-event loop for each round trip. The list's count now rides on its rows there (a window: one
-statement instead of BEGIN, count, page, ROLLBACK; 1.0 against 1.6 ms), which SQLite would
-run slower (it materializes the window: 1.7 against 1.0 ms), so SQLite keeps two statements.
-What remains of get's time
-is the framework and server: per request FastAPI's routing, dependency solving and parameter
-validation (~50 us), the middleware stack (vpsd's body-size and error middlewares, Starlette's
-and FastAPI's own, ~30 us), and uvicorn on asyncio's event loop where the twin runs on uvloop:
-vpsd keeps asyncio on purpose, since its accept loop takes at most `backlog` connections per
-wake-up and so bounds a connection flood's overshoot of the descriptor cap (issue 10). The
-next steps, not taken: the hot reads on psycopg's async connections on PostgreSQL, uvloop with
-another bound on accepts, and fewer middleware layers.
+**Where it stands** (the tables above, and four runs of `python -m bench api` this session
+on the same machine). On SQLite the list is 0.74-0.78x the twin, the filtered list
+0.31-0.35x, get 0.26-0.30x (3,858-4,234 req/s against 14,061-15,009), every read's p99 at
+300 req/s under 5 ms. On PostgreSQL the list is 0.55-0.65x, the filtered list 0.31-0.33x,
+get 0.26-0.34x, p99 at 300 req/s at most 14 ms. So two targets are met in some runs and
+missed in others by a few percent: get on SQLite (0.3x) and the list on PostgreSQL (0.7x).
+A py-spy profile of get under wrk (SQLite, 3,000 req/s with py-spy attached) says where the
+rest of vpsd's time goes, beside work the twin does too (the socket's read and write, 24%;
+the SQL, 12%): FastAPI's parameter solving for the one path parameter 16%, route matching 8%
+(FastAPI 0.165 matches the app's router, then the included router, then the route), ten
+middleware layers 9% (two are vpsd's: the body-size limit and the error net; FastAPI's own
+body limit and OpenTelemetry check, Starlette's error and exception middlewares), the token
+check 5%. What the twin does not have is the framework: each remaining layer is a few
+percent, none a hot spot. uvloop, which the twin runs on, measured +24% for get beside
+asyncio in the same session (3,854 against 3,097 req/s); vpsd keeps asyncio's loop on
+purpose, since its accept loop takes at most `backlog` connections per wake-up and so bounds
+a connection flood's overshoot of the descriptor cap (issue 10), where uvloop accepts until
+the queue is empty. On PostgreSQL the list's remaining gap is the same framework cost plus
+the 100 dicts and page links, over a round trip the twin pays too.
 
 **Earlier read-path fixes (before issue 14), found by profiling (py-spy on a loaded
 `vpsd serve`, cProfile in-process):**
