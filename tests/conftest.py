@@ -18,6 +18,7 @@ from vpsd.config import Settings
 from vpsd.db import migrate
 from vpsd.db.base import Base
 from vpsd.db.session import Database
+from vpsd.services import hosts, quotas
 
 PG_ADMIN_URL = os.environ.get("VPSD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgresql"]
@@ -102,8 +103,10 @@ def settings(data_dir: Path, database_url: str) -> Settings:
 
 @pytest.fixture
 def db(settings: Settings) -> Iterator[Database]:
-    """The test's database (``settings``), migrated; for tests that call services directly."""
+    """The test's database (``settings``), migrated, with this host registered as
+    ``vpsd serve`` does at start; for tests that call services directly."""
     database = Database(settings.effective_database_url)
     migrate.upgrade(database)
+    hosts.register(database, settings, quotas.measure_host(settings))
     yield database
     database.dispose()

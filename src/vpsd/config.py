@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -126,6 +127,13 @@ class Settings(BaseSettings):
     """The host name or address shown to users for SSH; default: ``ssh_listen_address``."""
     ssh_ports: str = "22000-22999"
     """The host ports servers' SSH forwards are allocated from, ``FIRST-LAST``."""
+
+    host_name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=64)
+    """This hypervisor host's name in the hosts table (``/api/v1/hosts/``, for admins)."""
+    host_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    """How often the host records that it is alive, with its capacity."""
+    host_down_after_seconds: float = Field(default=30.0, gt=0)
+    """A host silent this long shows ``down`` and gets no new servers."""
 
     max_snapshots_per_server: int = 5
 

@@ -240,6 +240,28 @@ class SshKeyOut(ResponseModel):
     created_at: Timestamp
 
 
+class HostCapacityOut(ResponseModel):
+    """What a host offers guests, before its overcommit ratios."""
+
+    vcpus: int
+    memory_mb: int = Field(description="its memory less the reserve for the host")
+    disk_gb: int = Field(description="free space of its data dir's filesystem")
+
+
+class HostOut(ResponseModel):
+    """A hypervisor host, as admins see it."""
+
+    id: int
+    name: str
+    state: Literal["up", "draining", "down"] = Field(
+        description="up: takes new servers; draining: keeps its servers, takes no new ones; "
+        "down: not heard from lately (its servers' operations wait for it)"
+    )
+    last_heartbeat_at: Timestamp
+    servers: int = Field(description="its servers not deleted")
+    capacity: HostCapacityOut
+
+
 class ServerRef(ResponseModel):
     """The server a snapshot belongs to."""
 

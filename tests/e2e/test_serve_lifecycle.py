@@ -108,3 +108,13 @@ def test_requests_are_not_logged_unless_asked(live_server: LiveServer) -> None:
     log = live_server.log()
     assert "ready" in log  # the log is there, and written as the service runs
     assert "GET /api/v1/servers/" not in log
+
+
+def test_an_admin_token_from_the_cli_sees_this_host(live_server: LiveServer) -> None:
+    created = live_server.cli("token", "create", "--account", "ops", "--admin")
+    assert "admin account 'ops'" in created.stderr
+    admin = live_server.client(created.stdout.strip().splitlines()[-1])
+    [host] = admin.get("/hosts/").json()["results"]
+    assert host["state"] == "up" and host["servers"] == 0
+    tenant = live_server.client(live_server.create_token("erin"))
+    assert tenant.get("/hosts/").status_code == 404

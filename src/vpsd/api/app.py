@@ -15,7 +15,7 @@ from vpsd.api.docs import install_docs
 from vpsd.api.errors import install_error_handlers
 from vpsd.api.openapi import install_openapi, operation_id
 from vpsd.api.pagination import install_slash_redirects
-from vpsd.api.routes import backups, images, servers, snapshots, ssh_keys
+from vpsd.api.routes import backups, hosts, images, servers, snapshots, ssh_keys
 from vpsd.api.strict_json import BodySizeLimit
 from vpsd.backups import make_backup_store, same_filesystem_warning
 from vpsd.backups.base import BackupStore
@@ -25,6 +25,7 @@ from vpsd.db.session import Database
 from vpsd.hypervisor.base import Driver
 from vpsd.hypervisor.registry import make_driver
 from vpsd.operations.context import OperationContext
+from vpsd.operations.heartbeat import HostHeartbeat
 from vpsd.operations.monitor import VmMonitor, reconcile_power_states
 from vpsd.operations.recovery import recover
 from vpsd.operations.runner import InProcessRunner
@@ -32,6 +33,7 @@ from vpsd.operations.scheduler import BackupScheduler
 from vpsd.services import installation
 from vpsd.services.backup_policies import BackupPolicyService
 from vpsd.services.backups import BackupService
+from vpsd.services.hosts import HostService
 from vpsd.services.images import ImageService
 from vpsd.services.servers import ServerService
 from vpsd.services.snapshots import SnapshotService
@@ -69,11 +71,13 @@ def create_app(
     image_service = ImageService(db, settings)
     policies = BackupPolicyService(db, runner)
     scheduler = BackupScheduler(policies, settings.backup_scheduler_interval)
+    heartbeat = HostHeartbeat(db, settings)
 
     def start_up() -> None:
         migrate.upgrade(db)
         installation.verify(db, settings)  # before anything acts on the data dir
         image_service.sync()
+        heartbeat.register()
         recover(ctx)
         reconcile_power_states(ctx)
         if warning := same_filesystem_warning(settings):
@@ -89,6 +93,7 @@ def create_app(
         runner.notify()
         monitor.start()
         scheduler.start()
+        heartbeat.start()
         log.info(
             "vpsd %s ready (data dir %s, driver %s)",
             __version__,
@@ -98,6 +103,7 @@ def create_app(
         try:
             yield
         finally:
+            heartbeat.stop()
             scheduler.stop()
             monitor.stop()
             runner.stop()
@@ -123,6 +129,7 @@ def create_app(
         backups=BackupService(db, settings, runner),
         backup_policies=policies,
         ssh_keys=SshKeyService(db),
+        hosts=HostService(db, settings),
         authenticate=TokenAuthenticator(db, settings.token_cache_seconds),
     )
     app.state.runner = runner
@@ -136,6 +143,7 @@ def create_app(
     app.include_router(backups.router, prefix="/api/v1")
     app.include_router(images.router, prefix="/api/v1")
     app.include_router(ssh_keys.router, prefix="/api/v1")
+    app.include_router(hosts.router, prefix="/api/v1")
     install_docs(app, docs_url="/api/v1/docs", openapi_url="/api/v1/openapi.json")
     install_slash_redirects(app, settings.public_url)
 

@@ -14,6 +14,7 @@ from vpsd.db.session import Database
 from vpsd.services.backup_policies import BackupPolicyService
 from vpsd.services.backups import BackupService
 from vpsd.services.common import PageRequest
+from vpsd.services.hosts import HostService
 from vpsd.services.images import ImageService
 from vpsd.services.servers import ServerService
 from vpsd.services.snapshots import SnapshotService
@@ -52,6 +53,7 @@ class Services:
     backups: BackupService
     backup_policies: BackupPolicyService
     ssh_keys: SshKeyService
+    hosts: HostService
     authenticate: TokenAuthenticator
 
 

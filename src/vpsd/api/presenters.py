@@ -10,6 +10,8 @@ from vpsd.schemas import (
     BackupOut,
     BackupPolicyOut,
     BackupSource,
+    HostCapacityOut,
+    HostOut,
     ImageOut,
     ServerOut,
     ServerRef,
@@ -20,6 +22,7 @@ from vpsd.schemas import (
 )
 from vpsd.services.backup_policies import PolicyView
 from vpsd.services.backups import BackupView
+from vpsd.services.hosts import HostView
 from vpsd.services.images import ImageView
 from vpsd.services.servers import ServerView
 from vpsd.services.snapshots import SnapshotView
@@ -136,4 +139,16 @@ def policy_out(policy: PolicyView) -> BackupPolicyOut:
         weekday=policy.weekday,
         keep=policy.keep,
         next_backup_at=policy.next_backup_at,
+    )
+
+
+def host_out(host: HostView) -> HostOut:
+    """A host as admins see it."""
+    return HostOut(
+        id=host.id,
+        name=host.name,
+        state=host.state.value,
+        last_heartbeat_at=host.last_heartbeat_at,
+        servers=host.servers,
+        capacity=HostCapacityOut(vcpus=host.vcpus, memory_mb=host.memory_mb, disk_gb=host.disk_gb),
     )

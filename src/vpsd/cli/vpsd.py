@@ -177,16 +177,20 @@ def _log_start(settings: Settings, url: str, connections: int) -> None:
 @token_app.command("create")
 def token_create(
     account: Annotated[str, typer.Option(help="account name; created if new")],
+    admin: Annotated[
+        bool, typer.Option("--admin", help="make the account an admin (it sees the hosts)")
+    ] = False,
     data_dir: DataDirOption = None,
 ) -> None:
     """Create an API token; the token alone is printed on the last line of stdout."""
     database = _database(_settings(data_dir))
     try:
-        info, secret = tokens.create_token(database, account)
+        info, secret = tokens.create_token(database, account, admin=admin)
     except DomainError as error:
         err.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
-    err.print(f"token {info.id} ({info.prefix}…) for account {info.account!r}; it is shown once:")
+    role = "admin account" if admin else "account"
+    err.print(f"token {info.id} ({info.prefix}…) for {role} {info.account!r}; it is shown once:")
     print(secret)
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.sql.expression import false as sa_false
 
 from vpsd.db.base import Base, UTCDateTime, utcnow
 
@@ -110,6 +112,39 @@ class Account(Base):
     quota_vcpus: Mapped[int | None] = mapped_column(Integer)
     quota_memory_mb: Mapped[int | None] = mapped_column(Integer)
     quota_disk_gb: Mapped[int | None] = mapped_column(Integer)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+    """Admins also see the hosts (``/api/v1/hosts/``); ``vpsd token create --admin``."""
+
+
+class HostState(StrEnum):
+    """What an operator set: ``up`` takes new servers, ``draining`` keeps its servers but
+    takes no new ones. A host whose heartbeat stopped shows ``down`` (never stored)."""
+
+    UP = "up"
+    DRAINING = "draining"
+    DOWN = "down"
+
+
+class Host(Base):
+    """A hypervisor host: where servers run. Its capacity is what it reported at its last
+    heartbeat, before the overcommit ratios (also its own, from its settings)."""
+
+    __tablename__ = "hosts"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    state: Mapped[HostState] = mapped_column(String(16))
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    """Total memory less the host's reserve."""
+    disk_gb: Mapped[int] = mapped_column(Integer)
+    """Free space of the host's data dir filesystem."""
+    cpu_overcommit: Mapped[float] = mapped_column(Float)
+    memory_overcommit: Mapped[float] = mapped_column(Float)
+    disk_overcommit: Mapped[float] = mapped_column(Float)
+    last_heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ApiToken(Base):
@@ -210,6 +245,9 @@ class Server(Base):
     """The snapshot this server's disk was copied from (no foreign key: it may be deleted)."""
     source_backup_id: Mapped[int | None] = mapped_column(Id)
     """The backup this server's disk was restored from."""
+    host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id"), index=True)
+    """Where it runs: chosen at create (``vpsd.services.hosts.place``); None only for a
+    server made before hosts existed, until its host registers (it adopts them)."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 

@@ -3,12 +3,12 @@
 An account's servers (every one not deleted, stopped ones included: they may start at any
 time) may together use at most its quota of servers, vCPUs, memory and disk: the settings'
 defaults (``VPSD_QUOTA_*``) unless ``vpsd account set-quota`` stored its own. All servers of
-the host together may use at most its capacity times the overcommit ratios
+a host together may use at most its capacity times the overcommit ratios
 (``VPSD_*_OVERCOMMIT``): its CPUs, its memory less a reserve for the host, and the free space
-of the data dir's filesystem.
+of the data dir's filesystem (``measure_host``; ``vpsd.services.hosts`` places servers).
 
 ``admit`` runs inside the transaction that inserts the server, after locking the account's
-row and (on PostgreSQL) an advisory lock for the host, so concurrent creates cannot both
+row and (on PostgreSQL) an advisory lock for admissions, so concurrent creates cannot both
 pass: SQLite's ``BEGIN IMMEDIATE`` already serializes writers. Tenants are told which quota
 they hit, never the host's numbers; those go to the log.
 """
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 GIB = 1024**3
 MEMINFO = Path("/proc/meminfo")
 PG_ADMISSION_LOCK = 7_205_830_412
-"""The advisory lock every create on PostgreSQL takes (per host, once servers have hosts)."""
+"""The advisory lock every create on PostgreSQL takes: placement reads every host's use."""
 HOST_FULL = "this host cannot run a server of that size right now; try a smaller size or later"
 
 
@@ -169,12 +169,10 @@ def usage(session: Session, account_id: int | None = None) -> Resources:
     return Resources(int(servers), int(vcpus), int(memory_mb), int(disk_gb))
 
 
-def admit(
-    session: Session, settings: Settings, account_id: int, wanted: Resources, host: HostCapacity
-) -> None:
-    """Lock the account and the host, then raise LimitReached unless ``wanted`` fits both
-    the account's quota and the host's capacity. Call it in the transaction that inserts
-    the server, before the insert."""
+def admit(session: Session, settings: Settings, account_id: int, wanted: Resources) -> None:
+    """Lock the account and admissions, then raise LimitReached unless ``wanted`` fits the
+    account's quota. Call it in the transaction that inserts the server, before the insert,
+    then ``vpsd.services.hosts.place`` (under the same lock) for the host it goes to."""
     account = session.scalar(
         select(Account)
         .where(Account.id == account_id)
@@ -186,15 +184,6 @@ def admit(
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_ADMISSION_LOCK})
     _check_quota(account_quota(settings, account), usage(session, account_id), wanted)
-    total = usage(session) + wanted
-    limits = host_limits(settings, host)
-    over = [name for name in RESOURCE_NAMES if getattr(total, name) > getattr(limits, name)]
-    if over:
-        log.warning(
-            "admission refused for account %s: %s would need %s, the host allows %s (%s)",
-            account.name, ", ".join(over), total, limits, host,
-        )  # fmt: skip
-        raise LimitReached(HOST_FULL)
 
 
 def _check_quota(quota: Resources, used: Resources, wanted: Resources) -> None:

@@ -22,7 +22,7 @@ from vpsd.db.models import (
 from vpsd.db.session import Database
 from vpsd.hypervisor.base import Driver
 from vpsd.schemas import BLANK_IMAGE, ServerCreate
-from vpsd.services import quotas, sources, ssh_keys
+from vpsd.services import hosts, quotas, sources, ssh_keys
 from vpsd.services.common import Dispatcher, PageRequest, enqueue, lock_server, transition
 from vpsd.services.errors import Invalid, InvalidState, NotFound
 from vpsd.services.images import resolve_image
@@ -134,7 +134,7 @@ class ServerService:
         request: ServerCreate,
         memory_mb: int,
         vcpus: int,
-        host: quotas.HostCapacity,
+        capacity: quotas.HostCapacity,
     ) -> ServerView:
         with self.db.write() as session:
             source = sources.resolve(session, account_id, request)
@@ -164,8 +164,11 @@ class ServerService:
                 if source is not None and not request.ssh_keys:
                     keys = source.authorized_keys
             wanted = quotas.Resources(1, vcpus, memory_mb, request.disk_gb)
-            quotas.admit(session, self.settings, account_id, wanted, host)
+            quotas.admit(session, self.settings, account_id, wanted)
+            hosts.refresh_capacity(session, self.settings, capacity)
+            host = hosts.place(session, self.settings, wanted)
             server = Server(
+                host_id=host.id,
                 account_id=account_id,
                 name=request.name,
                 status=ServerStatus.STARTING,

@@ -44,14 +44,17 @@ class Principal:
 
     account_id: int
     account_name: str
+    is_admin: bool = False
+    """Admins also see and drain hosts (``/api/v1/hosts/``)."""
 
 
 def _info(token: ApiToken) -> TokenInfo:
     return TokenInfo(token.id, token.account.name, token.prefix, token.created_at, token.revoked_at)
 
 
-def create_token(db: Database, account_name: str) -> tuple[TokenInfo, str]:
-    """Create a token for ``account_name`` (creating the account if new).
+def create_token(db: Database, account_name: str, *, admin: bool = False) -> tuple[TokenInfo, str]:
+    """Create a token for ``account_name`` (creating the account if new); ``admin`` makes
+    the account an admin (an admin account stays one).
 
     Returns the token's info and the secret, which is shown once and never stored.
     """
@@ -68,6 +71,8 @@ def create_token(db: Database, account_name: str) -> tuple[TokenInfo, str]:
             account = Account(name=account_name)
             session.add(account)
             session.flush()
+        if admin:
+            account.is_admin = True
         token = ApiToken(
             account=account, prefix=secret[: len(TOKEN_PREFIX) + 6], token_hash=hash_token(secret)
         )
@@ -103,7 +108,13 @@ def authenticate(db: Database, secret: str) -> Principal | None:
     digest = hash_token(secret)
     with db.read() as session:
         row = session.execute(
-            select(ApiToken.token_hash, ApiToken.revoked_at, Account.id, Account.name)
+            select(
+                ApiToken.token_hash,
+                ApiToken.revoked_at,
+                Account.id,
+                Account.name,
+                Account.is_admin,
+            )
             .join(ApiToken.account)
             .where(ApiToken.token_hash == digest)
         ).first()
@@ -111,7 +122,7 @@ def authenticate(db: Database, secret: str) -> Principal | None:
     # depending on how many characters matched, whatever the database does.
     if row is None or not hmac.compare_digest(row.token_hash, digest) or row.revoked_at:
         return None
-    return Principal(account_id=row.id, account_name=row.name)
+    return Principal(account_id=row.id, account_name=row.name, is_admin=row.is_admin)
 
 
 class TokenAuthenticator:

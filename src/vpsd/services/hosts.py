@@ -1,0 +1,206 @@
+"""Hypervisor hosts: registration and heartbeats, placement of new servers, draining.
+
+A host records itself (``register``) with what it offers guests and its overcommit ratios,
+then heartbeats every few seconds (``heartbeat``). A new server goes to an ``up`` host that
+heard from lately where it fits: the most free memory, then the fewest servers (``place``).
+Tenants never see hosts; admins list them and drain them (``HostService``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from vpsd.config import Settings
+from vpsd.db.base import utcnow
+from vpsd.db.models import Host, HostState, Server, ServerStatus
+from vpsd.db.session import Database
+from vpsd.services.errors import LimitReached, NotFound
+from vpsd.services.quotas import HOST_FULL, HostCapacity, Resources
+
+log = logging.getLogger(__name__)
+
+NO_HOST = "no host is taking new servers right now; try again later"
+
+
+@dataclass(frozen=True, slots=True)
+class HostView:
+    """A host as admins see it."""
+
+    id: int
+    name: str
+    state: HostState
+    last_heartbeat_at: datetime
+    servers: int
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+
+
+def register(db: Database, settings: Settings, capacity: HostCapacity) -> int:
+    """Record this host (``settings.host_name``) as alive with ``capacity`` and the
+    settings' overcommit ratios; its id. A new host is ``up``; a known one keeps the state an
+    admin gave it. Servers with no host (made before hosts existed) become this host's."""
+    now = utcnow()
+    with db.write() as session:
+        host = session.scalar(select(Host).where(Host.name == settings.host_name).with_for_update())
+        if host is None:
+            host = Host(name=settings.host_name, state=HostState.UP, created_at=now)
+            session.add(host)
+        _record(host, settings, capacity, now)
+        session.flush()
+        session.execute(update(Server).where(Server.host_id.is_(None)).values(host_id=host.id))
+        return host.id
+
+
+def heartbeat(db: Database, settings: Settings, host_id: int, capacity: HostCapacity) -> None:
+    """Record that the host is alive, with what it offers now."""
+    with db.write() as session:
+        host = session.get(Host, host_id, with_for_update=True)
+        if host is None:
+            raise NotFound(f"host {host_id} is not registered")
+        _record(host, settings, capacity, utcnow())
+
+
+def refresh_capacity(session: Session, settings: Settings, capacity: HostCapacity) -> None:
+    """Store ``capacity``, just measured here, as this host's (``settings.host_name``), if
+    it is registered: placement then sees what this host offers now, not at its last
+    heartbeat."""
+    session.execute(
+        update(Host)
+        .where(Host.name == settings.host_name)
+        .values(
+            vcpus=capacity.cpus,
+            memory_mb=capacity.memory_mb,
+            disk_gb=math.floor(capacity.disk_free_gb),
+        )
+    )
+
+
+def _record(host: Host, settings: Settings, capacity: HostCapacity, now: datetime) -> None:
+    host.vcpus = capacity.cpus
+    host.memory_mb = capacity.memory_mb
+    host.disk_gb = math.floor(capacity.disk_free_gb)
+    host.cpu_overcommit = settings.cpu_overcommit
+    host.memory_overcommit = settings.memory_overcommit
+    host.disk_overcommit = settings.disk_overcommit
+    host.last_heartbeat_at = now
+
+
+def shown_state(host: Host, settings: Settings, now: datetime) -> HostState:
+    """``down`` for a host not heard from in ``host_down_after_seconds``, else its state."""
+    if host.last_heartbeat_at < now - timedelta(seconds=settings.host_down_after_seconds):
+        return HostState.DOWN
+    return HostState(host.state)
+
+
+def limits(host: Host) -> Resources:
+    """What all servers of ``host`` together may use: its capacity times its ratios."""
+    return Resources(
+        servers=2**31 - 1,
+        vcpus=math.floor(host.vcpus * host.cpu_overcommit),
+        memory_mb=math.floor(host.memory_mb * host.memory_overcommit),
+        disk_gb=math.floor(host.disk_gb * host.disk_overcommit),
+    )
+
+
+def usage_by_host(session: Session) -> dict[int, Resources]:
+    """What the servers not deleted use, per host."""
+    rows = session.execute(
+        select(
+            Server.host_id,
+            func.count(Server.id),
+            func.coalesce(func.sum(Server.vcpus), 0),
+            func.coalesce(func.sum(Server.memory_mb), 0),
+            func.coalesce(func.sum(Server.disk_gb), 0),
+        )
+        .where(Server.status != ServerStatus.DELETED, Server.host_id.is_not(None))
+        .group_by(Server.host_id)
+    )
+    return {
+        host_id: Resources(int(count), int(vcpus), int(memory), int(disk))
+        for host_id, count, vcpus, memory, disk in rows
+        if host_id is not None
+    }
+
+
+def place(session: Session, settings: Settings, wanted: Resources) -> Host:
+    """The host a new server of size ``wanted`` goes to: of the ``up`` hosts heard from
+    lately where it fits, the one with the most free memory, then the fewest servers.
+    LimitReached when none can take it. Call it under the admission lock
+    (``vpsd.services.quotas.admit``), so concurrent creates cannot overfill a host."""
+    now = utcnow()
+    hosts = [
+        host
+        for host in session.scalars(select(Host).where(Host.state == HostState.UP))
+        if shown_state(host, settings, now) == HostState.UP
+    ]
+    if not hosts:
+        log.warning("no host is up to take a new server")
+        raise LimitReached(NO_HOST)
+    used = usage_by_host(session)
+    empty = Resources(0, 0, 0, 0)
+    ranked: list[tuple[int, int, int, Host]] = []
+    for host in hosts:
+        total = used.get(host.id, empty) + wanted
+        allowed = limits(host)
+        if all(
+            getattr(total, name) <= getattr(allowed, name)
+            for name in ("vcpus", "memory_mb", "disk_gb")
+        ):
+            ranked.append((allowed.memory_mb - total.memory_mb, -total.servers, -host.id, host))
+    if not ranked:
+        log.warning(
+            "no host can take a server of %s: %s",
+            wanted,
+            ", ".join(f"{h.name} uses {used.get(h.id, empty)} of {limits(h)}" for h in hosts),
+        )
+        raise LimitReached(HOST_FULL)
+    return max(ranked, key=lambda entry: entry[:3])[3]
+
+
+class HostService:
+    """What admins do with hosts: list them, drain one."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+
+    def list(self) -> list[HostView]:
+        """Every host, by id, with its shown state and its servers not deleted."""
+        now = utcnow()
+        with self.db.read() as session:
+            used = usage_by_host(session)
+            return [
+                self._view(host, used.get(host.id), now)
+                for host in session.scalars(select(Host).order_by(Host.id))
+            ]
+
+    def drain(self, host_id: int) -> HostView:
+        """Send no new servers to the host; its servers stay and keep working."""
+        with self.db.write() as session:
+            host = session.get(Host, host_id, with_for_update=True)
+            if host is None:
+                raise NotFound("host not found")
+            if host.state != HostState.DRAINING:
+                log.info("host %s (%s) is draining", host.id, host.name)
+            host.state = HostState.DRAINING
+            session.flush()
+            return self._view(host, usage_by_host(session).get(host.id), utcnow())
+
+    def _view(self, host: Host, used: Resources | None, now: datetime) -> HostView:
+        return HostView(
+            id=host.id,
+            name=host.name,
+            state=shown_state(host, self.settings, now),
+            last_heartbeat_at=host.last_heartbeat_at,
+            servers=used.servers if used else 0,
+            vcpus=host.vcpus,
+            memory_mb=host.memory_mb,
+            disk_gb=host.disk_gb,
+        )
