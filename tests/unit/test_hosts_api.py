@@ -5,17 +5,32 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.helpers import ApiClient
+from vpsd.backups.fake import FakeBackupStore
 from vpsd.config import Settings
 from vpsd.db.base import utcnow
-from vpsd.db.models import Account, Host, HostState, Server
+from vpsd.db.models import (
+    Account,
+    Host,
+    HostState,
+    Operation,
+    OperationKind,
+    OperationStatus,
+    Server,
+    ServerStatus,
+)
 from vpsd.db.session import Database
+from vpsd.hypervisor.fake import FakeDriver
+from vpsd.operations.context import OperationContext
+from vpsd.operations.recovery import recover
 from vpsd.services import hosts, quotas
+from vpsd.services.common import enqueue
 from vpsd.services.tokens import create_token
 
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -48,6 +63,14 @@ def host_of(db: Database, server_id: int) -> str:
         return session.scalar(
             select(Host.name).join(Server, Server.host_id == Host.id).where(Server.id == server_id)
         )
+
+
+def post_server(api: ApiClient, name: str) -> dict[str, Any]:
+    """Create a server without waiting for it: on another host it waits for that host."""
+    response = api.post("/servers/", json={"name": name, "disk_gb": 1})
+    assert response.status_code == 201, response.text
+    server: dict[str, Any] = response.json()
+    return server
 
 
 def only_remote_hosts(admin: ApiClient, settings: Settings) -> None:
@@ -89,7 +112,7 @@ def test_new_servers_go_to_the_host_with_most_free_memory(
     add_host(db, "kvm-small", memory_mb=1024)
     add_host(db, "kvm-big", memory_mb=2048)
     only_remote_hosts(admin, settings)
-    placed = [host_of(db, alice.create_server(f"web-{i}")["id"]) for i in range(6)]
+    placed = [host_of(db, post_server(alice, f"web-{i}")["id"]) for i in range(6)]
     # kvm-big has the most memory left until it holds 4 servers; then both would have 768
     # MiB left and kvm-small, with fewer servers, wins the tie; then kvm-big has more again.
     assert placed == ["kvm-big"] * 4 + ["kvm-small", "kvm-big"]
@@ -109,10 +132,25 @@ def test_draining_and_silent_hosts_get_no_new_servers(
     assert drained.status_code == 200 and drained.json()["state"] == "draining"
     states = {h["name"]: h["state"] for h in admin.get("/hosts/").json()["results"]}
     assert states["kvm-silent"] == "down" and states["kvm-drained"] == "draining"
-    first = alice.create_server("web-1")
+    first = post_server(alice, "web-1")
     assert host_of(db, first["id"]) == "kvm-small"
-    # The draining host's servers stay and keep working; it just takes no new ones.
-    assert alice.get(f"/servers/{first['id']}/").status_code == 200
+
+
+def test_an_operation_runs_only_on_its_servers_host(
+    admin: ApiClient, alice: ApiClient, client: TestClient, db: Database, settings: Settings
+) -> None:
+    local = alice.create_server("here")  # booted by this host's runner
+    add_host(db, "kvm-02", memory_mb=64 * 1024)
+    only_remote_hosts(admin, settings)
+    remote = post_server(alice, "there")
+    assert host_of(db, remote["id"]) == "kvm-02"
+    # This host's runner finds nothing to run: the boot waits for kvm-02's own agent.
+    assert client.app.state.runner.schedule() == 0
+    assert alice.get(f"/servers/{remote['id']}/").json()["status"] == "starting"
+    # ...while this host's servers keep working (a draining host keeps its servers).
+    assert alice.post(f"/servers/{local['id']}/stop/").status_code == 200
+    alice.wait_server(local["id"], "stopped")
+    assert alice.get(f"/servers/{remote['id']}/").json()["status"] == "starting"
 
 
 def test_no_host_that_fits_is_a_clear_400_that_changes_nothing(
@@ -166,3 +204,35 @@ def test_servers_from_before_hosts_are_adopted_by_the_host_that_registers(
     with db.read() as session:
         assert session.get(Server, server_id).host_id == host_id
         assert session.scalar(select(Host.name).where(Host.id == host_id)) == settings.host_name
+
+
+def test_recovery_settles_only_its_own_hosts_operations(
+    db: Database, settings: Settings, fake_driver: FakeDriver, fake_store: FakeBackupStore
+) -> None:
+    """At start a host requeues its own interrupted operations; another host's running one
+    is that host's to finish, not this one's to redo."""
+    remote_host = add_host(db, "kvm-02", memory_mb=64 * 1024)
+    with db.write() as session:
+        account = Account(name="carol")
+        session.add(account)
+        session.flush()
+        ids = {}
+        for name, host_id in (("here", None), ("there", remote_host)):
+            server = Server(
+                account_id=account.id, name=name, status=ServerStatus.STARTING,
+                memory_mb=256, vcpus=1, disk_gb=1,
+                host_id=host_id or session.scalar(
+                    select(Host.id).where(Host.name == settings.host_name)
+                ),
+            )  # fmt: skip
+            session.add(server)
+            session.flush()
+            operation = enqueue(session, OperationKind.SERVER_CREATE, server.id)
+            operation.status = OperationStatus.RUNNING  # claimed, then the host died
+            session.flush()
+            ids[name] = operation.id
+    recover(OperationContext(db, fake_driver, settings, fake_store))
+    with db.read() as session:
+        status = dict(session.execute(select(Operation.id, Operation.status)).all())
+    assert status[ids["here"]] == OperationStatus.PENDING  # requeued: it runs again here
+    assert status[ids["there"]] == OperationStatus.RUNNING  # left to kvm-02

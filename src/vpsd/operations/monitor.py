@@ -13,6 +13,7 @@ from vpsd.hypervisor.base import DriverError, LivenessUnknown, PowerState, RunSt
 from vpsd.operations.context import OperationContext
 from vpsd.operations.periodic import Periodic
 from vpsd.services.common import ACTIVE_OPERATION
+from vpsd.services.hosts import on_host
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def reconcile_power_states(ctx: OperationContext, *, running_only: bool = False)
     with ctx.db.read() as session:
         rows = session.execute(
             select(Server.id, Server.status, Server.status_reason).where(
-                Server.status.in_(watched), idle
+                Server.status.in_(watched), idle, on_host(ctx.settings.host_name)
             )
         ).all()
     changed = 0
@@ -111,7 +112,10 @@ def trim_consoles(ctx: OperationContext) -> int:
     writing endlessly to its serial port must not fill the host's disk); return how many."""
     with ctx.db.read() as session:
         running = session.scalars(
-            select(Server.id).where(Server.status.in_((ServerStatus.RUNNING, ServerStatus.PAUSED)))
+            select(Server.id).where(
+                Server.status.in_((ServerStatus.RUNNING, ServerStatus.PAUSED)),
+                on_host(ctx.settings.host_name),
+            )
         ).all()
     trimmed = 0
     for server_id in running:

@@ -1,6 +1,7 @@
 """After a crash or restart: settle every unfinished operation, leave no manual step.
 
-Run once at start-up, before the runner, by the only process executing operations.
+Run once at start-up, before the runner, by the host's only process executing operations;
+it acts on this host's servers only (``settings.host_name``): other hosts recover their own.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from vpsd.hypervisor.base import DriverError, LivenessUnknown, PowerState
 from vpsd.operations.context import OperationContext
 from vpsd.operations.handlers import abandon
 from vpsd.services.common import ACTIVE_OPERATION, enqueue
+from vpsd.services.hosts import on_host, operations_on_host
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,10 @@ def report_unknown_snapshots(ctx: OperationContext) -> None:
     another database). Tags are never reused, so they cannot be mistaken for new ones."""
     with ctx.db.read() as session:
         servers = session.scalars(
-            select(Server.id).where(Server.status.in_((ServerStatus.RUNNING, ServerStatus.STOPPED)))
+            select(Server.id).where(
+                Server.status.in_((ServerStatus.RUNNING, ServerStatus.STOPPED)),
+                on_host(ctx.settings.host_name),
+            )
         ).all()
         rows = session.execute(
             select(Snapshot.server_id, Snapshot.tag).where(Snapshot.server_id.in_(servers))
@@ -118,7 +123,9 @@ def report_unknown_snapshots(ctx: OperationContext) -> None:
 def _recover_vms(ctx: OperationContext) -> None:
     with ctx.db.read() as session:
         server_ids = session.scalars(
-            select(Server.id).where(Server.status != ServerStatus.DELETED)
+            select(Server.id).where(
+                Server.status != ServerStatus.DELETED, on_host(ctx.settings.host_name)
+            )
         ).all()
     for server_id in server_ids:
         try:
@@ -131,7 +138,8 @@ def _requeue_interrupted(ctx: OperationContext) -> None:
     with ctx.db.read() as session:
         interrupted = session.execute(
             select(Operation.id, Operation.attempts).where(
-                Operation.status == OperationStatus.RUNNING
+                Operation.status == OperationStatus.RUNNING,
+                operations_on_host(ctx.settings.host_name),
             )
         ).all()
     for operation_id, attempts in interrupted:
@@ -153,8 +161,9 @@ def _settle_orphans(ctx: OperationContext) -> None:
         Operation.server_id == Server.id, Operation.status.in_(ACTIVE_OPERATION)
     )
     with ctx.db.write() as session:
+        here = on_host(ctx.settings.host_name)
         orphans = session.scalars(
-            select(Server).where(Server.status.in_(TRANSITIONAL), ~active)
+            select(Server).where(Server.status.in_(TRANSITIONAL), ~active, here)
         ).all()
         for server in orphans:
             if server.status == ServerStatus.DELETING:
@@ -186,6 +195,7 @@ def _settle_orphans(ctx: OperationContext) -> None:
                 Snapshot.status.in_((SnapshotStatus.IN_PROGRESS, SnapshotStatus.DELETING)),
                 Server.status != ServerStatus.DELETING,
                 ~snapshot_active,
+                here,
             )
         ).all()
         for snapshot in stuck:
@@ -210,7 +220,9 @@ def _settle_backups(ctx: OperationContext) -> None:
     with ctx.db.write() as session:
         stuck = session.scalars(
             select(Backup).where(
-                Backup.status.in_((BackupStatus.IN_PROGRESS, BackupStatus.DELETING)), ~active
+                Backup.status.in_((BackupStatus.IN_PROGRESS, BackupStatus.DELETING)),
+                ~active,
+                Backup.server_id.in_(select(Server.id).where(on_host(ctx.settings.host_name))),
             )
         ).all()
         for backup in stuck:

@@ -18,6 +18,7 @@ from vpsd.db.models import Operation, OperationStatus
 from vpsd.operations.context import OperationContext
 from vpsd.operations.handlers import abandon, execute
 from vpsd.operations.recovery import MAX_ATTEMPTS
+from vpsd.services.hosts import operations_on_host
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,8 @@ MAX_REQUEUE_DELAY = 30.0
 
 
 class InProcessRunner:
-    """Executes operations in a thread pool; one at a time per server, oldest first."""
+    """Executes the operations of this host's servers in a thread pool; one at a time per
+    server, oldest first."""
 
     def __init__(self, ctx: OperationContext, threads: int = 8, poll_interval: float = 1.0):
         self.ctx = ctx
@@ -67,11 +69,15 @@ class InProcessRunner:
                 log.exception("scheduling operations failed")
 
     def schedule(self) -> int:
-        """Claim and start the oldest pending operation of each idle server; return how many."""
+        """Claim and start the oldest pending operation of each idle server of this host
+        (``settings.host_name``); return how many."""
         with self.ctx.db.read() as session:
             rows = session.execute(
                 select(Operation.id, Operation.server_id, Operation.status)
-                .where(Operation.status.in_((OperationStatus.PENDING, OperationStatus.RUNNING)))
+                .where(
+                    Operation.status.in_((OperationStatus.PENDING, OperationStatus.RUNNING)),
+                    operations_on_host(self.ctx.settings.host_name),
+                )
                 .order_by(Operation.id)
             ).all()
         with self._busy_lock:
