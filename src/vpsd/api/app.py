@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from vpsd import __version__
+from vpsd.agent import HostAgent
 from vpsd.api.deps import Services
 from vpsd.api.docs import install_docs
 from vpsd.api.errors import install_error_handlers
@@ -24,14 +25,7 @@ from vpsd.db import migrate
 from vpsd.db.session import Database
 from vpsd.hypervisor.base import Driver
 from vpsd.hypervisor.registry import make_driver
-from vpsd.operations.context import OperationContext
-from vpsd.operations.heartbeat import HostHeartbeat
-from vpsd.operations.monitor import VmMonitor, reconcile_power_states
-from vpsd.operations.recovery import recover
-from vpsd.operations.runner import InProcessRunner
-from vpsd.operations.scheduler import BackupScheduler
 from vpsd.services import installation
-from vpsd.services.backup_policies import BackupPolicyService
 from vpsd.services.backups import BackupService
 from vpsd.services.hosts import HostService
 from vpsd.services.images import ImageService
@@ -57,29 +51,24 @@ def create_app(
     driver: Driver | None = None,
     backup_store: BackupStore | None = None,
 ) -> FastAPI:
-    """Build the app. Its lifespan migrates the database, recovers unfinished operations,
-    and runs the operation runner, the VM monitor and the backup scheduler until shutdown."""
+    """Build the app. Its lifespan migrates the database, then runs this machine's host
+    agent (``vpsd.agent``: recovery, then the operation runner, the VM monitor, the backup
+    scheduler and the heartbeat) until shutdown."""
     settings = settings or get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.servers_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.effective_database_url)
     driver = driver or make_driver(settings)
     backup_store = backup_store or make_backup_store(settings)
-    ctx = OperationContext(db=db, driver=driver, settings=settings, backups=backup_store)
-    runner = InProcessRunner(ctx, threads=settings.runner_threads)
-    monitor = VmMonitor(ctx, settings.monitor_interval)
+    agent = HostAgent(settings, db, driver, backup_store)
+    runner = agent.runner
     image_service = ImageService(db, settings)
-    policies = BackupPolicyService(db, runner)
-    scheduler = BackupScheduler(policies, settings.backup_scheduler_interval)
-    heartbeat = HostHeartbeat(db, settings)
 
     def start_up() -> None:
         migrate.upgrade(db)
         installation.verify(db, settings)  # before anything acts on the data dir
         image_service.sync()
-        heartbeat.register()
-        recover(ctx)
-        reconcile_power_states(ctx)
+        agent.recover()
         if warning := same_filesystem_warning(settings):
             log.warning("%s", warning)
 
@@ -89,11 +78,7 @@ def create_app(
         # runs an event loop of its own, which cannot run inside this one.
         await asyncio.to_thread(start_up)
         await db.open_async_reads()
-        runner.start()
-        runner.notify()
-        monitor.start()
-        scheduler.start()
-        heartbeat.start()
+        agent.start()
         log.info(
             "vpsd %s ready (data dir %s, driver %s)",
             __version__,
@@ -103,10 +88,7 @@ def create_app(
         try:
             yield
         finally:
-            heartbeat.stop()
-            scheduler.stop()
-            monitor.stop()
-            runner.stop()
+            agent.stop()
             await db.close_async_reads()
             db.dispose()
 
@@ -127,7 +109,7 @@ def create_app(
         images=image_service,
         snapshots=SnapshotService(db, settings, runner),
         backups=BackupService(db, settings, runner),
-        backup_policies=policies,
+        backup_policies=agent.policies,
         ssh_keys=SshKeyService(db),
         hosts=HostService(db, settings),
         authenticate=TokenAuthenticator(db, settings.token_cache_seconds),

@@ -50,13 +50,16 @@ PRIVATE_UMASK = 0o077
 folders 0700 (disks and the database hold tenants' data and token hashes)."""
 
 
-def _settings(data_dir: Path | None) -> Settings:
-    """The settings, ``--data-dir`` first; every command working on a data dir calls this
-    first, so it also sets the private umask before anything is written there."""
+def _settings(data_dir: Path | None, **flags: Any) -> Settings:
+    """The settings, ``--data-dir`` and other ``flags`` (those not None) first; every
+    command working on a data dir calls this first, so it also sets the private umask
+    before anything is written there."""
     os.umask(PRIVATE_UMASK)
-    overrides = {"data_dir": data_dir} if data_dir is not None else {}
+    overrides = {key: value for key, value in flags.items() if value is not None}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**overrides)
     except ValidationError as error:
         for problem in error.errors():
             field = ".".join(str(part) for part in problem["loc"])
@@ -132,11 +135,55 @@ def serve(
     )
     server = uvicorn.Server(config)
     try:
-        server.run(sockets=[instance.socket])
+        server.run(sockets=[instance.socket] if instance.socket else None)
     finally:
         instance.release()
     if not server.started:
         raise typer.Exit(3)
+
+
+@app.command()
+def agent(
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            help="this hypervisor host's name [env: VPSD_HOST_NAME; default: the hostname]",
+            show_default=False,
+        ),
+    ] = None,
+    data_dir: DataDirOption = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Run a hypervisor host's agent, without the API: it registers the host, recovers its
+    servers, then runs their operations, watches their VMs and heartbeats until SIGTERM.
+
+    Give it the database of a ``vpsd serve`` elsewhere (VPSD_DATABASE_URL: PostgreSQL, or
+    the same SQLite file on one machine) and its own data dir. One per data dir."""
+    from rich.markup import escape
+
+    from vpsd import serving
+    from vpsd.agent import run_agent
+
+    settings = _settings(data_dir, host_name=host)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("qemu.qmp").setLevel(logging.WARNING)
+    try:
+        instance = serving.claim_instance(settings, None)
+    except serving.StartupError as error:
+        err.print(f"[red]error:[/red] {escape(str(error))}")
+        raise typer.Exit(1) from None
+    try:
+        _check_installation(settings)
+        serving.tighten_permissions(settings)
+        run_agent(settings)
+    except InstallationMismatch as error:
+        err.print(f"[red]error:[/red] {escape(str(error))}")
+        raise typer.Exit(1) from None
+    finally:
+        instance.release()
 
 
 def _check_installation(settings: Settings) -> None:

@@ -195,26 +195,28 @@ def listen(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
 
 @dataclass
 class Instance:
-    """What makes this process the one ``vpsd serve`` of its data dir."""
+    """What makes this process the one ``vpsd serve`` (or ``vpsd agent``) of its data dir."""
 
     lock: InstanceLock
     database_lock: Connection | None
-    socket: socket.socket
+    socket: socket.socket | None
+    """The listening socket; None for an agent, which serves no HTTP."""
     url: str
 
     def release(self) -> None:
         """Close the socket and release both locks (process exit does it too)."""
-        self.socket.close()
+        if self.socket is not None:
+            self.socket.close()
         if self.database_lock is not None:
             with contextlib.suppress(SQLAlchemyError):
                 self.database_lock.close()
         self.lock.release()
 
 
-def claim_instance(settings: Settings, host: str, port: int) -> Instance:
-    """Lock the data dir (and the PostgreSQL database), then bind ``host:port``; raise
-    ``StartupError`` with a one-line reason when another instance or program is in the way.
-    Nothing is migrated or recovered yet."""
+def claim_instance(settings: Settings, host: str | None, port: int = 0) -> Instance:
+    """Lock the data dir (and the PostgreSQL database), then bind ``host:port`` (nothing
+    when ``host`` is None: an agent); raise ``StartupError`` with a one-line reason when
+    another instance or program is in the way. Nothing is migrated or recovered yet."""
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -225,7 +227,7 @@ def claim_instance(settings: Settings, host: str, port: int) -> Instance:
     try:
         database_lock = lock_database(settings.effective_database_url, settings.data_dir)
         try:
-            sock = listen(host, port)
+            sock = None if host is None else listen(host, port)
         except StartupError:
             if database_lock is not None:
                 database_lock.close()
@@ -233,8 +235,11 @@ def claim_instance(settings: Settings, host: str, port: int) -> Instance:
     except BaseException:
         lock.release()
         raise
-    bound_port = sock.getsockname()[1]
-    url = f"http://[{host}]:{bound_port}" if ":" in host else f"http://{host}:{bound_port}"
+    if sock is None or host is None:
+        url = f"(the agent of host {settings.host_name})"
+    else:
+        bound_port = sock.getsockname()[1]
+        url = f"http://[{host}]:{bound_port}" if ":" in host else f"http://{host}:{bound_port}"
     lock.record(url)
     return Instance(lock, database_lock, sock, url)
 
