@@ -138,8 +138,9 @@ class Host(Base):
     vcpus: Mapped[int] = mapped_column(Integer)
     memory_mb: Mapped[int] = mapped_column(Integer)
     """Total memory less the host's reserve."""
-    disk_gb: Mapped[int] = mapped_column(Integer)
-    """Free space of the host's data dir filesystem."""
+    disk_gb: Mapped[float] = mapped_column(Float)
+    """Free space of the host's data dir filesystem, in GiB (a fraction counts: it is
+    multiplied by the disk overcommit ratio)."""
     cpu_overcommit: Mapped[float] = mapped_column(Float)
     memory_overcommit: Mapped[float] = mapped_column(Float)
     disk_overcommit: Mapped[float] = mapped_column(Float)

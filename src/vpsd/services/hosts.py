@@ -77,7 +77,7 @@ def refresh_capacity(session: Session, settings: Settings, capacity: HostCapacit
         .values(
             vcpus=capacity.cpus,
             memory_mb=capacity.memory_mb,
-            disk_gb=math.floor(capacity.disk_free_gb),
+            disk_gb=capacity.disk_free_gb,
         )
     )
 
@@ -85,7 +85,7 @@ def refresh_capacity(session: Session, settings: Settings, capacity: HostCapacit
 def _record(host: Host, settings: Settings, capacity: HostCapacity, now: datetime) -> None:
     host.vcpus = capacity.cpus
     host.memory_mb = capacity.memory_mb
-    host.disk_gb = math.floor(capacity.disk_free_gb)
+    host.disk_gb = capacity.disk_free_gb
     host.cpu_overcommit = settings.cpu_overcommit
     host.memory_overcommit = settings.memory_overcommit
     host.disk_overcommit = settings.disk_overcommit
@@ -202,7 +202,7 @@ class HostService:
             servers=used.servers if used else 0,
             vcpus=host.vcpus,
             memory_mb=host.memory_mb,
-            disk_gb=host.disk_gb,
+            disk_gb=math.floor(host.disk_gb),
         )
 
 

@@ -28,7 +28,7 @@ def upgrade() -> None:
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("vcpus", sa.Integer(), nullable=False),
         sa.Column("memory_mb", sa.Integer(), nullable=False),
-        sa.Column("disk_gb", sa.Integer(), nullable=False),
+        sa.Column("disk_gb", sa.Float(), nullable=False),
         sa.Column("cpu_overcommit", sa.Float(), nullable=False),
         sa.Column("memory_overcommit", sa.Float(), nullable=False),
         sa.Column("disk_overcommit", sa.Float(), nullable=False),
