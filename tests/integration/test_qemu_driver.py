@@ -272,3 +272,16 @@ def test_a_console_log_that_grew_too_long_keeps_its_end(driver: QemuDriver, root
     assert driver.console_tail(1, 13) == b"line 0299999\n"
     assert driver.trim_console(1, 1024 * 1024) is False  # short enough now
     assert driver.trim_console(2, 1024) is False  # no console at all
+
+
+def test_a_body_error_is_not_masked_when_the_program_is_gone() -> None:
+    """A stream cut by the caller (its source failed) reports the caller's error, even when
+    bytes it wrote are still buffered for a program that is already gone."""
+    with (
+        pytest.raises(RuntimeError, match="the backup storage went away"),
+        command.streaming(["true"], stdin=subprocess.PIPE, timeout=30) as process,
+    ):
+        process.wait()  # exited without reading: flushing to it can only fail
+        assert process.stdin is not None
+        process.stdin.write(b"\x01" * 4096)  # buffered, not yet sent
+        raise RuntimeError("the backup storage went away")

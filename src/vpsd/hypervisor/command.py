@@ -253,7 +253,11 @@ def streaming(
     finally:
         for pipe in (process.stdin, process.stdout):
             if pipe is not None:
-                pipe.close()
+                # Bytes still buffered for a program that died (killed above, or failed)
+                # cannot be flushed: its exit status says what happened, and the body's own
+                # error must not be masked by a BrokenPipeError.
+                with contextlib.suppress(BrokenPipeError):
+                    pipe.close()
         try:
             returncode = process.wait()
         finally:
