@@ -339,7 +339,8 @@ def test_a_guest_flooding_its_console_cannot_fill_the_host(
     fake_driver.write_console(sid, b"x" * settings.console_log_max_bytes + b"the end\n")
     database = Database(settings.effective_database_url)
     try:
-        assert trim_consoles(
+        # The app's own VM monitor runs the same trim every 0.2 s and may get there first.
+        trim_consoles(
             OperationContext(
                 db=database, driver=fake_driver, settings=settings, backups=FakeBackupStore()
             )
