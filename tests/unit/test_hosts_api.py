@@ -206,6 +206,26 @@ def test_servers_from_before_hosts_are_adopted_by_the_host_that_registers(
         assert session.scalar(select(Host.name).where(Host.id == host_id)) == settings.host_name
 
 
+def test_a_silent_hosts_servers_say_their_host_is_not_responding(
+    admin: ApiClient, alice: ApiClient, client: TestClient, db: Database, settings: Settings
+) -> None:
+    remote_id = add_host(db, "kvm-02", memory_mb=64 * 1024)
+    only_remote_hosts(admin, settings)
+    server = post_server(alice, "there")
+    assert alice.get(f"/servers/{server['id']}/").json()["status_reason"] is None
+    with db.write() as session:  # kvm-02's agent dies: no heartbeat for longer than allowed
+        host = session.get(Host, remote_id)
+        assert host is not None
+        host.last_heartbeat_at = utcnow() - timedelta(seconds=settings.host_down_after_seconds + 1)
+    states = {h["name"]: h["state"] for h in admin.get("/hosts/").json()["results"]}
+    assert states["kvm-02"] == "down"
+    shown = alice.get(f"/servers/{server['id']}/").json()
+    assert shown["status"] == "starting"  # its boot waits for kvm-02, never runs elsewhere
+    assert "its host is not responding" in shown["status_reason"]
+    assert "kvm-02" not in str(alice.get("/servers/").json())
+    assert client.app.state.runner.schedule() == 0
+
+
 def test_recovery_settles_only_its_own_hosts_operations(
     db: Database, settings: Settings, fake_driver: FakeDriver, fake_store: FakeBackupStore
 ) -> None:

@@ -253,6 +253,7 @@ class Server(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     image: Mapped[Image | None] = relationship()
+    host: Mapped[Host | None] = relationship()
 
 
 class Snapshot(Base):

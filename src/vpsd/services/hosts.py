@@ -99,6 +99,11 @@ def shown_state(host: Host, settings: Settings, now: datetime) -> HostState:
     return HostState(host.state)
 
 
+def is_down(host: Host, settings: Settings) -> bool:
+    """Whether ``host`` shows ``down`` now: its servers' operations wait for it."""
+    return shown_state(host, settings, utcnow()) == HostState.DOWN
+
+
 def limits(host: Host) -> Resources:
     """What all servers of ``host`` together may use: its capacity times its ratios."""
     return Resources(

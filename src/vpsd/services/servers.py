@@ -42,6 +42,14 @@ ACTION_KINDS = {
 }
 
 
+HOST_NOT_RESPONDING = (
+    "its host is not responding: the status shown may be out of date, and what you ask of "
+    "this server waits until the host is back"
+)
+"""A server's ``status_reason`` while its host is ``down`` (no host name: tenants never see
+hosts)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ServerView:
     """A server as the API shows it: a plain value, built inside the transaction."""
@@ -270,11 +278,14 @@ class ServerService:
         return server
 
     def _view(self, server: Server) -> ServerView:
+        reason = server.status_reason
+        if server.host is not None and hosts.is_down(server.host, self.settings):
+            reason = HOST_NOT_RESPONDING
         return ServerView(
             id=server.id,
             name=server.name,
             status=server.status,
-            status_reason=server.status_reason,
+            status_reason=reason,
             memory_mb=server.memory_mb,
             vcpus=server.vcpus,
             disk_gb=server.disk_gb,
@@ -288,4 +299,4 @@ class ServerService:
 
 
 def _with_image(query: Select[Server]) -> Select[Server]:
-    return query.options(joinedload(Server.image))
+    return query.options(joinedload(Server.image), joinedload(Server.host))
