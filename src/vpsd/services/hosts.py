@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from vpsd.config import Settings
@@ -21,7 +21,7 @@ from vpsd.db.base import utcnow
 from vpsd.db.models import Host, HostState, Operation, Server, ServerStatus
 from vpsd.db.session import Database
 from vpsd.services.errors import LimitReached, NotFound
-from vpsd.services.quotas import HOST_FULL, HostCapacity, Resources
+from vpsd.services.quotas import HOST_FULL, USED, HostCapacity, Resources, overcommitted
 
 log = logging.getLogger(__name__)
 
@@ -71,25 +71,23 @@ def refresh_capacity(session: Session, settings: Settings, capacity: HostCapacit
     """Store ``capacity``, just measured here, as this host's (``settings.host_name``), if
     it is registered: placement then sees what this host offers now, not at its last
     heartbeat."""
-    session.execute(
-        update(Host)
-        .where(Host.name == settings.host_name)
-        .values(
-            vcpus=capacity.cpus,
-            memory_mb=capacity.memory_mb,
-            disk_gb=capacity.disk_free_gb,
-        )
-    )
+    host = session.scalar(select(Host).where(Host.name == settings.host_name))
+    if host is not None:
+        _set_capacity(host, capacity)
 
 
 def _record(host: Host, settings: Settings, capacity: HostCapacity, now: datetime) -> None:
-    host.vcpus = capacity.cpus
-    host.memory_mb = capacity.memory_mb
-    host.disk_gb = capacity.disk_free_gb
+    _set_capacity(host, capacity)
     host.cpu_overcommit = settings.cpu_overcommit
     host.memory_overcommit = settings.memory_overcommit
     host.disk_overcommit = settings.disk_overcommit
     host.last_heartbeat_at = now
+
+
+def _set_capacity(host: Host, capacity: HostCapacity) -> None:
+    host.vcpus = capacity.cpus
+    host.memory_mb = capacity.memory_mb
+    host.disk_gb = capacity.disk_free_gb
 
 
 def shown_state(host: Host, settings: Settings, now: datetime) -> HostState:
@@ -106,24 +104,16 @@ def is_down(host: Host, settings: Settings) -> bool:
 
 def limits(host: Host) -> Resources:
     """What all servers of ``host`` together may use: its capacity times its ratios."""
-    return Resources(
-        servers=2**31 - 1,
-        vcpus=math.floor(host.vcpus * host.cpu_overcommit),
-        memory_mb=math.floor(host.memory_mb * host.memory_overcommit),
-        disk_gb=math.floor(host.disk_gb * host.disk_overcommit),
-    )
+    return overcommitted(
+        host.vcpus, host.memory_mb, host.disk_gb,
+        host.cpu_overcommit, host.memory_overcommit, host.disk_overcommit,
+    )  # fmt: skip
 
 
 def usage_by_host(session: Session) -> dict[int, Resources]:
     """What the servers not deleted use, per host."""
     rows = session.execute(
-        select(
-            Server.host_id,
-            func.count(Server.id),
-            func.coalesce(func.sum(Server.vcpus), 0),
-            func.coalesce(func.sum(Server.memory_mb), 0),
-            func.coalesce(func.sum(Server.disk_gb), 0),
-        )
+        select(Server.host_id, *USED)
         .where(Server.status != ServerStatus.DELETED, Server.host_id.is_not(None))
         .group_by(Server.host_id)
     )
@@ -177,13 +167,13 @@ class HostService:
         self.settings = settings
 
     def list(self) -> list[HostView]:
-        """Every host, by id, with its shown state and its servers not deleted."""
+        """Every host, newest first, with its shown state and its servers not deleted."""
         now = utcnow()
         with self.db.read() as session:
             used = usage_by_host(session)
             return [
                 self._view(host, used.get(host.id), now)
-                for host in session.scalars(select(Host).order_by(Host.id))
+                for host in session.scalars(select(Host).order_by(Host.id.desc()))
             ]
 
     def drain(self, host_id: int) -> HostView:

@@ -121,14 +121,30 @@ def _mem_total_kb(meminfo: str) -> int:
     raise ValueError("no MemTotal in /proc/meminfo")
 
 
-def host_limits(settings: Settings, host: HostCapacity) -> Resources:
-    """What all servers of the host together may use: capacity times overcommit."""
+def overcommitted(
+    cpus: int,
+    memory_mb: int,
+    disk_gb: float,
+    cpu_ratio: float,
+    memory_ratio: float,
+    disk_ratio: float,
+) -> Resources:
+    """What all servers of a host together may use: each part of its capacity times its
+    overcommit ratio."""
     return Resources(
         servers=2**31 - 1,
-        vcpus=math.floor(host.cpus * settings.cpu_overcommit),
-        memory_mb=math.floor(host.memory_mb * settings.memory_overcommit),
-        disk_gb=math.floor(host.disk_free_gb * settings.disk_overcommit),
+        vcpus=math.floor(cpus * cpu_ratio),
+        memory_mb=math.floor(memory_mb * memory_ratio),
+        disk_gb=math.floor(disk_gb * disk_ratio),
     )
+
+
+def host_limits(settings: Settings, host: HostCapacity) -> Resources:
+    """``overcommitted`` for this host's capacity and the settings' ratios."""
+    return overcommitted(
+        host.cpus, host.memory_mb, host.disk_free_gb,
+        settings.cpu_overcommit, settings.memory_overcommit, settings.disk_overcommit,
+    )  # fmt: skip
 
 
 def max_sizes(settings: Settings, host: HostCapacity) -> MaxSizes:
@@ -155,17 +171,20 @@ def _either(own: int | None, default: int) -> int:
     return default if own is None else own
 
 
-def usage(session: Session, account_id: int | None = None) -> Resources:
-    """What the servers not deleted use: one account's, or (None) the whole host's."""
-    query = select(
-        func.count(Server.id),
-        func.coalesce(func.sum(Server.vcpus), 0),
-        func.coalesce(func.sum(Server.memory_mb), 0),
-        func.coalesce(func.sum(Server.disk_gb), 0),
-    ).where(Server.status != ServerStatus.DELETED)
-    if account_id is not None:
-        query = query.where(Server.account_id == account_id)
-    servers, vcpus, memory_mb, disk_gb = session.execute(query).one()
+USED = (
+    func.count(Server.id),
+    func.coalesce(func.sum(Server.vcpus), 0),
+    func.coalesce(func.sum(Server.memory_mb), 0),
+    func.coalesce(func.sum(Server.disk_gb), 0),
+)
+"""Columns summing what servers use, in ``Resources``' order (count them not deleted)."""
+
+
+def usage(session: Session, account_id: int) -> Resources:
+    """What the account's servers not deleted use."""
+    servers, vcpus, memory_mb, disk_gb = session.execute(
+        select(*USED).where(Server.status != ServerStatus.DELETED, Server.account_id == account_id)
+    ).one()
     return Resources(int(servers), int(vcpus), int(memory_mb), int(disk_gb))
 
 

@@ -31,7 +31,7 @@ def list_hosts(
 ) -> Page[HostOut]:
     """The hypervisor hosts, newest first (admins only)."""
     _require_admin(principal)
-    hosts = sorted(services.hosts.list(), key=lambda host: host.id, reverse=True)
+    hosts = services.hosts.list()
     shown = hosts[page.offset : page.offset + page.page_size]
     next_url, previous_url = page_links(request, page, len(hosts))
     return Page[HostOut](
