@@ -3,8 +3,9 @@ scheduler and the heartbeat, for the servers of this host (``settings.host_name`
 
 ``vpsd serve`` embeds one for the machine it runs on; ``vpsd agent --host NAME`` runs one on
 its own, beside a ``vpsd serve`` elsewhere on the same PostgreSQL database (or the same
-SQLite file on one machine). Agents find their host's work by polling the database
-(``InProcessRunner``); the API wakes only an agent in its own process at once.
+SQLite file on one machine). With a broker (``VPSD_BROKER_URL``) an agent takes its host's
+work from its queue (``BrokerRunner``); without one it polls the database (``InProcessRunner``;
+an API in its own process wakes it at once).
 """
 
 from __future__ import annotations
@@ -12,19 +13,25 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from typing import TYPE_CHECKING
 
 from vpsd import __version__
 from vpsd.backups.base import BackupStore
 from vpsd.config import Settings
 from vpsd.db.session import Database
 from vpsd.hypervisor.base import Driver
+from vpsd.operations import leases
 from vpsd.operations.context import OperationContext
 from vpsd.operations.heartbeat import HostHeartbeat
 from vpsd.operations.monitor import VmMonitor, reconcile_power_states
-from vpsd.operations.recovery import recover
+from vpsd.operations.periodic import Periodic
+from vpsd.operations.recovery import recover, take_back_expired
 from vpsd.operations.runner import InProcessRunner
 from vpsd.operations.scheduler import BackupScheduler
 from vpsd.services.backup_policies import BackupPolicyService
+
+if TYPE_CHECKING:
+    from vpsd.operations.broker import BrokerRunner
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +44,19 @@ class HostAgent:
         self, settings: Settings, db: Database, driver: Driver, backups: BackupStore
     ) -> None:
         self.settings = settings
-        self.ctx = OperationContext(db=db, driver=driver, settings=settings, backups=backups)
-        self.runner = InProcessRunner(self.ctx, threads=settings.runner_threads)
+        self.ctx = OperationContext(
+            db=db, driver=driver, settings=settings, backups=backups,
+            claimant=leases.new_claimant(settings),
+        )  # fmt: skip
+        self.runner = make_runner(self.ctx)
         self.monitor = VmMonitor(self.ctx, settings.monitor_interval)
         self.policies = BackupPolicyService(db, self.runner)
         self.scheduler = BackupScheduler(self.policies, settings.backup_scheduler_interval)
-        self.heartbeat = HostHeartbeat(db, settings)
+        self.heartbeat = HostHeartbeat(db, settings, self.ctx.claimant)
+        self.lease_sweeper = Periodic(
+            "vpsd-leases", "taking back operations whose lease expired", self._take_back,
+            settings.host_heartbeat_seconds,
+        )  # fmt: skip
 
     def recover(self) -> None:
         """Register this host, then settle what a crash or restart left of its servers'
@@ -58,22 +72,40 @@ class HostAgent:
         self.monitor.start()
         self.scheduler.start()
         self.heartbeat.start()
+        self.lease_sweeper.start()
         log.info("host %s: agent running", self.settings.host_name)
 
     def stop(self) -> None:
         """Stop every thread; operations under way run to their end first."""
+        self.lease_sweeper.stop()
         self.heartbeat.stop()
         self.scheduler.stop()
         self.monitor.stop()
         self.runner.stop()
 
+    def _take_back(self) -> None:
+        if take_back_expired(self.ctx):
+            self.runner.notify()
 
-def run_agent(settings: Settings) -> None:
+
+def make_runner(ctx: OperationContext) -> InProcessRunner | BrokerRunner:
+    """What runs this host's operations: fed by the broker when one is set, else polling."""
+    if ctx.settings.broker_url:
+        from vpsd.operations.broker import BrokerRunner
+
+        return BrokerRunner(ctx, ctx.settings.broker_url, threads=ctx.settings.runner_threads)
+    return InProcessRunner(ctx, threads=ctx.settings.runner_threads)
+
+
+def run_agent(settings: Settings, metrics: tuple[str, int] | None = None) -> None:
     """``vpsd agent``: this host's agent alone, in the foreground, until SIGTERM or SIGINT
-    (operations under way end first). The caller holds the data dir's lock."""
+    (operations under way end first), serving Prometheus metrics on ``metrics`` (address,
+    port) if given. The caller holds the data dir's lock."""
     from vpsd.backups import make_backup_store
     from vpsd.hypervisor.registry import make_driver
+    from vpsd.metrics import serve_metrics
     from vpsd.services.images import ImageService
+    from vpsd.serving import StartupError
 
     settings.servers_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.effective_database_url)
@@ -84,6 +116,14 @@ def run_agent(settings: Settings) -> None:
         ImageService(db, settings).sync()  # the images this host's servers boot
         agent = HostAgent(settings, db, make_driver(settings), make_backup_store(settings))
         agent.recover()
+        if metrics is not None:
+            try:
+                serve_metrics(*metrics, db, settings)
+            except OSError as error:
+                address, port = metrics
+                raise StartupError(
+                    f"cannot serve metrics on {address}:{port}: {error.strerror or error}"
+                ) from None
         agent.start()
         log.info(
             "vpsd %s agent of host %s ready (data dir %s, driver %s)",

@@ -133,7 +133,16 @@ class Settings(BaseSettings):
     host_heartbeat_seconds: float = Field(default=5.0, gt=0)
     """How often the host records that it is alive, with its capacity."""
     host_down_after_seconds: float = Field(default=30.0, gt=0)
-    """A host silent this long shows ``down`` and gets no new servers."""
+    """A host silent this long shows ``down`` and gets no new servers; an operation whose
+    agent has not renewed its lease for this long is taken back (``operations.leases``)."""
+
+    broker_url: str | None = None
+    """A RabbitMQ URL (``amqp://guest:guest@127.0.0.1:5672//``): operations are published to
+    one queue per host and run by that host's ``vpsd agent``; ``vpsd serve`` then runs the API
+    only. Default: none, and ``vpsd serve`` runs this host's agent in its own process."""
+    republish_after_seconds: float = Field(default=30.0, gt=0)
+    """With a broker: an operation still pending this long after it was published is
+    published again (a lost message only delays it)."""
 
     max_snapshots_per_server: int = 5
 
@@ -166,6 +175,15 @@ class Settings(BaseSettings):
                 "QEMU's QMP sockets live below it and unix socket paths are limited to 108 bytes"
             )
         return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_is_amqp(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("amqp://", "amqps://")):
+            raise ValueError(
+                "must be a RabbitMQ URL, amqp://USER:PASSWORD@HOST:5672// or amqps://..."
+            )
+        return value or None
 
     @field_validator("public_url")
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.helpers import ApiClient, snapshot_tag, wait_for
@@ -345,9 +346,8 @@ def test_a_deleted_servers_backup_can_be_deleted(
     assert alice.get("/backups/").json()["count"] == 0
 
 
-def test_a_copy_whose_disk_was_never_made_is_not_started_blank(
-    alice: ApiClient, fake_driver: FakeDriver
-) -> None:
+def failed_copy(alice: ApiClient, fake_driver: FakeDriver) -> int:
+    """A server made from a snapshot whose disk could not be made: in ``error``; its id."""
     sid = alice.create_server()["id"]
     fake_driver.write(sid, b"the data")
     snapshot = alice.create_snapshot(sid)
@@ -355,10 +355,31 @@ def test_a_copy_whose_disk_was_never_made_is_not_started_blank(
     created = alice.post(
         "/servers/", json={"name": "copy", "disk_gb": 1, "snapshot_id": snapshot["id"]}
     )
-    copy = created.json()["id"]
+    copy: int = created.json()["id"]
     alice.wait_server(copy, "error")
+    return copy
+
+
+def test_a_copy_whose_disk_was_never_made_is_not_started_blank(
+    alice: ApiClient, fake_driver: FakeDriver
+) -> None:
+    copy = failed_copy(alice, fake_driver)
     refused = alice.post(f"/servers/{copy}/start/")
     assert refused.status_code == 400
     assert "never made from snapshot" in refused.json()["detail"]
     assert not fake_driver.exists(copy)  # no empty disk made behind the user's back
     assert alice.delete(f"/servers/{copy}/").status_code == 204
+
+
+def test_a_copy_whose_disk_was_never_made_is_not_started_blank_on_another_host(
+    alice: ApiClient, fake_driver: FakeDriver, client: TestClient
+) -> None:
+    """An API process beside the hosts' agents cannot look at the disk: the host's start
+    handler refuses instead, with the same words."""
+    copy = failed_copy(alice, fake_driver)
+    client.app.state.services.servers.driver = None  # type: ignore[attr-defined]
+    assert alice.post(f"/servers/{copy}/start/").status_code == 200
+    alice.wait_server(copy, "error")
+    reason = alice.get(f"/servers/{copy}/").json()["status_reason"]
+    assert "never made from its source" in reason
+    assert not fake_driver.exists(copy)

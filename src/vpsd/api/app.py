@@ -1,4 +1,5 @@
-"""The application factory: API, operation runner, VM monitor and driver in one process."""
+"""The application factory: the API, with this host's agent in the same process (the embedded
+default) or without it (API workers beside agents elsewhere)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from vpsd import __version__
 from vpsd.agent import HostAgent
@@ -25,7 +27,10 @@ from vpsd.db import migrate
 from vpsd.db.session import Database
 from vpsd.hypervisor.base import Driver
 from vpsd.hypervisor.registry import make_driver
+from vpsd.metrics import DatabaseCollector, HttpMetrics, render
+from vpsd.operations.broker import OutboxPublisher, make_broker
 from vpsd.services import installation
+from vpsd.services.backup_policies import BackupPolicyService
 from vpsd.services.backups import BackupService
 from vpsd.services.hosts import HostService
 from vpsd.services.images import ImageService
@@ -50,25 +55,34 @@ def create_app(
     settings: Settings | None = None,
     driver: Driver | None = None,
     backup_store: BackupStore | None = None,
+    *,
+    embed_agent: bool | None = None,
+    prepare_database: bool = True,
 ) -> FastAPI:
-    """Build the app. Its lifespan migrates the database, then runs this machine's host
-    agent (``vpsd.agent``: recovery, then the operation runner, the VM monitor, the backup
-    scheduler and the heartbeat) until shutdown."""
+    """Build the app. Its lifespan migrates the database (unless ``prepare_database`` is
+    False: a parent process did it), then, with ``embed_agent`` (default: when no broker is
+    set), runs this machine's host agent (``vpsd.agent``: recovery, then the operation
+    runner, the VM monitor, the backup scheduler and the heartbeat) until shutdown. Without
+    an agent the app is a stateless API process: with a broker it publishes new operations
+    to their hosts' queues; without one, agents find them by polling the database."""
     settings = settings or get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.servers_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.effective_database_url)
     driver = driver or make_driver(settings)
     backup_store = backup_store or make_backup_store(settings)
-    agent = HostAgent(settings, db, driver, backup_store)
-    runner = agent.runner
+    if embed_agent is None:
+        embed_agent = not settings.broker_url
+    agent = HostAgent(settings, db, driver, backup_store) if embed_agent else None
+    dispatcher = agent.runner if agent is not None else api_dispatcher(db, settings)
     image_service = ImageService(db, settings)
 
     def start_up() -> None:
-        migrate.upgrade(db)
-        installation.verify(db, settings)  # before anything acts on the data dir
-        image_service.sync()
-        agent.recover()
+        if prepare_database:
+            prepare(db, settings)
+        if agent is not None:
+            image_service.sync()
+            agent.recover()
         if warning := same_filesystem_warning(settings):
             log.warning("%s", warning)
 
@@ -78,17 +92,23 @@ def create_app(
         # runs an event loop of its own, which cannot run inside this one.
         await asyncio.to_thread(start_up)
         await db.open_async_reads()
-        agent.start()
+        if agent is not None:
+            agent.start()
+        elif isinstance(dispatcher, OutboxPublisher):
+            dispatcher.start()
         log.info(
-            "vpsd %s ready (data dir %s, driver %s)",
+            "vpsd %s ready (data dir %s, %s)",
             __version__,
             settings.data_dir,
-            settings.driver,
+            f"driver {settings.driver}" if agent is not None else "API only",
         )
         try:
             yield
         finally:
-            agent.stop()
+            if agent is not None:
+                agent.stop()
+            elif isinstance(dispatcher, OutboxPublisher):
+                dispatcher.stop()
             await db.close_async_reads()
             db.dispose()
 
@@ -105,19 +125,22 @@ def create_app(
     app.state.services = Services(
         settings=settings,
         db=db,
-        servers=ServerService(db, settings, runner, driver),
+        servers=ServerService(db, settings, dispatcher, driver if agent is not None else None),
         images=image_service,
-        snapshots=SnapshotService(db, settings, runner),
-        backups=BackupService(db, settings, runner),
-        backup_policies=agent.policies,
+        snapshots=SnapshotService(db, settings, dispatcher),
+        backups=BackupService(db, settings, dispatcher),
+        backup_policies=(
+            agent.policies if agent is not None else BackupPolicyService(db, dispatcher)
+        ),
         ssh_keys=SshKeyService(db),
         hosts=HostService(db, settings),
         authenticate=TokenAuthenticator(db, settings.token_cache_seconds),
     )
-    app.state.runner = runner
+    app.state.runner = agent.runner if agent is not None else None
     install_error_handlers(app)
     install_openapi(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HttpMetrics)  # outermost: it times the body limit's answers too
     # Routing tries routes in order, so the hot reads' come first: behind the servers'
     # (a fifth of get's time went to matching them; docs/benchmarks.md).
     app.include_router(snapshots.router, prefix="/api/v1")
@@ -133,4 +156,40 @@ def create_app(
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    database_gauges = DatabaseCollector(db, settings)
+
+    # No token, like /healthz: whoever can reach the listener can read it (docs/architecture.md,
+    # "Metrics"). A plain def: FastAPI runs it in the threadpool, off the event loop, since
+    # the database's gauges are read with blocking queries.
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(render(database_gauges), media_type=CONTENT_TYPE_LATEST)
+
     return app
+
+
+def create_worker_app() -> FastAPI:
+    """The app of one ``vpsd serve --workers N`` process (uvicorn's factory): settings from
+    the environment, no agent, the database already prepared by the parent."""
+    return create_app(embed_agent=False, prepare_database=False)
+
+
+def prepare(db: Database, settings: Settings) -> None:
+    """Migrate the database (once, under an advisory lock on PostgreSQL) and check that it
+    and the data dir belong together; before anything acts on the data dir."""
+    migrate.upgrade(db)
+    installation.verify(db, settings)
+
+
+class PollingAgents:
+    """The dispatcher of an API without agent or broker: agents poll the database."""
+
+    def notify(self) -> None:
+        """Nothing to do: the agents find new operations within their poll interval."""
+
+
+def api_dispatcher(db: Database, settings: Settings) -> OutboxPublisher | PollingAgents:
+    """How an API process without an agent hands new operations on."""
+    if settings.broker_url:
+        return OutboxPublisher(db, settings, make_broker(settings.broker_url))
+    return PollingAgents()

@@ -88,8 +88,17 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="API processes; with more than one, operations run in this parent process "
+            "(no broker) or in each host's `vpsd agent` (VPSD_BROKER_URL)",
+        ),
+    ] = 1,
 ) -> None:
-    """Run the API, the operation runner and the QEMU driver in one process.
+    """Run the API, with this host's agent (operation runner, VM monitor, QEMU driver) in
+    the same process unless a broker is set (VPSD_BROKER_URL: each host runs `vpsd agent`).
 
     One per data dir: it locks the data dir (and a PostgreSQL database) and binds its port
     before migrating or recovering anything, and exits 1 with the reason when another
@@ -98,9 +107,13 @@ def serve(
     from rich.markup import escape
 
     from vpsd import serving
-    from vpsd.api.app import create_app
+    from vpsd.serving import workers as worker_processes
 
     settings = _settings(data_dir)
+    if workers > 1:  # before prometheus_client is imported (by the app's module)
+        worker_processes.prepare_metrics_dir(settings)
+    from vpsd.api.app import create_app
+
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -119,8 +132,18 @@ def serve(
         raise typer.Exit(1) from None
     serving.tighten_permissions(settings)
     cap = serving.connection_cap(settings, serving.raise_descriptor_limit())
-    application = create_app(settings)
+    enabled_access_log = settings.access_log if access_log is None else access_log
     _log_start(settings, instance.url, cap)
+    if workers > 1:
+        assert instance.socket is not None  # serve always listens
+        try:
+            worker_processes.serve_workers(
+                settings, instance.socket, workers, cap, log_level, enabled_access_log
+            )
+        finally:
+            instance.release()
+        return
+    application = create_app(settings)
     config = uvicorn.Config(
         application,
         http=serving.guarded_protocol(cap, settings.header_timeout_seconds),
@@ -130,7 +153,7 @@ def serve(
         loop="asyncio",
         backlog=serving.BACKLOG,
         log_level=log_level.lower(),
-        access_log=settings.access_log if access_log is None else access_log,
+        access_log=enabled_access_log,
         timeout_keep_alive=settings.keep_alive_seconds,
     )
     server = uvicorn.Server(config)
@@ -154,6 +177,18 @@ def agent(
     ] = None,
     data_dir: DataDirOption = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="serve Prometheus metrics (its operations) on this port",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_address: Annotated[
+        str, typer.Option(help="address the metrics port listens on")
+    ] = "127.0.0.1",
 ) -> None:
     """Run a hypervisor host's agent, without the API: it registers the host, recovers its
     servers, then runs their operations, watches their VMs and heartbeats until SIGTERM.
@@ -178,8 +213,8 @@ def agent(
     try:
         _check_installation(settings)
         serving.tighten_permissions(settings)
-        run_agent(settings)
-    except InstallationMismatch as error:
+        run_agent(settings, (metrics_address, metrics_port) if metrics_port else None)
+    except (InstallationMismatch, serving.StartupError) as error:
         err.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(1) from None
     finally:

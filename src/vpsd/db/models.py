@@ -386,6 +386,12 @@ class Operation(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    claimed_by: Mapped[str | None] = mapped_column(String(300))
+    """The lease: which agent runs it (``vpsd.operations.leases``); set while ``running``."""
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """When its agent last renewed the lease; an old one means the agent is gone."""
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """When it was last published to its host's queue (with a broker); None: not yet."""
 
 
 PowerStateName = Literal["running", "stopped"]

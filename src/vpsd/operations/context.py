@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import socket
+from dataclasses import dataclass, field
 
 from vpsd.backups.base import BackupStore
 from vpsd.config import Settings
@@ -18,3 +20,5 @@ class OperationContext:
     driver: Driver
     settings: Settings
     backups: BackupStore
+    claimant: str = field(default_factory=lambda: f"{socket.gethostname()}#{os.getpid()}")
+    """Whose lease this process's claims carry (``leases.new_claimant``; agents set it)."""

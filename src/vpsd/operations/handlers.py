@@ -33,6 +33,7 @@ from vpsd.hypervisor.base import (
     VmSpec,
 )
 from vpsd.hypervisor.images.store import guest_image
+from vpsd.metrics import observe_operation
 from vpsd.operations import backup_handlers
 from vpsd.operations.context import OperationContext
 from vpsd.operations.job import (
@@ -43,6 +44,7 @@ from vpsd.operations.job import (
     return_to_prior_power,
     set_server,
 )
+from vpsd.operations.leases import LeaseLost
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -74,6 +76,11 @@ def _server_create(ctx: OperationContext, job: Job) -> Result:
 
 
 def _server_start(ctx: OperationContext, job: Job) -> Result:
+    if job.copied and not ctx.driver.disks(job.server_id):
+        raise DriverError(
+            "this server's disk was never made from its source (its creation failed); delete "
+            "the server and create it again"
+        )
     ctx.driver.start(job.spec)
     return [set_server(job, ServerStatus.RUNNING, None)]
 
@@ -217,30 +224,38 @@ def load_job(ctx: OperationContext, operation_id: int) -> Job | None:
             operation.attempts,
             dict(operation.payload),
             operation.backup_id,
+            copied=server.source_snapshot_id is not None or server.source_backup_id is not None,
         )
 
 
-def _finish(ctx: OperationContext, job: Job, result: Result, error: str | None) -> None:
-    """Apply the operation's result and mark it finished, in one transaction.
+def _finish(
+    ctx: OperationContext, job: Job, result: Result, error: str | None, *, leased: bool = False
+) -> None:
+    """Apply the operation's result and mark it finished, in one transaction; with
+    ``leased``, only while its lease is still this agent's (``LeaseLost`` otherwise).
 
     Were these two commits, a crash between them would run a completed restore again.
     """
+    fence = [Operation.claimed_by == ctx.claimant] if leased else []
     with ctx.db.write() as session:
-        for statement in result:
-            session.execute(statement)
-        session.execute(
+        finished = session.execute(
             update(Operation)
-            .where(Operation.id == job.id)
+            .where(Operation.id == job.id, *fence)
             .values(
                 status=OperationStatus.FAILED if error else OperationStatus.COMPLETED,
                 error=error,
                 finished_at=utcnow(),
             )
         )
+        if leased and not finished.rowcount:  # type: ignore[attr-defined]
+            raise LeaseLost(f"operation {job.id}: its lease was taken back while it ran")
+        for statement in result:
+            session.execute(statement)
 
 
 def execute(ctx: OperationContext, operation_id: int) -> None:
-    """Run a claimed operation to its end: ``completed``, or ``failed`` with the reason.
+    """Run an operation claimed under ``ctx.claimant`` to its end: ``completed``, or
+    ``failed`` with the reason; ``LeaseLost`` when its lease was taken back meanwhile.
 
     Driver errors are the user's to see (a failed snapshot says why); anything else is a
     bug, logged with its traceback and shown as an internal error.
@@ -250,6 +265,7 @@ def execute(ctx: OperationContext, operation_id: int) -> None:
         return
     run, fail = HANDLERS[job.kind]
     log.info("operation %s (%s) on server %s started", job.id, job.kind, job.server_id)
+    started = time.monotonic()
     try:
         result = _run_while_liveness_unknown(ctx, job, run)
     except DriverError as error:
@@ -265,10 +281,12 @@ def execute(ctx: OperationContext, operation_id: int) -> None:
         log.exception("operation %s (%s) crashed", job.id, job.kind)
         reason = "internal error in vpsd; see the service log"
     else:
-        _finish(ctx, job, result, None)
+        _finish(ctx, job, result, None, leased=True)
         log.info("operation %s (%s) completed", job.id, job.kind)
+        observe_operation(job.kind, "completed", time.monotonic() - started)
         return
-    _finish(ctx, job, fail(ctx, job, reason), reason)
+    _finish(ctx, job, fail(ctx, job, reason), reason, leased=True)
+    observe_operation(job.kind, "failed", time.monotonic() - started)
 
 
 def _run_while_liveness_unknown(ctx: OperationContext, job: Job, run: Handler) -> Result:

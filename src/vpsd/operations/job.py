@@ -28,6 +28,8 @@ class Job:
     """This run is the operation's attempts-th (1: no earlier run did any of its work)."""
     payload: dict[str, Any] = field(default_factory=dict)
     backup_id: int | None = None
+    copied: bool = False
+    """The server's disk is made from a snapshot or a backup (no blank disk will do)."""
 
     @property
     def server_id(self) -> int:

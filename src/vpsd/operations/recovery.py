@@ -1,14 +1,15 @@
 """After a crash or restart: settle every unfinished operation, leave no manual step.
 
-Run once at start-up, before the runner, by the host's only process executing operations;
-it acts on this host's servers only (``settings.host_name``): other hosts recover their own.
+Run once at start-up, before the runner, by the host's agent (the one process holding its
+data dir); it acts on this host's servers only (``settings.host_name``): other hosts recover
+their own. ``take_back_expired`` also runs every few seconds while the agent lives.
 """
 
 from __future__ import annotations
 
 import logging
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, select
 
 from vpsd.db.base import utcnow
 from vpsd.db.models import (
@@ -16,17 +17,17 @@ from vpsd.db.models import (
     BackupStatus,
     Operation,
     OperationKind,
-    OperationStatus,
     Server,
     ServerStatus,
     Snapshot,
     SnapshotStatus,
 )
 from vpsd.hypervisor.base import DriverError, LivenessUnknown, PowerState
+from vpsd.operations import leases
 from vpsd.operations.context import OperationContext
 from vpsd.operations.handlers import abandon
 from vpsd.services.common import ACTIVE_OPERATION, enqueue
-from vpsd.services.hosts import on_host, operations_on_host
+from vpsd.services.hosts import on_host
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def recover(ctx: OperationContext) -> None:
     quarantine_unknown_servers(ctx)
     report_unknown_snapshots(ctx)
     _recover_vms(ctx)
-    _requeue_interrupted(ctx)
+    take_back_expired(ctx)
     _settle_orphans(ctx)
     _settle_backups(ctx)
 
@@ -134,25 +135,18 @@ def _recover_vms(ctx: OperationContext) -> None:
             log.exception("recovering the VM of server %s failed", server_id)
 
 
-def _requeue_interrupted(ctx: OperationContext) -> None:
-    with ctx.db.read() as session:
-        interrupted = session.execute(
-            select(Operation.id, Operation.attempts).where(
-                Operation.status == OperationStatus.RUNNING,
-                operations_on_host(ctx.settings.host_name),
-            )
-        ).all()
-    for operation_id, attempts in interrupted:
+def take_back_expired(ctx: OperationContext) -> int:
+    """Requeue this host's running operations whose lease expired (``leases``), or fail
+    those interrupted ``MAX_ATTEMPTS`` times; how many were requeued. Run at start-up and
+    every few seconds, so an agent's work outlives it."""
+    requeued = 0
+    for operation_id, attempts in leases.expired_leases(ctx.db, ctx.settings, ctx.claimant):
         if attempts >= MAX_ATTEMPTS:
             abandon(ctx, operation_id, f"interrupted {attempts} times by vpsd restarts")
-            continue
-        log.info("operation %s was interrupted; it will run again", operation_id)
-        with ctx.db.write() as session:
-            session.execute(
-                update(Operation)
-                .where(Operation.id == operation_id)
-                .values(status=OperationStatus.PENDING)
-            )
+        elif leases.requeue_expired(ctx.db, ctx.settings, ctx.claimant, operation_id):
+            log.info("operation %s was interrupted; it will run again", operation_id)
+            requeued += 1
+    return requeued
 
 
 def _settle_orphans(ctx: OperationContext) -> None:

@@ -1,8 +1,9 @@
 """The in-process runner: worker threads executing pending operations, FIFO per server.
 
-It is the embedded default behind the ``Dispatcher`` seam. Claiming an operation is an
-atomic conditional UPDATE, so the same scheduling works when several processes (later: one
-agent per hypervisor host, fed by a broker) share the database.
+It is the embedded default behind the ``Dispatcher`` seam: without a broker, each host's
+agent finds its work by polling the database (and is woken at once by an API in its own
+process). Claims are leases (``vpsd.operations.leases``), so several processes may share
+the database; with a broker, ``vpsd.operations.broker`` feeds the agents instead.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from vpsd.db.base import utcnow
 from vpsd.db.models import Operation, OperationStatus
+from vpsd.operations import leases
 from vpsd.operations.context import OperationContext
 from vpsd.operations.handlers import abandon, execute
+from vpsd.operations.leases import LeaseLost
 from vpsd.operations.recovery import MAX_ATTEMPTS
 from vpsd.services.hosts import operations_on_host
 
@@ -89,72 +91,53 @@ class InProcessRunner:
             if row.server_id in taken:
                 continue
             taken.add(row.server_id)
-            if self._claim(row.id):
+            if leases.claim(self.ctx.db, row.id, self.ctx.claimant):
                 with self._busy_lock:
                     self._busy.add(row.server_id)
                 self._pool.submit(self._run, row.id, row.server_id)
                 started += 1
         return started
 
-    def _claim(self, operation_id: int) -> bool:
-        with self.ctx.db.write() as session:
-            claimed = session.execute(
-                update(Operation)
-                .where(Operation.id == operation_id, Operation.status == OperationStatus.PENDING)
-                .values(
-                    status=OperationStatus.RUNNING,
-                    started_at=utcnow(),
-                    attempts=Operation.attempts + 1,
-                )
-            )
-            return bool(claimed.rowcount)  # type: ignore[attr-defined]
-
     def _run(self, operation_id: int, server_id: int) -> None:
         try:
-            execute(self.ctx, operation_id)
-        except Exception:
-            # The database refused the result (disk full, connection lost). Left ``running``
-            # the operation would block its server until the next restart; handlers are
-            # idempotent, so it is handed back and runs again once writes succeed.
-            log.exception("operation %s could not be recorded; it will run again", operation_id)
-            self._requeue(operation_id)
+            run_claimed(self.ctx, operation_id, self._stopping, self.poll_interval)
         finally:
             with self._busy_lock:
                 self._busy.discard(server_id)
             self._wake.set()
 
-    def _requeue(self, operation_id: int) -> None:
-        """Put a claimed operation back to ``pending``, retrying until the database accepts.
 
-        Each run counts as an attempt, so an operation that can never be recorded ends
-        ``failed`` after ``MAX_ATTEMPTS`` instead of redoing its work forever. On shutdown
-        it stays ``running`` and start-up recovery requeues it.
-        """
-        delay = self.poll_interval
-        while not self._stopping.is_set():
-            try:
-                with self.ctx.db.read() as session:
-                    attempts = session.scalar(
-                        select(Operation.attempts).where(Operation.id == operation_id)
-                    )
-                if attempts is not None and attempts >= MAX_ATTEMPTS:
-                    abandon(
-                        self.ctx, operation_id, f"its result could not be recorded {attempts} times"
-                    )
-                    return
-                with self.ctx.db.write() as session:
-                    session.execute(
-                        update(Operation)
-                        .where(
-                            Operation.id == operation_id,
-                            Operation.status == OperationStatus.RUNNING,
-                        )
-                        .values(status=OperationStatus.PENDING)
-                    )
-                return
-            except Exception as error:
-                log.warning(
-                    "operation %s: database unavailable (%s); retrying", operation_id, error
+def run_claimed(
+    ctx: OperationContext, operation_id: int, stopping: threading.Event, retry_delay: float = 1.0
+) -> None:
+    """Execute an operation this process claimed. When the database refuses its result (disk
+    full, connection lost), hand it back to ``pending``, retrying until the database accepts
+    (each run counts as an attempt: one that can never be recorded ends ``failed`` after
+    ``MAX_ATTEMPTS`` instead of redoing its work forever). On ``stopping`` it stays
+    ``running`` and its lease, no longer renewed, brings it back."""
+    try:
+        execute(ctx, operation_id)
+        return
+    except LeaseLost as error:
+        log.warning("%s; its result was not recorded", error)
+        return
+    except Exception:
+        # Left ``running`` it would block its server until its lease expired; handlers are
+        # idempotent, so it is handed back and runs again once writes succeed.
+        log.exception("operation %s could not be recorded; it will run again", operation_id)
+    delay = retry_delay
+    while not stopping.is_set():
+        try:
+            with ctx.db.read() as session:
+                attempts = session.scalar(
+                    select(Operation.attempts).where(Operation.id == operation_id)
                 )
-            self._stopping.wait(delay)
-            delay = min(delay * 2, MAX_REQUEUE_DELAY)
+            if attempts is not None and attempts >= MAX_ATTEMPTS:
+                abandon(ctx, operation_id, f"its result could not be recorded {attempts} times")
+            else:
+                leases.release(ctx.db, operation_id, ctx.claimant)
+            return
+        except Exception as error:
+            log.warning("operation %s: database unavailable (%s); retrying", operation_id, error)
+        stopping.wait(delay)
+        delay = min(delay * 2, MAX_REQUEUE_DELAY)

@@ -74,8 +74,10 @@ class ServerService:
     """The rules for a customer's servers; every method is one transaction."""
 
     def __init__(
-        self, db: Database, settings: Settings, dispatcher: Dispatcher, driver: Driver
+        self, db: Database, settings: Settings, dispatcher: Dispatcher, driver: Driver | None
     ) -> None:
+        """``driver``: this host's, when this process runs its agent; None in an API process
+        beside agents elsewhere (servers' VMs are then on other machines)."""
         self.db = db
         self.settings = settings
         self.dispatcher = dispatcher
@@ -245,7 +247,9 @@ class ServerService:
             if server.source_backup_id is not None
             else None
         )
-        if source is not None and not self.driver.disks(server.id):
+        # Known here only when the VM is this process's host's; otherwise its host's start
+        # handler refuses (a failed start, with the same words).
+        if source is not None and self.driver is not None and not self.driver.disks(server.id):
             raise InvalidState(
                 f"this server's disk was never made from {source} (its creation failed); "
                 "delete the server and create it again"
@@ -263,6 +267,11 @@ class ServerService:
     def console(self, account_id: int, server_id: int, max_bytes: int) -> bytes:
         """The last ``max_bytes`` of the server's serial console (NotFound as ``get``)."""
         self.get(account_id, server_id)
+        if self.driver is None:
+            raise InvalidState(
+                "the console is read on the server's host, and this API process runs beside "
+                "the hosts' agents: it is not available here yet"
+            )
         return self.driver.console_tail(server_id, max_bytes)
 
     def _find(self, session: Session, account_id: int, server_id: int) -> Server:

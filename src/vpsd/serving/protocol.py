@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -292,3 +293,16 @@ def guarded_protocol(limit: int, header_timeout: float) -> type[GuardedHttpProto
         guard = ConnectionGuard(limit, header_timeout)
 
     return Protocol
+
+
+CAP_ENV = "VPSD_WORKER_CONNECTION_CAP"
+HEADER_TIMEOUT_ENV = "VPSD_WORKER_HEADER_TIMEOUT"
+
+
+class WorkerProtocol(GuardedHttpProtocol):
+    """The protocol of ``vpsd serve --workers N``'s processes, which uvicorn imports by name:
+    its cap and header timeout come from the environment their parent set."""
+
+    guard = ConnectionGuard(
+        int(os.environ.get(CAP_ENV, "1024")), float(os.environ.get(HEADER_TIMEOUT_ENV, "10"))
+    )

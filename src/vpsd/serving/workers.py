@@ -1,0 +1,83 @@
+"""``vpsd serve --workers N``: N API processes on one listening socket, under uvicorn's
+supervisor (which replaces a worker that dies).
+
+The workers are stateless (``vpsd.api.app.create_worker_app``): the parent has migrated the
+database and holds the data dir's locks. With a broker, no process here runs operations:
+each host's ``vpsd agent`` does. Without one, this host's agent runs in the parent, and finds
+the operations the workers commit by polling the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+
+from vpsd.config import Settings
+from vpsd.serving.instance import BACKLOG
+from vpsd.serving.protocol import CAP_ENV, HEADER_TIMEOUT_ENV
+
+log = logging.getLogger(__name__)
+
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_metrics_dir(settings: Settings) -> None:
+    """Give the worker processes an empty shared directory for their metrics (prometheus
+    client's multiprocess mode), before anything here imports ``prometheus_client``."""
+    directory = settings.data_dir / "metrics"
+    shutil.rmtree(directory, ignore_errors=True)  # the last run's samples are not this one's
+    directory.mkdir(mode=0o700, parents=True)
+    os.environ[METRICS_ENV] = str(directory)
+
+
+def serve_workers(
+    settings: Settings,
+    sock: socket.socket,
+    workers: int,
+    connection_cap: int,
+    log_level: str,
+    access_log: bool,
+) -> None:
+    """Serve on ``sock`` with ``workers`` processes until SIGTERM or SIGINT; run this host's
+    agent here meanwhile when no broker is set. Call ``prepare_metrics_dir`` first."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from vpsd.agent import HostAgent
+    from vpsd.backups import make_backup_store
+    from vpsd.db.session import Database
+    from vpsd.hypervisor.registry import make_driver
+    from vpsd.services.images import ImageService
+
+    # The workers' settings come from the environment: the data dir may have been an option.
+    os.environ["VPSD_DATA_DIR"] = str(settings.data_dir)
+    os.environ[CAP_ENV] = str(connection_cap)
+    os.environ[HEADER_TIMEOUT_ENV] = str(settings.header_timeout_seconds)
+    db = Database(settings.effective_database_url)
+    agent = None
+    if not settings.broker_url:
+        ImageService(db, settings).sync()
+        agent = HostAgent(settings, db, make_driver(settings), make_backup_store(settings))
+        agent.recover()
+        agent.start()
+    config = uvicorn.Config(
+        "vpsd.api.app:create_worker_app",
+        factory=True,
+        workers=workers,
+        http="vpsd.serving.protocol:WorkerProtocol",
+        ws="none",
+        loop="asyncio",  # as in one process: a bounded overshoot of the connection cap
+        backlog=BACKLOG,
+        log_level=log_level.lower(),
+        access_log=access_log,
+        timeout_keep_alive=settings.keep_alive_seconds,
+    )
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    finally:
+        if agent is not None:
+            log.info("stopping this host's agent; operations under way end first")
+            agent.stop()
+        db.dispose()
