@@ -45,6 +45,8 @@ class LiveServer:
     ) -> None:
         self.data_dir = data_dir
         self.log_level = log_level
+        self.args: tuple[str, ...] = ()
+        """More ``vpsd serve`` options (``("--workers", "2")``)."""
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -70,7 +72,15 @@ class LiveServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [VPSD, "serve", "--port", str(self.port), "--log-level", self.log_level],
+                [
+                    VPSD,
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    self.log_level,
+                    *self.args,
+                ],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

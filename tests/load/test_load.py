@@ -22,7 +22,6 @@ import asyncio
 import itertools
 import os
 import random
-import sqlite3
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -31,11 +30,15 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from tests import qemu_helpers as qh
+from tests.cluster import Cluster, cluster, worker_pids
 from tests.helpers import wait_for
 from tests.live_server import LiveServer
 from tests.load import report
+from vpsd.db.session import normalize_url
 
 pytestmark = [pytest.mark.e2e, pytest.mark.qemu, qh.requires_qemu]
 
@@ -171,18 +174,20 @@ async def run_load(base_url: str, token: str, servers: list[int], pid: int) -> T
     return tally
 
 
-def operations(data_dir: Path) -> list[tuple[str, str, int | None]]:
-    """(kind, status, snapshot_id) of every operation, read with sqlite3 from vpsd.db."""
-    db = sqlite3.connect(f"file:{data_dir / 'vpsd.db'}?mode=ro", uri=True, timeout=30)
+def operations(database_url: str) -> list[tuple[str, str, int | None]]:
+    """(kind, status, snapshot_id) of every operation, read from the service's database."""
+    engine = create_engine(normalize_url(database_url), poolclass=NullPool)
     try:
-        return list(db.execute("SELECT kind, status, snapshot_id FROM operations"))
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT kind, status, snapshot_id FROM operations"))
+            return [(kind, status, snapshot_id) for kind, status, snapshot_id in rows]
     finally:
-        db.close()
+        engine.dispose()
 
 
-def settled(api: httpx.Client, live_server: LiveServer, servers: list[int]) -> bool:
+def settled(api: httpx.Client, database_url: str, servers: list[int]) -> bool:
     """True when every operation has ended and nothing is in a transient state."""
-    ops = operations(live_server.data_dir)
+    ops = operations(database_url)
     if any(status in ("pending", "running") for _, status, _ in ops):
         return False
     snapshots = api.get("/api/v1/snapshots/", params={"page_size": 1000}).json()["results"]
@@ -193,8 +198,37 @@ def settled(api: httpx.Client, live_server: LiveServer, servers: list[int]) -> b
 
 
 def test_load(live_server: LiveServer) -> None:
+    """One ``vpsd serve`` on SQLite: the API and the host's agent in one process."""
     assert live_server.process is not None
-    pid = live_server.process.pid
+    figures = load_and_check(live_server, live_server.process.pid, live_server.data_dir)
+    if os.environ.get("VPSD_LOAD_REPORT") == "1":
+        report.write(figures)
+
+
+def test_load_on_two_workers_and_three_hosts() -> None:
+    """``vpsd serve --workers 2`` and three agents on PostgreSQL and RabbitMQ, real QEMU:
+    one server per host. The memory watched is one API worker's."""
+    with cluster(VPSD_QUOTA_VCPUS="16") as running:
+        for n in (1, 2, 3):
+            running.add_agent(n)
+        token = running.api.cli("token", "create", "--account", "ops", "--admin").stdout
+        running.wait_hosts_up(running.api.client(token.split()[-1]), 3)
+        assert running.api.process is not None
+        worker = min(worker_pids(running.api.process))
+        load_and_check(running.api, worker, running.root)
+        hosts = {running.host_of(server_id) for server_id in servers_of(running)}
+        assert hosts == set(running.agents)  # one server per host: every host took load
+
+
+def servers_of(running: Cluster) -> list[int]:
+    """The ids of the cluster's servers."""
+    return [row.id for row in running.query("SELECT id FROM servers")]
+
+
+def load_and_check(live_server: LiveServer, pid: int, accel_dir: Path) -> report.Figures:
+    """Run the load against ``live_server`` (``pid``'s memory watched), wait until it has
+    settled, and check the promises of the module's doc; the figures."""
+    database_url = live_server.database_url
     token = live_server.create_token("load")
     api = live_server.client(token, timeout=120)
     servers = [api.create_server(f"load-{i}", disk_gb=1)["id"] for i in range(SERVERS)]
@@ -209,7 +243,7 @@ def test_load(live_server: LiveServer) -> None:
     )
     with http:
         wait_for(
-            lambda: settled(http, live_server, servers),
+            lambda: settled(http, database_url, servers),
             SETTLE_SECONDS,
             interval=1.0,
             what="every operation to end after the load",
@@ -217,7 +251,7 @@ def test_load(live_server: LiveServer) -> None:
         final_servers = {sid: http.get(f"/api/v1/servers/{sid}/").json() for sid in servers}
         final_snapshots = http.get("/api/v1/snapshots/", params={"page_size": 1000}).json()
     rss_end = rss_kb(pid)
-    ops = operations(live_server.data_dir)
+    ops = operations(database_url)
 
     warm_up = started + min(10.0, SECONDS * 0.2)
     rss_warm = next((kb for t, kb in tally.rss_kb if t >= warm_up), rss_end)
@@ -236,11 +270,9 @@ def test_load(live_server: LiveServer) -> None:
         rss_peak=max([kb for _, kb in tally.rss_kb] + [rss_end]),
         rss_end=rss_end,
         operations=Counter((kind, status) for kind, status, _ in ops),
-        accel=report.accel_of(live_server.data_dir),
+        accel=report.accel_of(accel_dir),
     )
     print(report.render(figures))
-    if os.environ.get("VPSD_LOAD_REPORT") == "1":
-        report.write(figures)
 
     server_errors = {key: n for key, n in tally.statuses.items() if key[1] >= 500}
     assert not server_errors, server_errors
@@ -270,3 +302,4 @@ def test_load(live_server: LiveServer) -> None:
     assert all(s["status"] == "running" for s in final_servers.values()), final_servers
 
     assert rss_end < 2 * rss_warm, (rss_warm, rss_end)
+    return figures

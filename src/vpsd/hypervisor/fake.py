@@ -3,15 +3,20 @@
 Each server has one "disk" (bytes) and a dict of snapshot tag -> disk bytes, so tests can
 write data, snapshot, overwrite, restore and read the old bytes back. Faults and delays can
 be injected per method name.
+
+``vpsd serve`` and ``vpsd agent`` with ``VPSD_DRIVER=fake`` keep its VMs in a file of the data
+dir, saved after every driver call, so that, as QEMU's VMs do, they outlive a killed process;
+``VPSD_FAKE_DELAYS=snapshot_create=2,...`` slows calls down (for tests of multi-process work).
 """
 
 from __future__ import annotations
 
 import io
 import itertools
+import pickle
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +93,13 @@ class FakeDriver:
     writes a line to the console.
     """
 
-    def __init__(self, *, force_stops: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        force_stops: bool = False,
+        state_file: Path | None = None,
+        delays: dict[str, float] | None = None,
+    ) -> None:
         self.force_stops = force_stops
         self.calls: list[tuple[str, int | None]] = []
         """Every driver call as (method, server_id), in order, for assertions."""
@@ -101,6 +112,11 @@ class FakeDriver:
         self._lock = threading.RLock()
         self._unknown: set[int] = set()
         self._disk_full = False
+        for method_name, seconds in (delays or {}).items():
+            self.delay(method_name, seconds)
+        self._state_file = state_file
+        if state_file is not None:
+            self._load_and_save_after_every_call(state_file)
 
     # -- test hooks --------------------------------------------------------------------------
 
@@ -377,6 +393,26 @@ class FakeDriver:
         self._enter("recover", server_id)
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _load_and_save_after_every_call(self, state_file: Path) -> None:
+        if state_file.exists():
+            with state_file.open("rb") as saved:
+                # vpsd's own file, in its private data dir
+                self._vms = pickle.load(saved)  # noqa: S301
+        for method_name in _METHODS:
+            setattr(self, method_name, self._saving(getattr(self, method_name), state_file))
+
+    def _saving(self, method: Callable[..., object], state_file: Path) -> Callable[..., object]:
+        def call(*args: object, **kwargs: object) -> object:
+            try:
+                return method(*args, **kwargs)
+            finally:
+                with self._lock:
+                    temporary = state_file.with_suffix(".tmp")
+                    temporary.write_bytes(pickle.dumps(self._vms))
+                    temporary.replace(state_file)  # whole, even when killed mid-write
+
+        return call
 
     def _check_method(self, method_name: str) -> None:
         if method_name not in _METHODS:

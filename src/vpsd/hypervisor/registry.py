@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from vpsd.config import Settings
@@ -19,7 +20,14 @@ def _qemu(settings: Settings) -> Driver:
 def _fake(settings: Settings) -> Driver:
     from vpsd.hypervisor.fake import FakeDriver
 
-    return FakeDriver()
+    return FakeDriver(state_file=settings.data_dir / "fake-vms.pickle", delays=_fake_delays())
+
+
+def _fake_delays() -> dict[str, float]:
+    """``VPSD_FAKE_DELAYS``, ``method=seconds,...``: how long the fake driver's calls take."""
+    spec = os.environ.get("VPSD_FAKE_DELAYS", "")
+    pairs = (item.split("=", 1) for item in spec.split(",") if item.strip())
+    return {name.strip(): float(seconds) for name, seconds in pairs}
 
 
 DRIVERS: dict[str, Callable[[Settings], Driver]] = {"qemu": _qemu, "fake": _fake}
