@@ -78,10 +78,11 @@ class HostAgent:
     def stop(self) -> None:
         """Stop every thread; operations under way run to their end first."""
         self.lease_sweeper.stop()
-        self.heartbeat.stop()
         self.scheduler.stop()
         self.monitor.stop()
         self.runner.stop()
+        # Last: while operations end, the host is alive and their leases are renewed.
+        self.heartbeat.stop()
 
     def _take_back(self) -> None:
         if take_back_expired(self.ctx):

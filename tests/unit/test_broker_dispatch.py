@@ -107,6 +107,13 @@ def test_the_api_publishes_and_the_hosts_agent_runs(api: ApiClient, brokered: Se
     assert all(op.claimed_by and op.claimed_by.startswith(brokered.host_name) for op in ran)
 
 
+def test_sizes_are_checked_against_the_largest_host(api: ApiClient) -> None:
+    """An API process beside the agents checks sizes against the hosts, not its machine."""
+    response = api.post("/servers/", json={"name": "huge", "disk_gb": 1, "memory_mb": 10**8})
+    assert response.status_code == 400
+    assert "on any host" in response.text
+
+
 def test_duplicate_messages_run_an_operation_once(api: ApiClient, brokered: Settings) -> None:
     server = api.create_server()
     snapshot = api.post("/snapshots/", json={"server_id": server["id"], "name": "dup"}).json()

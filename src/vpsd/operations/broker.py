@@ -27,11 +27,12 @@ from sqlalchemy import or_, select, update
 
 from vpsd.config import Settings
 from vpsd.db.base import utcnow
-from vpsd.db.models import Host, Operation, Server
+from vpsd.db.models import Host, Operation, OperationStatus, Server
 from vpsd.db.session import Database
 from vpsd.operations import leases
 from vpsd.operations.context import OperationContext
 from vpsd.operations.runner import run_claimed
+from vpsd.services.hosts import operations_on_host
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,17 @@ class BrokerRunner:
         )
 
     def start(self) -> None:
-        """Consume this host's queue and publish its due operations."""
+        """Consume this host's queue and publish its pending operations again, at once (a
+        server's next ones were left to the thread that ran its last before a stop)."""
+        with self.ctx.db.write() as session:
+            session.execute(
+                update(Operation)
+                .where(
+                    Operation.status == OperationStatus.PENDING,
+                    operations_on_host(self.ctx.settings.host_name),
+                )
+                .values(dispatched_at=None)
+            )
         self.worker.start()
         self.publisher.start()
 

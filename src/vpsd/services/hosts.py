@@ -21,7 +21,14 @@ from vpsd.db.base import utcnow
 from vpsd.db.models import Host, HostState, Operation, Server, ServerStatus
 from vpsd.db.session import Database
 from vpsd.services.errors import LimitReached, NotFound
-from vpsd.services.quotas import HOST_FULL, USED, HostCapacity, Resources, overcommitted
+from vpsd.services.quotas import (
+    HOST_FULL,
+    USED,
+    HostCapacity,
+    MaxSizes,
+    Resources,
+    overcommitted,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +129,25 @@ def usage_by_host(session: Session) -> dict[int, Resources]:
         for host_id, count, vcpus, memory, disk in rows
         if host_id is not None
     }
+
+
+def largest_sizes(db: Database, settings: Settings) -> MaxSizes | None:
+    """The largest server some ``up`` host could run at all, by each size (the settings'
+    maximums where set); None when no host is up (placement then refuses)."""
+    now = utcnow()
+    with db.read() as session:
+        up = [
+            host
+            for host in session.scalars(select(Host).where(Host.state == HostState.UP))
+            if shown_state(host, settings, now) == HostState.UP
+        ]
+    if not up:
+        return None
+    return MaxSizes(
+        vcpus=settings.max_vcpus or max(host.vcpus for host in up),
+        memory_mb=settings.max_memory_mb or max(limits(host).memory_mb for host in up),
+        disk_gb=settings.max_disk_gb or max(limits(host).disk_gb for host in up),
+    )
 
 
 def place(session: Session, settings: Settings, wanted: Resources) -> Host:

@@ -117,16 +117,21 @@ class ServerService:
         """
         memory_mb = request.memory_mb or self.settings.default_memory_mb
         vcpus = request.vcpus or self.settings.default_vcpus
-        host = quotas.measure_host(self.settings)
-        maximum = quotas.max_sizes(self.settings, host)
-        limits = (
-            ("disk_gb", request.disk_gb, maximum.disk_gb),
-            ("memory_mb", memory_mb, maximum.memory_mb),
-            ("vcpus", vcpus, maximum.vcpus),
-        )
-        for field, value, largest in limits:
-            if value > largest:
-                raise Invalid(f"body.{field}", f"must be at most {largest} on this host")
+        host: quotas.HostCapacity | None = None
+        if self.driver is not None:  # this process runs its host's agent: measure it now
+            host = quotas.measure_host(self.settings)
+            maximum: quotas.MaxSizes | None = quotas.max_sizes(self.settings, host)
+            where = "on this host"
+        else:  # beside the hosts' agents: the largest any host up could take
+            maximum, where = hosts.largest_sizes(self.db, self.settings), "on any host"
+        if maximum is not None:  # None: no host is up, and placement says so
+            for field, value, largest in (
+                ("disk_gb", request.disk_gb, maximum.disk_gb),
+                ("memory_mb", memory_mb, maximum.memory_mb),
+                ("vcpus", vcpus, maximum.vcpus),
+            ):
+                if value > largest:
+                    raise Invalid(f"body.{field}", f"must be at most {largest} {where}")
         for attempt in range(1, CREATE_ATTEMPTS + 1):
             try:
                 view = self._insert(account_id, request, memory_mb, vcpus, host)
@@ -144,7 +149,7 @@ class ServerService:
         request: ServerCreate,
         memory_mb: int,
         vcpus: int,
-        capacity: quotas.HostCapacity,
+        capacity: quotas.HostCapacity | None,
     ) -> ServerView:
         with self.db.write() as session:
             source = sources.resolve(session, account_id, request)
@@ -175,7 +180,8 @@ class ServerService:
                     keys = source.authorized_keys
             wanted = quotas.Resources(1, vcpus, memory_mb, request.disk_gb)
             quotas.admit(session, self.settings, account_id, wanted)
-            hosts.refresh_capacity(session, self.settings, capacity)
+            if capacity is not None:
+                hosts.refresh_capacity(session, self.settings, capacity)
             host = hosts.place(session, self.settings, wanted)
             server = Server(
                 host_id=host.id,
