@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 LIST_RATIO_TARGET = 0.7
 OTHER_RATIO_TARGET = 0.3
 P99_TARGET = 0.050
+WORKERS = 2
+WORKERS_GET_TARGET = 2500.0
+"""req/s of get from ``vpsd serve --workers 2`` on PostgreSQL (issue 13)."""
 SNAPSHOTS_PER_SERVER = 5
 BACKENDS = ("sqlite", "postgresql")
 BACKEND_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
@@ -234,6 +237,9 @@ def _measure_backend(
                 load.constant_rate(serve.base_url + url, headers, rate, duration) for rate in rates
             ]
             out["endpoints"][name] = entry
+        if backend == "postgresql":
+            twin.stop()
+            out["workers"] = _measure_workers(serve, paths, headers, duration / rounds)
     finally:
         twin.stop()
         serve.stop()
@@ -242,6 +248,22 @@ def _measure_backend(
             with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
     return out
+
+
+def _measure_workers(
+    serve: Serve, paths: dict[str, str], headers: dict[str, str], duration: float
+) -> dict[str, Any]:
+    """The same reads from ``vpsd serve --workers 2`` (API processes only, as beside agents
+    on a broker) on the same database: saturation, one run per read."""
+    serve.stop()
+    serve.args = ("--workers", str(WORKERS))
+    serve.env["VPSD_BROKER_URL"] = "amqp://guest:guest@127.0.0.1:5672//"  # never contacted
+    serve.start()
+    console.print(f"[bold]api[/bold] (postgresql): --workers {WORKERS}")
+    return {
+        name: load.saturation(serve.base_url + url, headers, duration)
+        for name, url in paths.items()
+    }
 
 
 def run(
@@ -346,6 +368,16 @@ def tables(
             *([tool["note"]] if "note" in tool else []),
         ]
         tables_.append(table)
+        if "workers" in result:
+            tables_.append(_workers_table(result))
+            get = result["workers"]["get"]["rps"]
+            found.append(
+                target(
+                    f"{backend}: get ≥ {WORKERS_GET_TARGET:,.0f} req/s with {WORKERS} workers",
+                    f"{get:,.0f} req/s",
+                    get >= WORKERS_GET_TARGET,
+                )
+            )
         at_300 = [r for e in endpoints.values() for r in e["rates"] if r["rate"] == 300]
         if at_300:
             worst = max(r["p99"] for r in at_300)
@@ -359,6 +391,24 @@ def tables(
     if before:
         tables_ += _before_after(data, before)
     return tables_, found
+
+
+def _workers_table(result: dict[str, Any]) -> ResultTable:
+    table = ResultTable(
+        f"The same reads from `vpsd serve --workers {WORKERS}` on PostgreSQL (API processes "
+        "only, as beside hosts' agents on a broker)",
+        ["read", "req/s", "one process req/s", "p50", "p99"],
+    )
+    for name, run in result["workers"].items():
+        single = result["endpoints"][name]["vpsd"]["rps"]
+        table.rows.append(
+            [name, f"{run['rps']:,.0f}", f"{single:,.0f}", fmt_s(run["p50"]), fmt_s(run["p99"])]
+        )
+    table.notes.append(
+        f"Saturation: {next(iter(result['workers'].values()))['tool']}, one run per read, after "
+        "the one-process runs above. wrk and both workers share the machine's 2 cores."
+    )
+    return table
 
 
 def _vpsd_rps(data: dict[str, Any], backend: str) -> dict[str, float]:
