@@ -41,15 +41,23 @@ class HostAgent:
     data dir verified), then ``start``; ``stop`` waits for running operations to end."""
 
     def __init__(
-        self, settings: Settings, db: Database, driver: Driver, backups: BackupStore
+        self,
+        settings: Settings,
+        db: Database,
+        driver: Driver,
+        backups: BackupStore,
+        *,
+        beside_api: bool = True,
     ) -> None:
+        """``beside_api``: the API runs in this process and reads the VMs' files itself;
+        False, and the agent mirrors what API processes elsewhere need (the consoles)."""
         self.settings = settings
         self.ctx = OperationContext(
             db=db, driver=driver, settings=settings, backups=backups,
             claimant=leases.new_claimant(settings),
         )  # fmt: skip
         self.runner = make_runner(self.ctx)
-        self.monitor = VmMonitor(self.ctx, settings.monitor_interval)
+        self.monitor = VmMonitor(self.ctx, settings.monitor_interval, mirror=not beside_api)
         self.policies = BackupPolicyService(db, self.runner)
         self.scheduler = BackupScheduler(self.policies, settings.backup_scheduler_interval)
         self.heartbeat = HostHeartbeat(db, settings, self.ctx.claimant)
@@ -115,7 +123,9 @@ def run_agent(settings: Settings, metrics: tuple[str, int] | None = None) -> Non
         signal.signal(signum, lambda *_: stopping.set())
     try:
         ImageService(db, settings).sync()  # the images this host's servers boot
-        agent = HostAgent(settings, db, make_driver(settings), make_backup_store(settings))
+        agent = HostAgent(
+            settings, db, make_driver(settings), make_backup_store(settings), beside_api=False
+        )
         agent.recover()
         if metrics is not None:
             try:

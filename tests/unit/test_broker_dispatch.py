@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from tests.cluster import BROKER_URL, delete_queues, require_broker
-from tests.helpers import ApiClient, wait_for
+from tests.helpers import ApiClient, wait_for, write_fake_image
 from vpsd.agent import HostAgent
 from vpsd.api.app import create_app
 from vpsd.backups.fake import FakeBackupStore
@@ -26,6 +26,7 @@ from vpsd.db.session import Database
 from vpsd.hypervisor.fake import FakeDriver
 from vpsd.operations.broker import ACTOR, make_broker, pika_url, queue_name
 from vpsd.services.common import enqueue
+from vpsd.services.images import ImageService
 from vpsd.services.tokens import create_token
 
 
@@ -67,7 +68,10 @@ def agent(
     from vpsd.db import migrate
 
     migrate.upgrade(db)
-    host_agent = HostAgent(brokered, db, fake_driver, fake_store)
+    on_host = brokered.model_copy(update={"ssh_public_host": AGENT_SSH_HOST})
+    write_fake_image(on_host.images_dir)
+    ImageService(db, on_host).sync()
+    host_agent = HostAgent(on_host, db, fake_driver, fake_store, beside_api=False)
     host_agent.recover()
     host_agent.start()
     yield host_agent
@@ -84,6 +88,9 @@ def api(brokered: Settings, agent: HostAgent, fake_driver: FakeDriver) -> Iterat
         db = Database(brokered.effective_database_url)
         yield ApiClient(client, create_token(db, "alice")[1])
         db.dispose()
+
+
+AGENT_SSH_HOST = "kvm-07.example.net"
 
 
 def operations(settings: Settings) -> list[Operation]:
@@ -105,6 +112,27 @@ def test_the_api_publishes_and_the_hosts_agent_runs(api: ApiClient, brokered: Se
     assert [op.kind for op in ran] == [OperationKind.SERVER_CREATE, OperationKind.SNAPSHOT_CREATE]
     assert all(op.dispatched_at is not None and op.attempts == 1 for op in ran)
     assert all(op.claimed_by and op.claimed_by.startswith(brokered.host_name) for op in ran)
+
+
+def test_an_api_beside_the_agents_shows_the_hosts_ssh_address_and_console(
+    api: ApiClient, fake_driver: FakeDriver
+) -> None:
+    """Its servers' VMs are on other machines: it shows the SSH address their host recorded,
+    and the console the host's agent mirrors into the database."""
+    created = api.post("/servers/", json={"name": "web", "disk_gb": 10, "image": "debian-12"})
+    assert created.status_code == 201, created.text
+    server = created.json()
+    assert server["ssh"]["host"] == AGENT_SSH_HOST
+    api.wait_server(server["id"], "running")
+    prompt = b"Debian GNU/Linux 12 web ttyS0\n\nweb login: "
+    fake_driver.write_console(server["id"], prompt)
+
+    def console() -> str:
+        response = api.get(f"/servers/{server['id']}/console/", params={"bytes": 20})
+        assert response.status_code == 200, response.text
+        return str(response.text)
+
+    wait_for(lambda: console() == prompt[-20:].decode(), 10, what="the mirrored console")
 
 
 def test_sizes_are_checked_against_the_largest_host(api: ApiClient) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -146,6 +147,21 @@ class Host(Base):
     disk_overcommit: Mapped[float] = mapped_column(Float)
     last_heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    ssh_host: Mapped[str | None] = mapped_column(String(255))
+    """The address its servers' SSH forwards are reached at (its ``VPSD_SSH_PUBLIC_HOST``)."""
+
+
+class ServerConsole(Base):
+    """The last bytes of a running server's serial console, mirrored by its host's agent
+    for API processes on other machines (which cannot read the host's files)."""
+
+    __tablename__ = "server_consoles"
+
+    server_id: Mapped[int] = mapped_column(
+        ForeignKey("servers.id", ondelete="CASCADE"), primary_key=True
+    )
+    tail: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ApiToken(Base):

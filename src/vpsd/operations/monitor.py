@@ -8,7 +8,7 @@ import logging
 from sqlalchemy import exists, select, update
 
 from vpsd.db.base import utcnow
-from vpsd.db.models import Operation, Server, ServerStatus
+from vpsd.db.models import Operation, Server, ServerConsole, ServerStatus
 from vpsd.hypervisor.base import DriverError, LivenessUnknown, PowerState, RunState
 from vpsd.operations.context import OperationContext
 from vpsd.operations.periodic import Periodic
@@ -22,6 +22,8 @@ CAME_BACK = "the VM was found running although vpsd had it stopped"
 DISK_FULL = "the disk is full: the guest's writes are paused; they resume when space is freed"
 PAUSED = "the VM is paused by the hypervisor; stop or reboot the server to end it"
 PAUSE_REASONS = {RunState.DISK_FULL: DISK_FULL, RunState.PAUSED: PAUSED}
+CONSOLE_MIRROR_BYTES = 64 * 1024
+"""How much of a console an agent mirrors for API processes elsewhere (the API's default)."""
 
 Change = tuple[ServerStatus, str | None]
 
@@ -126,15 +128,49 @@ def trim_consoles(ctx: OperationContext) -> int:
     return trimmed
 
 
+def mirror_consoles(ctx: OperationContext, mirrored: dict[int, bytes]) -> int:
+    """Copy the last ``CONSOLE_MIRROR_BYTES`` of each running server's console into the
+    database, where API processes on other machines read it; only those that changed since
+    ``mirrored`` (server id -> what was written last, updated here). How many were written."""
+    with ctx.db.read() as session:
+        running = session.scalars(
+            select(Server.id).where(
+                Server.status.in_((ServerStatus.RUNNING, ServerStatus.PAUSED)),
+                on_host(ctx.settings.host_name),
+            )
+        ).all()
+    written = 0
+    for server_id in running:
+        try:
+            tail = ctx.driver.console_tail(server_id, CONSOLE_MIRROR_BYTES)
+        except (DriverError, OSError) as error:
+            log.warning("server %s: cannot read its console log: %s", server_id, error)
+            continue
+        if mirrored.get(server_id) == tail:
+            continue
+        with ctx.db.write() as session:
+            session.merge(ServerConsole(server_id=server_id, tail=tail, updated_at=utcnow()))
+        mirrored[server_id] = tail
+        written += 1
+    for gone in set(mirrored) - set(running):
+        del mirrored[gone]  # a server that runs again is written again
+    return written
+
+
 class VmMonitor(Periodic):
     """Runs ``reconcile_power_states`` and ``trim_consoles`` every ``interval`` seconds in a
-    background thread."""
+    background thread, and with ``mirror`` (an agent without the API in its process)
+    ``mirror_consoles``."""
 
-    def __init__(self, ctx: OperationContext, interval: float) -> None:
+    def __init__(self, ctx: OperationContext, interval: float, *, mirror: bool = False) -> None:
         super().__init__("vpsd-monitor", "checking the VMs", lambda: self.check(), interval)
         self.ctx = ctx
+        self.mirror = mirror
+        self._mirrored: dict[int, bytes] = {}
 
     def check(self) -> None:
         """One look at every running VM."""
         reconcile_power_states(self.ctx, running_only=True)
         trim_consoles(self.ctx)
+        if self.mirror:
+            mirror_consoles(self.ctx, self._mirrored)

@@ -88,6 +88,7 @@ def _record(host: Host, settings: Settings, capacity: HostCapacity, now: datetim
     host.cpu_overcommit = settings.cpu_overcommit
     host.memory_overcommit = settings.memory_overcommit
     host.disk_overcommit = settings.disk_overcommit
+    host.ssh_host = settings.ssh_host
     host.last_heartbeat_at = now
 
 

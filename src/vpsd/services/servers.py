@@ -15,6 +15,7 @@ from vpsd.db.models import (
     BackupPolicy,
     OperationKind,
     Server,
+    ServerConsole,
     ServerStatus,
     Snapshot,
     SnapshotStatus,
@@ -273,11 +274,12 @@ class ServerService:
     def console(self, account_id: int, server_id: int, max_bytes: int) -> bytes:
         """The last ``max_bytes`` of the server's serial console (NotFound as ``get``)."""
         self.get(account_id, server_id)
-        if self.driver is None:
-            raise InvalidState(
-                "the console is read on the server's host, and this API process runs beside "
-                "the hosts' agents: it is not available here yet"
-            )
+        if self.driver is None:  # the host's agent mirrors it (``monitor.mirror_consoles``)
+            with self.db.read() as session:
+                tail = session.scalar(
+                    select(ServerConsole.tail).where(ServerConsole.server_id == server_id)
+                )
+            return (tail or b"")[-max_bytes:]
         return self.driver.console_tail(server_id, max_bytes)
 
     def _find(self, session: Session, account_id: int, server_id: int) -> Server:
@@ -305,7 +307,7 @@ class ServerService:
             vcpus=server.vcpus,
             disk_gb=server.disk_gb,
             image=server.image.slug if server.image is not None else BLANK_IMAGE,
-            ssh_host=self.settings.ssh_host if server.ssh_port is not None else None,
+            ssh_host=_ssh_host(server, self.settings) if server.ssh_port is not None else None,
             ssh_port=server.ssh_port,
             created_at=server.created_at,
             source_snapshot_id=server.source_snapshot_id,
@@ -315,3 +317,11 @@ class ServerService:
 
 def _with_image(query: Select[Server]) -> Select[Server]:
     return query.options(joinedload(Server.image), joinedload(Server.host))
+
+
+def _ssh_host(server: Server, settings: Settings) -> str:
+    """Where the server's SSH forward is reached: its host's address, as that host's agent
+    recorded it (``VPSD_SSH_PUBLIC_HOST`` there), else this process's setting."""
+    if server.host is not None and server.host.ssh_host:
+        return server.host.ssh_host
+    return settings.ssh_host

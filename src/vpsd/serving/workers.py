@@ -59,7 +59,9 @@ def serve_workers(
     agent = None
     if not settings.broker_url:
         ImageService(db, settings).sync()
-        agent = HostAgent(settings, db, make_driver(settings), make_backup_store(settings))
+        agent = HostAgent(
+            settings, db, make_driver(settings), make_backup_store(settings), beside_api=False
+        )
         agent.recover()
         agent.start()
     config = uvicorn.Config(
