@@ -1,5 +1,5 @@
-"""Hosts: the local host registers at start, admins list and drain hosts (tenants get 404),
-and new servers are placed on an up host where they fit."""
+"""Hosts: the local host registers at start, admins list, drain and undrain hosts (tenants
+get 404), and new servers are placed on an up host where they fit."""
 
 from __future__ import annotations
 
@@ -97,8 +97,8 @@ def test_the_local_host_registers_at_start_and_admins_see_it(
 def test_tenants_never_see_hosts(admin: ApiClient, alice: ApiClient, client: TestClient) -> None:
     [host] = admin.get("/hosts/").json()["results"]
     assert alice.get("/hosts/").status_code == 404
-    drained = alice.post(f"/hosts/{host['id']}/drain/")
-    assert drained.status_code == 404
+    for action in ("drain", "undrain"):
+        assert alice.post(f"/hosts/{host['id']}/{action}/").status_code == 404
     assert admin.get("/hosts/").json()["results"][0]["state"] == "up"  # nothing changed
     assert client.get("/api/v1/hosts/").status_code == 401
     server = alice.create_server("web-1")
@@ -134,6 +134,10 @@ def test_draining_and_silent_hosts_get_no_new_servers(
     assert states["kvm-silent"] == "down" and states["kvm-drained"] == "draining"
     first = post_server(alice, "web-1")
     assert host_of(db, first["id"]) == "kvm-small"
+    # Undrained, it takes new servers again (it has the most memory left).
+    undrained = admin.post(f"/hosts/{drained_id}/undrain/")
+    assert undrained.status_code == 200 and undrained.json()["state"] == "up"
+    assert host_of(db, post_server(alice, "web-2")["id"]) == "kvm-drained"
 
 
 def test_an_operation_runs_only_on_its_servers_host(

@@ -205,13 +205,20 @@ class HostService:
 
     def drain(self, host_id: int) -> HostView:
         """Send no new servers to the host; its servers stay and keep working."""
+        return self._set_state(host_id, HostState.DRAINING)
+
+    def undrain(self, host_id: int) -> HostView:
+        """Take new servers on the host again (after ``drain``)."""
+        return self._set_state(host_id, HostState.UP)
+
+    def _set_state(self, host_id: int, state: HostState) -> HostView:
         with self.db.write() as session:
             host = session.get(Host, host_id, with_for_update=True)
             if host is None:
                 raise NotFound("host not found")
-            if host.state != HostState.DRAINING:
-                log.info("host %s (%s) is draining", host.id, host.name)
-            host.state = HostState.DRAINING
+            if host.state != state:
+                log.info("host %s (%s) is now %s", host.id, host.name, state)
+            host.state = state
             session.flush()
             return self._view(host, usage_by_host(session).get(host.id), utcnow())
 

@@ -47,3 +47,10 @@ def drain_host(host_id: HostId, principal: PrincipalDep, services: ServicesDep) 
     """Send no new servers to the host; its servers stay and keep working (admins only)."""
     _require_admin(principal)
     return host_out(services.hosts.drain(host_id))
+
+
+@router.post("/{host_id}/undrain/", operation_id="undrainHost", responses=responses(400, 401, 404))
+def undrain_host(host_id: HostId, principal: PrincipalDep, services: ServicesDep) -> HostOut:
+    """Take new servers on the host again, after a drain (admins only)."""
+    _require_admin(principal)
+    return host_out(services.hosts.undrain(host_id))
