@@ -26,10 +26,12 @@ import pika
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests import netns
 from tests import qemu_helpers as qh
 from tests.conftest import fresh_pg_database
 from tests.helpers import wait_for
 from tests.live_server import VPSD, LiveServer
+from tests.netns import Namespace
 
 BROKER_URL = os.environ.get("VPSD_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 LINE = re.compile(
@@ -81,6 +83,8 @@ class Agent:
     env: dict[str, str]
     args: tuple[str, ...] = ()
     """More ``vpsd agent`` options."""
+    namespace: Namespace | None = None
+    """Its network namespace (when this machine can make them)."""
     process: subprocess.Popen[bytes] | None = None
     logs: list[Path] = field(default_factory=list)
     kills: dict[Path, float] = field(default_factory=dict)
@@ -91,9 +95,12 @@ class Agent:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.data_dir.parent / f"agent-{self.name}-{len(self.logs)}.log"
         self.logs.append(log_path)
+        command = [VPSD, "agent", "--host", self.name, *self.args]
+        if self.namespace is not None:
+            command = self.namespace.command(*command)
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [VPSD, "agent", "--host", self.name, *self.args],
+                command,
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )  # fmt: skip
 
@@ -114,6 +121,11 @@ class Agent:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         return self.process.wait()
+
+    @property
+    def address(self) -> str:
+        """Where this machine reaches the agent's listening ports."""
+        return self.namespace.inner if self.namespace is not None else "127.0.0.1"
 
     def log(self) -> str:
         """Everything every start of this agent printed."""
@@ -144,6 +156,7 @@ class Cluster:
         )  # fmt: skip
         self.api.args = ("--workers", "2")
         self.agents: dict[str, Agent] = {}
+        self.namespaces: list[Namespace] = []
         self.engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
 
     def host(self, n: int) -> str:
@@ -152,7 +165,8 @@ class Cluster:
 
     def add_agent(self, n: int, *args: str, **settings: str) -> Agent:
         """Start the n-th host's agent with options ``args`` (``settings`` as ``VPSD_*``,
-        after the cluster's)."""
+        after the cluster's), in a network namespace of its own that reaches only the
+        database and the broker, where this machine can make one (as root)."""
         name = self.host(n)
         data_dir = self.root / name
         env = {
@@ -162,7 +176,13 @@ class Cluster:
             "VPSD_IMAGE_CACHE_DIR": str(data_dir / "image-cache"),
             **{f"VPSD_{key.upper()}": value for key, value in settings.items()},
         }
-        agent = self.agents[name] = Agent(name, data_dir, env, args)
+        namespace = None
+        if netns.available():
+            namespace = Namespace(f"vpsd-{self.prefix}-{n}", n)
+            self.namespaces.append(namespace)
+            for key in ("VPSD_DATABASE_URL", "VPSD_BROKER_URL"):
+                env[key] = namespace.url(env[key])
+        agent = self.agents[name] = Agent(name, data_dir, env, args, namespace)
         agent.start()
         return agent
 
@@ -232,6 +252,8 @@ class Cluster:
         self.api.close()
         self.engine.dispose()
         qh.kill_qemus_under(self.root)
+        for namespace in self.namespaces:
+            namespace.close()
         delete_queues([f"vpsd.host.{name}" for name in self.agents])
         if not os.environ.get("VPSD_TEST_KEEP"):
             shutil.rmtree(self.root, ignore_errors=True)

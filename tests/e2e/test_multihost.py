@@ -36,7 +36,10 @@ def three_hosts() -> Iterator[Cluster]:
         VPSD_QUOTA_SERVERS="40", VPSD_QUOTA_VCPUS="40", VPSD_CPU_OVERCOMMIT="16",
         VPSD_FAKE_DELAYS=SLOW,
     ) as running:  # fmt: skip
-        running.add_agent(1, "--metrics-port", str(AGENT_METRICS_PORT), driver="fake")
+        running.add_agent(
+            1, "--metrics-port", str(AGENT_METRICS_PORT), "--metrics-address", "0.0.0.0",
+            driver="fake",
+        )  # fmt: skip
         for n in (2, 3):
             running.add_agent(n, driver="fake")
         running.wait_hosts_up(admin_of(running), 3)
@@ -74,6 +77,13 @@ def test_thirty_servers_spread_over_three_hosts_each_running_its_own(
     admin = admin_of(three_hosts)
     alice = three_hosts.api.client(three_hosts.api.create_token("alice"))
     servers = create_servers(alice, 30)
+    for agent in three_hosts.agents.values():  # each host reaches the database and broker only
+        if agent.namespace is not None:
+            assert agent.process is not None
+            assert os.readlink(f"/proc/{agent.process.pid}/ns/net") != os.readlink(
+                "/proc/self/ns/net"
+            )
+            assert "default" not in agent.namespace.routes()
     per_host = Counter(h["servers"] for h in admin.get("/hosts/").json()["results"])
     assert per_host == Counter({10: 3})  # the same capacity: placement alternates
 
@@ -103,7 +113,8 @@ def test_thirty_servers_spread_over_three_hosts_each_running_its_own(
     assert api[("vpsd_servers", (("state", "running"),))] == 30
     posted = (("method", "POST"), ("route", "/api/v1/servers/"), ("status", "201"))
     assert api[("vpsd_http_request_duration_seconds_count", posted)] == 30
-    agent = metrics(f"http://127.0.0.1:{AGENT_METRICS_PORT}/metrics")
+    first = three_hosts.agents[three_hosts.host(1)]
+    agent = metrics(f"http://{first.address}:{AGENT_METRICS_PORT}/metrics")
     snapshots = (("kind", "snapshot.create"), ("outcome", "completed"))
     assert agent[("vpsd_operations_total", snapshots)] == 10
 
