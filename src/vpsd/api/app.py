@@ -69,11 +69,13 @@ def create_app(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.servers_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.effective_database_url)
-    driver = driver or make_driver(settings)
-    backup_store = backup_store or make_backup_store(settings)
     if embed_agent is None:
         embed_agent = not settings.broker_url
-    agent = HostAgent(settings, db, driver, backup_store) if embed_agent else None
+    agent = None
+    if embed_agent:
+        driver = driver or make_driver(settings)
+        backup_store = backup_store or make_backup_store(settings)
+        agent = HostAgent(settings, db, driver, backup_store)
     dispatcher = agent.runner if agent is not None else api_dispatcher(db, settings)
     image_service = ImageService(db, settings)
 
@@ -83,8 +85,8 @@ def create_app(
         if agent is not None:
             image_service.sync()
             agent.recover()
-        if warning := same_filesystem_warning(settings):
-            log.warning("%s", warning)
+            if warning := same_filesystem_warning(settings):
+                log.warning("%s", warning)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -125,7 +127,7 @@ def create_app(
     app.state.services = Services(
         settings=settings,
         db=db,
-        servers=ServerService(db, settings, dispatcher, driver if agent is not None else None),
+        servers=ServerService(db, settings, dispatcher, agent.ctx.driver if agent else None),
         images=image_service,
         snapshots=SnapshotService(db, settings, dispatcher),
         backups=BackupService(db, settings, dispatcher),

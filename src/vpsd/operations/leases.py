@@ -3,9 +3,10 @@
 An agent claims a pending operation with one conditional UPDATE (``claim``) that writes its
 name (``claimed_by``) and the time (``heartbeat_at``). While it runs, the agent renews the
 lease with its host's heartbeat (``renew``). An operation is taken back (put back to
-``pending``, or failed after ``recovery.MAX_ATTEMPTS``) only when its lease expired (``take_back``):
-not renewed for ``host_down_after_seconds``, or held by an earlier process of this very
-agent, which is gone for certain since this one holds the data dir's lock. So two agents
+``pending``, or failed after ``recovery.MAX_ATTEMPTS``: ``recovery.take_back_expired``) only
+when its lease expired: not renewed for ``host_down_after_seconds``, or held by an earlier
+process of this very agent, which is gone for certain since this one holds the data dir's
+lock. So two agents
 never run the same operation, and a restarted agent resumes its own work at once.
 
 The claim also keeps each server's operations in order: it succeeds only when no other
@@ -15,7 +16,6 @@ server holds with any number of threads, agents or duplicate broker messages.
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import socket
@@ -29,9 +29,6 @@ from vpsd.db.base import utcnow
 from vpsd.db.models import Operation, OperationStatus
 from vpsd.db.session import Database
 from vpsd.services.hosts import operations_on_host
-
-log = logging.getLogger(__name__)
-
 
 _BACK_TO_PENDING = {
     "status": OperationStatus.PENDING,
