@@ -1,12 +1,15 @@
 # Every command a developer needs; .ci/run and the README call the same scripts.
 .DEFAULT_GOAL := help
-.PHONY: help setup run test unit lint format typecheck db-check bench clean
+.PHONY: help setup services run test unit multihost lint format typecheck db-check bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
 
 setup: ## Install Debian packages (as root) and the venv
 	scripts/setup
+
+services: ## Start a stopped local PostgreSQL and RabbitMQ the tests use (as root)
+	scripts/services
 
 run: ## Run vpsd serve on the embedded default (SQLite, local QEMU)
 	scripts/run
@@ -16,6 +19,9 @@ test: ## Lint, type-check and run the whole suite (what CI runs)
 
 unit: ## Only the fast tests on the fake driver (seconds)
 	.venv/bin/pytest tests/unit -q
+
+multihost: ## The multi-host tests: 3 agents, 2 API workers, PostgreSQL, RabbitMQ
+	.venv/bin/pytest tests/e2e/test_multihost.py tests/unit/test_broker_dispatch.py -q
 
 lint: ## ruff lint and format check
 	.venv/bin/ruff check src tests bench
