@@ -176,4 +176,7 @@ def serving(database_url: str | None = None, **settings: str) -> Iterator[LiveSe
     finally:
         server.close()
         qh.kill_qemus_under(root)
-        shutil.rmtree(root, ignore_errors=True)
+        if os.environ.get("VPSD_TEST_KEEP"):  # to read its logs after a failure
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)

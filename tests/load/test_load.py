@@ -58,6 +58,8 @@ class Tally:
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
     transport_errors: Counter[str] = field(default_factory=Counter)
+    transport_details: list[str] = field(default_factory=list)
+    """When, which request and the error's words: to match against the service's log."""
     created: list[int] = field(default_factory=list)
     restored: list[int] = field(default_factory=list)
     deleted: list[int] = field(default_factory=list)
@@ -107,6 +109,7 @@ async def client(
             response = await http.request(method, url, **kwargs)
         except httpx.TransportError as error:
             tally.transport_errors[f"{kind}: {type(error).__name__}"] += 1
+            tally.transport_details.append(f"{time.time():.3f} {method} {url}: {error!r}")
             continue
         tally.latencies[kind].append(time.perf_counter() - started)
         tally.statuses[kind, response.status_code] += 1
@@ -225,6 +228,21 @@ def servers_of(running: Cluster) -> list[int]:
     return [row.id for row in running.query("SELECT id FROM servers")]
 
 
+def _warnings(log: str) -> list[str]:
+    """The service's warnings and errors, with their tracebacks, for a failure's message:
+    what it saw when a client's connection failed."""
+    kept: list[str] = []
+    keeping = False
+    for line in log.splitlines():
+        if line[:4].isdigit():  # a new log record: "2026-11-28 00:25:10,008 LEVEL name: ..."
+            keeping = " WARNING " in line or " ERROR " in line or " CRITICAL " in line
+        elif line.startswith(("ERROR:", "WARNING:", "INFO:", "DEBUG:")):  # uvicorn's format
+            keeping = line.startswith(("ERROR:", "WARNING:"))
+        if keeping:
+            kept.append(line)
+    return kept[-80:]
+
+
 def load_and_check(live_server: LiveServer, pid: int, accel_dir: Path) -> report.Figures:
     """Run the load against ``live_server`` (``pid``'s memory watched), wait until it has
     settled, and check the promises of the module's doc; the figures."""
@@ -276,7 +294,11 @@ def load_and_check(live_server: LiveServer, pid: int, accel_dir: Path) -> report
 
     server_errors = {key: n for key, n in tally.statuses.items() if key[1] >= 500}
     assert not server_errors, server_errors
-    assert not tally.transport_errors, tally.transport_errors
+    assert not tally.transport_errors, (
+        tally.transport_errors,
+        tally.transport_details,
+        _warnings(live_server.log()),
+    )
     assert sum(tally.statuses.values()) > 0
     assert tally.observations > 0 and not tally.over_limit, tally.over_limit[:5]
 
