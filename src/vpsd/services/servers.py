@@ -255,7 +255,7 @@ class ServerService:
             else None
         )
         # Known here only when the VM is this process's host's; otherwise its host's start
-        # handler refuses (a failed start, with the same words).
+        # handler refuses (the start fails, saying the disk was never made).
         if source is not None and self.driver is not None and not self.driver.disks(server.id):
             raise InvalidState(
                 f"this server's disk was never made from {source} (its creation failed); "
