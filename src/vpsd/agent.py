@@ -58,7 +58,7 @@ class HostAgent:
         )  # fmt: skip
         self.runner = make_runner(self.ctx)
         self.monitor = VmMonitor(self.ctx, settings.monitor_interval, mirror=not beside_api)
-        self.policies = BackupPolicyService(db, self.runner)
+        self.policies = BackupPolicyService(db, self.runner, host=settings.host_name)
         self.scheduler = BackupScheduler(self.policies, settings.backup_scheduler_interval)
         self.heartbeat = HostHeartbeat(db, settings, self.ctx.claimant)
         self.lease_sweeper = Periodic(

@@ -9,6 +9,8 @@ import pytest
 from sqlalchemy import select
 
 from tests.helpers import ApiClient, NoDispatch
+from tests.unit.test_hosts_api import add_host
+from vpsd.config import Settings
 from vpsd.db.models import (
     Account,
     Backup,
@@ -201,3 +203,20 @@ def test_policy_endpoints(alice: ApiClient) -> None:
     assert timedelta(0) < upcoming - datetime.now(UTC) <= timedelta(days=7)
     assert alice.get(f"/servers/{sid}/backup-policy/").json() == body
     assert alice.get("/servers/999/backup-policy/").status_code == 404
+
+
+def test_each_host_takes_its_own_servers_backups(db: Database, settings: Settings) -> None:
+    """Every agent runs a scheduler: each takes (and prunes) its own servers' backups only,
+    so two never queue or prune the same server's at once."""
+    _, server_id = _server(db)
+    remote = add_host(db, "kvm-02", memory_mb=64 * 1024)
+    with db.write() as session:
+        server = session.get(Server, server_id)
+        assert server is not None
+        server.host_id = remote
+    _set(db, server_id, since=at("2026-11-01T00:00:00"), hour=3)
+    here = BackupPolicyService(db, NoDispatch(), host=settings.host_name)
+    there = BackupPolicyService(db, NoDispatch(), host="kvm-02")
+    assert here.take_due_backups(at("2026-11-02T03:00:00")) == 0
+    assert there.take_due_backups(at("2026-11-02T03:00:00")) == 1
+    assert len(_automatic(db, server_id)) == 1

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.exc import IntegrityError
 
 from vpsd.db.base import utcnow
@@ -30,6 +30,7 @@ from vpsd.schemas import BackupPolicy as PolicyRequest
 from vpsd.services.backups import add_backup
 from vpsd.services.common import Dispatcher, enqueue, lock_server
 from vpsd.services.errors import NotFound
+from vpsd.services.hosts import on_host
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,16 @@ def _view(policy: BackupPolicy | PolicyRequest, now: datetime) -> PolicyView:
 class BackupPolicyService:
     """Reading and setting policies, and taking the backups they make due."""
 
-    def __init__(self, db: Database, dispatcher: Dispatcher) -> None:
+    def __init__(self, db: Database, dispatcher: Dispatcher, host: str | None = None) -> None:
+        """``host``: take and prune the backups of this host's servers only (each host's
+        agent schedules its own, so that two never prune the same server's at once)."""
         self.db = db
         self.dispatcher = dispatcher
+        self.host = host
+
+    def _here(self) -> list[ColumnElement[bool]]:
+        """Conditions on ``Server``: on this service's host, if it has one."""
+        return [] if self.host is None else [on_host(self.host)]
 
     def get(self, account_id: int, server_id: int) -> PolicyView:
         """The server's policy (disabled defaults when none was set); NotFound as servers."""
@@ -119,6 +127,7 @@ class BackupPolicyService:
                 .where(
                     BackupPolicy.enabled,
                     Server.status.in_((ServerStatus.RUNNING, ServerStatus.STOPPED)),
+                    *self._here(),
                 )
             ).all()
             due = [
@@ -155,7 +164,11 @@ class BackupPolicyService:
         (older failed ones too); return how many were queued for deletion."""
         pruned = 0
         with self.db.write() as session:
-            policies = session.scalars(select(BackupPolicy)).all()
+            policies = session.scalars(
+                select(BackupPolicy)
+                .join(Server, Server.id == BackupPolicy.server_id)
+                .where(*self._here())
+            ).all()
             for policy in policies:
                 backups = session.scalars(
                     select(Backup)
