@@ -109,16 +109,23 @@ def _observe(
     return ServerStatus.PAUSED, PAUSE_REASONS[state]
 
 
+def _running_here(ctx: OperationContext) -> list[int]:
+    """This host's servers whose VM runs (paused ones too): their consoles grow."""
+    with ctx.db.read() as session:
+        return list(
+            session.scalars(
+                select(Server.id).where(
+                    Server.status.in_((ServerStatus.RUNNING, ServerStatus.PAUSED)),
+                    on_host(ctx.settings.host_name),
+                )
+            )
+        )
+
+
 def trim_consoles(ctx: OperationContext) -> int:
     """Cut the console logs of running servers that grew past the configured size (a guest
     writing endlessly to its serial port must not fill the host's disk); return how many."""
-    with ctx.db.read() as session:
-        running = session.scalars(
-            select(Server.id).where(
-                Server.status.in_((ServerStatus.RUNNING, ServerStatus.PAUSED)),
-                on_host(ctx.settings.host_name),
-            )
-        ).all()
+    running = _running_here(ctx)
     trimmed = 0
     for server_id in running:
         try:
@@ -132,13 +139,7 @@ def mirror_consoles(ctx: OperationContext, mirrored: dict[int, bytes]) -> int:
     """Copy the last ``CONSOLE_MIRROR_BYTES`` of each running server's console into the
     database, where API processes on other machines read it; only those that changed since
     ``mirrored`` (server id -> what was written last, updated here). How many were written."""
-    with ctx.db.read() as session:
-        running = session.scalars(
-            select(Server.id).where(
-                Server.status.in_((ServerStatus.RUNNING, ServerStatus.PAUSED)),
-                on_host(ctx.settings.host_name),
-            )
-        ).all()
+    running = _running_here(ctx)
     written = 0
     for server_id in running:
         try:
