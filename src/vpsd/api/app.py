@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from vpsd import __version__
+from vpsd import __version__, logs
 from vpsd.agent import HostAgent
 from vpsd.api.deps import Services
 from vpsd.api.docs import install_docs
@@ -171,8 +172,11 @@ def create_app(
 
 
 def create_worker_app() -> FastAPI:
-    """The app of one ``vpsd serve --workers N`` process (uvicorn's factory): settings from
-    the environment, no agent, the database already prepared by the parent."""
+    """The app of one ``vpsd serve --workers N`` process (uvicorn's factory): settings and
+    log level from the environment, no agent, the database already prepared by the parent."""
+    from vpsd.serving.workers import LOG_LEVEL_ENV
+
+    logs.configure(os.environ.get(LOG_LEVEL_ENV, "info"))
     return create_app(embed_agent=False, prepare_database=False)
 
 

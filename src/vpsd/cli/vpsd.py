@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from vpsd import __version__
+from vpsd import __version__, logs
 from vpsd.config import Settings
 from vpsd.db import migrate
 from vpsd.db.session import Database
@@ -114,11 +114,7 @@ def serve(
         worker_processes.prepare_metrics_dir(settings)
     from vpsd.api.app import create_app
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # qemu.qmp logs every closed QMP connection at INFO; those are routine here.
-    logging.getLogger("qemu.qmp").setLevel(logging.WARNING)
+    logs.configure(log_level)
     try:
         instance = serving.claim_instance(settings, host, port)
     except serving.StartupError as error:
@@ -201,10 +197,7 @@ def agent(
     from vpsd.agent import run_agent
 
     settings = _settings(data_dir, host_name=host)
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("qemu.qmp").setLevel(logging.WARNING)
+    logs.configure(log_level)
     try:
         instance = serving.claim_instance(settings, None)
     except serving.StartupError as error:

@@ -21,6 +21,8 @@ from vpsd.serving.protocol import CAP_ENV, HEADER_TIMEOUT_ENV
 log = logging.getLogger(__name__)
 
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LOG_LEVEL_ENV = "VPSD_WORKER_LOG_LEVEL"
+"""The parent's ``--log-level``: spawned workers set up logging anew (``vpsd.logs``)."""
 
 
 def prepare_metrics_dir(settings: Settings) -> None:
@@ -55,6 +57,7 @@ def serve_workers(
     os.environ["VPSD_DATA_DIR"] = str(settings.data_dir)
     os.environ[CAP_ENV] = str(connection_cap)
     os.environ[HEADER_TIMEOUT_ENV] = str(settings.header_timeout_seconds)
+    os.environ[LOG_LEVEL_ENV] = log_level
     db = Database(settings.effective_database_url)
     agent = None
     if not settings.broker_url:
