@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import ColumnElement, and_, exists, or_, select, update
 from sqlalchemy.orm import aliased
@@ -114,30 +114,19 @@ def renew(db: Database, claimant: str) -> int:
 def release(db: Database, operation_id: int, claimant: str) -> bool:
     """Hand a claimed operation back to ``pending`` (its result could not be recorded);
     False when the lease is no longer ``claimant``'s."""
-    with db.write() as session:
-        released = session.execute(
-            update(Operation)
-            .where(
-                Operation.id == operation_id,
-                Operation.status == OperationStatus.RUNNING,
-                Operation.claimed_by == claimant,
-            )
-            .values(**_BACK_TO_PENDING)
-        )
-        return bool(released.rowcount)  # type: ignore[attr-defined]
+    return _back_to_pending(db, operation_id, Operation.claimed_by == claimant)
 
 
 def expired_leases(db: Database, settings: Settings, claimant: str) -> list[tuple[int, int]]:
     """``(id, attempts)`` of this host's running operations whose lease expired: not renewed
     for ``host_down_after_seconds``, held by an earlier process of this agent, or never
     recorded (rows from before leases)."""
-    cutoff = utcnow() - timedelta(seconds=settings.host_down_after_seconds)
     with db.read() as session:
         rows = session.execute(
             select(Operation.id, Operation.attempts).where(
                 Operation.status == OperationStatus.RUNNING,
                 operations_on_host(settings.host_name),
-                _expired(settings, claimant, cutoff),
+                _expired(settings, claimant),
             )
         ).all()
     return [(row.id, row.attempts) for row in rows]
@@ -146,21 +135,24 @@ def expired_leases(db: Database, settings: Settings, claimant: str) -> list[tupl
 def requeue_expired(db: Database, settings: Settings, claimant: str, operation_id: int) -> bool:
     """Put an operation whose lease expired back to ``pending``; False when its lease was
     renewed (or it ended) meanwhile."""
-    cutoff = utcnow() - timedelta(seconds=settings.host_down_after_seconds)
+    return _back_to_pending(db, operation_id, _expired(settings, claimant))
+
+
+def _back_to_pending(db: Database, operation_id: int, condition: ColumnElement[bool]) -> bool:
+    """A running operation back to ``pending``, its lease cleared, if ``condition`` holds."""
     with db.write() as session:
-        requeued = session.execute(
+        changed = session.execute(
             update(Operation)
             .where(
-                Operation.id == operation_id,
-                Operation.status == OperationStatus.RUNNING,
-                _expired(settings, claimant, cutoff),
+                Operation.id == operation_id, Operation.status == OperationStatus.RUNNING, condition
             )
             .values(**_BACK_TO_PENDING)
         )
-        return bool(requeued.rowcount)  # type: ignore[attr-defined]
+        return bool(changed.rowcount)  # type: ignore[attr-defined]
 
 
-def _expired(settings: Settings, claimant: str, cutoff: datetime) -> ColumnElement[bool]:
+def _expired(settings: Settings, claimant: str) -> ColumnElement[bool]:
+    cutoff = utcnow() - timedelta(seconds=settings.host_down_after_seconds)
     prefix = agent_prefix(settings)
     return and_(
         or_(Operation.claimed_by.is_(None), Operation.claimed_by != claimant),
