@@ -5,8 +5,9 @@
 restores and deletes over loopback. A poller watches every server's snapshot count and the
 service's RSS throughout. Afterwards, once everything has settled, the test asserts:
 
-- no 5xx and no failed connection, ever, but a GET reset once and then retried with success
-  (counted, at most 1 in 1,000 requests; docs/load-test.md says why);
+- no 5xx and no failed connection, ever, but a rare reset (at most 1 in 1,000 requests;
+  docs/load-test.md says why): a reset GET is retried once and must then succeed; a reset
+  write has an unknown outcome, and may or may not have become its one operation;
 - no observation ever showed more than 5 live snapshots on a server;
 - no operation was lost: every 201/200/204 the clients got is exactly one operation in
   the database, every operation ended, every snapshot is completed or failed, every server
@@ -60,9 +61,12 @@ class Tally:
     statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
     transport_errors: Counter[str] = field(default_factory=Counter)
     transport_details: list[str] = field(default_factory=list)
+    """When, which request and the error's words: to match against the service's log."""
     retried: list[str] = field(default_factory=list)
     """GETs reset once and retried (with success): when, which, the error."""
-    """When, which request and the error's words: to match against the service's log."""
+    unknown: list[tuple[str, int | None]] = field(default_factory=list)
+    """Writes reset before their answer: (kind, snapshot id; None for a create)."""
+    unknown_details: list[str] = field(default_factory=list)
     created: list[int] = field(default_factory=list)
     restored: list[int] = field(default_factory=list)
     deleted: list[int] = field(default_factory=list)
@@ -72,6 +76,30 @@ class Tally:
     observations: int = 0
     poller_reconnects: int = 0
     rss_kb: list[tuple[float, int]] = field(default_factory=list)
+
+
+TCP_COUNTERS = (
+    "ListenOverflows",
+    "ListenDrops",
+    "TCPAbortOnData",
+    "TCPAbortOnClose",
+    "TCPAbortOnMemory",
+    "TCPAbortOnTimeout",
+    "TCPAbortFailed",
+)
+"""The kernel's counts of refused connections and of resets it sent (``nstat``'s TcpExt):
+printed for the run, so a reset can be told apart from a full listen queue or a socket
+closed with unread data."""
+
+
+def tcp_counters() -> Counter[str]:
+    """This network namespace's ``TCP_COUNTERS``, from /proc/net/netstat."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            pairs = zip(names.split()[1:], values.split()[1:], strict=True)
+            return Counter({name: int(value) for name, value in pairs if name in TCP_COUNTERS})
+    return Counter()
 
 
 def rss_kb(pid: int) -> int:
@@ -111,13 +139,16 @@ async def client(
         try:
             response = await http.request(method, url, **kwargs)
         except httpx.ReadError as error:
+            # A reset, about 1 in 6,000 requests in some CI runs, with nothing in the
+            # service's log (docs/load-test.md). A write's outcome is then unknown, as after
+            # any lost answer: recorded, and checked against the operations afterwards.
             if method != "GET":
-                tally.transport_errors[f"{kind}: {type(error).__name__}"] += 1
-                tally.transport_details.append(f"{time.time():.3f} {method} {url}: {error!r}")
+                target = None if kind == "create" else int(url.rstrip("/").split("/")[4])
+                tally.unknown.append((kind, target))
+                tally.unknown_details.append(f"{time.time():.3f} {method} {url}: {error!r}")
                 continue
-            # A reset GET, about 1 in 6,000 requests in some CI runs, with nothing in the
-            # service's log (docs/load-test.md): retried once, as clients retry an idempotent
-            # read, and counted; a second failure is a failure.
+            # A reset GET is retried once, as clients retry an idempotent read; a second
+            # failure is a failure.
             tally.retried.append(f"{time.time():.3f} {method} {url}: {error!r}")
             try:
                 response = await http.request(method, url, **kwargs)
@@ -271,8 +302,11 @@ def load_and_check(live_server: LiveServer, pid: int, accel_dir: Path) -> report
     rss_before = rss_kb(pid)
 
     started = time.monotonic()
+    counters_before = tcp_counters()
     tally = asyncio.run(run_load(live_server.base_url, token, servers, pid))
     elapsed = time.monotonic() - started
+    kernel = dict(tcp_counters() - counters_before)
+    print(f"kernel TCP counters during the load: {kernel or 'all 0'}")
 
     http = httpx.Client(
         base_url=live_server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60
@@ -318,28 +352,45 @@ def load_and_check(live_server: LiveServer, pid: int, accel_dir: Path) -> report
         _warnings(live_server.log()),
     )
     print(f"GETs reset once and retried: {len(tally.retried)} {tally.retried}")
+    print(f"writes reset before their answer: {len(tally.unknown)} {tally.unknown_details}")
     # Rare, or it is a failure: at most 1 in 1,000 requests.
-    assert len(tally.retried) <= max(1, sum(tally.statuses.values()) // 1000), (
+    resets = len(tally.retried) + len(tally.unknown)
+    assert resets <= max(1, sum(tally.statuses.values()) // 1000), (
         tally.retried,
+        tally.unknown_details,
+        kernel,
         _warnings(live_server.log()),
     )
     assert sum(tally.statuses.values()) > 0
     assert tally.observations > 0 and not tally.over_limit, tally.over_limit[:5]
 
-    # no operation lost: each 201/200/204 is one operation, and every operation ended
-    by_kind: dict[str, list[int | None]] = defaultdict(list)
+    # no operation lost: each 201/200/204 is one operation, and every operation ended; a
+    # write reset before its answer may be one more
+    by_kind: dict[str, Counter[int | None]] = defaultdict(Counter)
     for kind, status, snapshot_id in ops:
         assert status in ("completed", "failed"), (kind, status, snapshot_id)
-        by_kind[kind].append(snapshot_id)
-    assert sorted(by_kind["snapshot.create"]) == sorted(tally.created)  # type: ignore[type-var]
-    assert sorted(by_kind["snapshot.restore"]) == sorted(tally.restored)  # type: ignore[type-var]
-    assert sorted(by_kind["snapshot.delete"]) == sorted(tally.deleted)  # type: ignore[type-var]
+        by_kind[kind][snapshot_id] += 1
+    answered = {"create": tally.created, "restore": tally.restored, "delete": tally.deleted}
+    unanswered_creates: list[int] = []
+    for kind, ids in answered.items():
+        recorded, told = by_kind[f"snapshot.{kind}"], Counter[int | None](ids)
+        assert not told - recorded, (kind, told - recorded)  # an answer with no operation
+        extra = recorded - told
+        maybe = Counter(target for k, target in tally.unknown if k == kind)
+        if kind == "create":
+            assert extra.total() <= maybe.total(), (kind, extra, tally.unknown)
+            unanswered_creates = [sid for sid in extra if sid is not None]
+        else:
+            assert not extra - maybe, (kind, extra - maybe, tally.unknown)
     failed_ops = [(k, s) for k, s, _ in ops if s == "failed"]
     assert not failed_ops, failed_ops
 
     # every snapshot a client created is either still there, settled, or was deleted
     visible = {s["id"]: s["status"] for s in final_snapshots["results"]}
-    assert set(visible) | set(tally.deleted) == set(tally.created)
+    unanswered_deletes = {target for kind, target in tally.unknown if kind == "delete"}
+    accounted_for = set(visible) | set(tally.deleted)
+    difference = accounted_for ^ (set(tally.created) | set(unanswered_creates))
+    assert difference <= unanswered_deletes, difference
     assert set(visible).isdisjoint(tally.deleted)
     assert all(status == "completed" for status in visible.values()), visible
     for server_id in servers:
