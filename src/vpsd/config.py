@@ -86,6 +86,19 @@ class Settings(BaseSettings):
     token_cache_seconds: float = Field(default=2.0, ge=0)
     """Seconds a live token is remembered: a revocation takes effect within this time."""
 
+    web_session_hours: float = Field(default=12.0, gt=0)
+    """How long a web panel sign-in lasts; signing out, a new password or revoking the
+    token signed in with ends it sooner."""
+    web_secure_cookies: bool = True
+    """Send the panel's cookies with ``Secure``: browsers return them only over HTTPS (and
+    to ``localhost``). Set false only to use the panel over plain HTTP on a network you
+    trust; put it behind TLS otherwise (docs/deployment.md)."""
+    sign_in_attempts: int = Field(default=10, ge=1)
+    """Failed panel sign-ins allowed per client address and per account name within
+    ``sign_in_window_seconds``; further attempts get 429 until the window has passed."""
+    sign_in_window_seconds: float = Field(default=300.0, gt=0)
+    """The window ``sign_in_attempts`` are counted in."""
+
     access_log: bool = False
     """Log a line per HTTP request. Off by default: clients poll (``--wait`` loops, dashboards)
     hundreds of times a second, which would drown the log (journald drops a service's lines

@@ -19,13 +19,15 @@ from vpsd.config import Settings
 from vpsd.db import migrate
 from vpsd.db.session import Database
 from vpsd.hypervisor.images.recipes import RECIPES
-from vpsd.services import installation, quotas, tokens
+from vpsd.services import installation, quotas, tokens, web_sessions
 from vpsd.services.errors import DomainError
 from vpsd.services.installation import InstallationMismatch
 
 app = typer.Typer(help="vpsd: snapshots of QEMU virtual private servers.", no_args_is_help=True)
 token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
-account_app = typer.Typer(help="Show accounts and set their quotas.", no_args_is_help=True)
+account_app = typer.Typer(
+    help="Show accounts, set their quotas and panel passwords.", no_args_is_help=True
+)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 image_app = typer.Typer(help="Build, list and delete guest images.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
@@ -243,9 +245,17 @@ def _log_start(settings: Settings, url: str, connections: int) -> None:
         [sys.argv[0], "token", "create", "--account", "NAME", "--data-dir", str(settings.data_dir)]
     )
     same_database = " (with the same VPSD_DATABASE_URL)" if settings.database_url else ""
+    password = shlex.join(
+        [sys.argv[0], "account", "set-password", "NAME", "--data-dir", str(settings.data_dir)]
+    )
     err.print(f"vpsd {__version__}: {url}/api/v1/", markup=False, highlight=False)
     err.print(
         f"API tokens for this data dir: {command}{same_database}", markup=False, highlight=False
+    )
+    err.print(
+        f"web panel: {url}/ (a password to sign in with: {password})",
+        markup=False,
+        highlight=False,
     )
 
 
@@ -301,6 +311,33 @@ def token_revoke(
         err.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from None
     err.print(f"token {info.id} ({info.prefix}…) of {info.account!r} is revoked")
+
+
+@account_app.command("set-password")
+def account_set_password(
+    name: Annotated[str, typer.Argument(help="the account's name; created if new")],
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin", help="read the password from the first line of stdin (scripts)"
+        ),
+    ] = False,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Set the password an account signs in to the web panel with; its panel sessions end.
+    Asked for twice, unless given on stdin. At least 8 characters."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    database = _database(_settings(data_dir))
+    try:
+        created = web_sessions.set_password(database, name, password)
+    except DomainError as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    made = "created account" if created else "account"
+    err.print(f"{made} {name!r} can sign in to the panel with this password", markup=False)
 
 
 def _quota_option(what: str) -> Any:

@@ -115,6 +115,9 @@ class Account(Base):
     quota_disk_gb: Mapped[int | None] = mapped_column(Integer)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
     """Admins also see the hosts (``/api/v1/hosts/``); ``vpsd token create --admin``."""
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    """An argon2 hash (``vpsd account set-password``) for the web panel; None: no password,
+    the account signs in to the panel with an API token."""
 
 
 class HostState(StrEnum):
@@ -176,6 +179,24 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    account: Mapped[Account] = relationship()
+
+
+class WebSession(Base):
+    """A signed-in browser of the web panel (``vpsd.web``): the cookie holds a random secret,
+    only its SHA-256 is stored. Signed in with an API token, the session ends with it."""
+
+    __tablename__ = "web_sessions"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
     account: Mapped[Account] = relationship()
 

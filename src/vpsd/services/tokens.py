@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from vpsd.db.base import utcnow
 from vpsd.db.models import Account, ApiToken
@@ -52,25 +53,35 @@ def _info(token: ApiToken) -> TokenInfo:
     return TokenInfo(token.id, token.account.name, token.prefix, token.created_at, token.revoked_at)
 
 
+def account_named(session: Session, name: str, *, create: bool = False) -> Account:
+    """The account called ``name``; with ``create``, a new one if there is none (the name
+    checked first). ``NotFound`` when there is none and ``create`` is False."""
+    account = session.scalar(select(Account).where(Account.name == name))
+    if account is not None:
+        return account
+    if not create:
+        raise NotFound(f"no account named {name!r}")
+    if not ACCOUNT_NAME.match(name):
+        raise Invalid(
+            "account",
+            "account names are 1-64 characters: letters, digits, '.', '_', '@', '-', "
+            "starting with a letter or digit",
+        )
+    account = Account(name=name)
+    session.add(account)
+    session.flush()
+    return account
+
+
 def create_token(db: Database, account_name: str, *, admin: bool = False) -> tuple[TokenInfo, str]:
     """Create a token for ``account_name`` (creating the account if new); ``admin`` makes
     the account an admin (an admin account stays one).
 
     Returns the token's info and the secret, which is shown once and never stored.
     """
-    if not ACCOUNT_NAME.match(account_name):
-        raise Invalid(
-            "account",
-            "account names are 1-64 characters: letters, digits, '.', '_', '@', '-', "
-            "starting with a letter or digit",
-        )
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with db.write() as session:
-        account = session.scalar(select(Account).where(Account.name == account_name))
-        if account is None:
-            account = Account(name=account_name)
-            session.add(account)
-            session.flush()
+        account = account_named(session, account_name, create=True)
         if admin:
             account.is_admin = True
         token = ApiToken(
@@ -90,11 +101,12 @@ def list_tokens(db: Database, account_name: str | None = None) -> list[TokenInfo
         return [_info(token) for token in session.scalars(query)]
 
 
-def revoke_token(db: Database, token_id: int) -> TokenInfo:
-    """Revoke a token at once; revoking a revoked token changes nothing."""
+def revoke_token(db: Database, token_id: int, account_id: int | None = None) -> TokenInfo:
+    """Revoke a token at once; revoking a revoked token changes nothing. With ``account_id``
+    only that account's token: another's is ``NotFound``, as if it did not exist."""
     with db.write() as session:
         token = session.get(ApiToken, token_id)
-        if token is None:
+        if token is None or (account_id is not None and token.account_id != account_id):
             raise NotFound(f"no token with id {token_id}")
         if token.revoked_at is None:
             token.revoked_at = utcnow()
@@ -103,12 +115,20 @@ def revoke_token(db: Database, token_id: int) -> TokenInfo:
 
 def authenticate(db: Database, secret: str) -> Principal | None:
     """The account a live token belongs to, or None for unknown and revoked tokens."""
+    found = find_live_token(db, secret)
+    return found[0] if found is not None else None
+
+
+def find_live_token(db: Database, secret: str) -> tuple[Principal, int] | None:
+    """The account a live token belongs to and the token's id, or None for unknown and
+    revoked tokens."""
     if not secret.startswith(TOKEN_PREFIX) or len(secret) > 256:
         return None
     digest = hash_token(secret)
     with db.read() as session:
         row = session.execute(
             select(
+                ApiToken.id.label("token_id"),
                 ApiToken.token_hash,
                 ApiToken.revoked_at,
                 Account.id,
@@ -122,7 +142,7 @@ def authenticate(db: Database, secret: str) -> Principal | None:
     # depending on how many characters matched, whatever the database does.
     if row is None or not hmac.compare_digest(row.token_hash, digest) or row.revoked_at:
         return None
-    return Principal(account_id=row.id, account_name=row.name, is_admin=row.is_admin)
+    return Principal(account_id=row.id, account_name=row.name, is_admin=row.is_admin), row.token_id
 
 
 class TokenAuthenticator:
