@@ -39,6 +39,7 @@ from vpsd.services.servers import ServerService
 from vpsd.services.snapshots import SnapshotService
 from vpsd.services.ssh_keys import SshKeyService
 from vpsd.services.tokens import TokenAuthenticator
+from vpsd.web import install_panel
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ def create_app(
     app.include_router(ssh_keys.router, prefix="/api/v1")
     app.include_router(hosts.router, prefix="/api/v1")
     install_docs(app, docs_url="/api/v1/docs", openapi_url="/api/v1/openapi.json")
+    install_panel(app)
     install_slash_redirects(app, settings.public_url)
 
     @app.get("/healthz", include_in_schema=False)

@@ -55,7 +55,7 @@ def _field_name(location: Sequence[Any]) -> str:
     return ".".join(str(part) for part in location) or "body"
 
 
-def _message(error: dict[str, Any]) -> str:
+def validation_message(error: dict[str, Any]) -> str:
     kind = error.get("type", "")
     if kind == "json_invalid":
         reason = error.get("ctx", {}).get("error", "")
@@ -81,7 +81,7 @@ def validation_errors(exc: RequestValidationError) -> list[FieldError]:
         location = list(error.get("loc", ()))
         if error.get("type") == "json_invalid":
             location = ["body"]
-        errors.append(FieldError(field=_field_name(location), message=_message(error)))
+        errors.append(FieldError(field=_field_name(location), message=validation_message(error)))
     return errors
 
 

@@ -1,0 +1,140 @@
+"""Signing in (a password, or an API token) and out of the panel."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import math
+import secrets
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from vpsd.services.tokens import Principal
+from vpsd.services.web_sessions import check_password, check_token, close_session, open_session
+from vpsd.web.render import PanelRoute, page
+from vpsd.web.session import (
+    PAGE_HEADERS,
+    SESSION_COOKIE,
+    SIGN_IN_COOKIE,
+    PanelUserDep,
+    check_csrf,
+    services_of,
+    set_cookie,
+)
+from vpsd.web.throttle import SignInThrottle
+
+router = APIRouter(include_in_schema=False, route_class=PanelRoute)
+
+FAILED = "That account name and password do not match."
+FAILED_TOKEN = "That API token is not valid: unknown, mistyped or revoked."  # noqa: S105
+
+
+def _throttle(request: Request) -> SignInThrottle:
+    throttle: SignInThrottle | None = getattr(request.app.state, "sign_in_throttle", None)
+    if throttle is None:
+        settings = services_of(request).settings
+        throttle = SignInThrottle(settings.sign_in_attempts, settings.sign_in_window_seconds)
+        request.app.state.sign_in_throttle = throttle
+    return throttle
+
+
+def _safe_next(target: str | None) -> str:
+    """Where to go after signing in: a path of this panel only, never another site."""
+    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return "/servers"
+
+
+def _sign_in_page(
+    request: Request, next_url: str, status: int = 200, **context: Any
+) -> HTMLResponse:
+    token = request.cookies.get(SIGN_IN_COOKIE) or secrets.token_urlsafe(32)
+    response = page(
+        request, "sign_in.html", status=status, csrf_token=token, next=next_url, **context
+    )
+    set_cookie(response, request, SIGN_IN_COOKIE, token, max_age=3600)
+    return response
+
+
+@router.get("/sign-in")
+def sign_in_form(request: Request, next: str | None = None) -> Response:
+    """The sign-in page (or the servers, when already signed in)."""
+    return _sign_in_page(request, _safe_next(next))
+
+
+@router.post("/sign-in")
+async def sign_in(
+    request: Request,
+    next: Annotated[str, Form()] = "/servers",
+    name: Annotated[str, Form(max_length=200)] = "",
+    password: Annotated[str, Form(max_length=2000)] = "",
+    token: Annotated[str, Form(max_length=2000)] = "",
+) -> Response:
+    """Check a password (or an API token) and start a session; failures are counted per
+    client address and account name, and too many get 429 for a while."""
+    expected = request.cookies.get(SIGN_IN_COOKIE, "")
+    await check_csrf(
+        request, lambda sent: bool(expected and sent and hmac.compare_digest(sent, expected))
+    )
+    services = services_of(request)
+    with_token = bool(token.strip())
+    address = request.client.host if request.client else "unknown"
+    keys = (f"address:{address}",) + (() if with_token else (f"account:{name.strip()}",))
+    throttle = _throttle(request)
+    wait = throttle.retry_after(*keys)
+    if wait > 0:
+        minutes = max(1, math.ceil(wait / 60))
+        response = _sign_in_page(
+            request,
+            _safe_next(next),
+            status=429,
+            error=f"Too many failed sign-ins. Try again in {minutes} minute"
+            + ("s." if minutes > 1 else "."),
+            name=name,
+        )
+        response.headers["Retry-After"] = str(math.ceil(wait))
+        return response
+    principal: Principal | None
+    token_id: int | None = None
+    if with_token:
+        found = await asyncio.to_thread(check_token, services.db, token)
+        principal, token_id = found if found is not None else (None, None)
+    elif name.strip() and password:
+        principal = await asyncio.to_thread(check_password, services.db, name.strip(), password)
+    else:
+        return _sign_in_page(
+            request,
+            _safe_next(next),
+            status=400,
+            error="Enter your account name and password, or an API token.",
+            name=name,
+        )
+    if principal is None:
+        throttle.failed(*keys)
+        return _sign_in_page(
+            request,
+            _safe_next(next),
+            status=400,
+            error=FAILED_TOKEN if with_token else FAILED,
+            name=name,
+            with_token=with_token,
+        )
+    throttle.succeeded(*keys)
+    lifetime = timedelta(hours=services.settings.web_session_hours)
+    secret = await asyncio.to_thread(open_session, services.db, principal, lifetime, token_id)
+    signed_in = RedirectResponse(_safe_next(next), status_code=303, headers=PAGE_HEADERS)
+    set_cookie(signed_in, request, SESSION_COOKIE, secret, int(lifetime.total_seconds()))
+    signed_in.delete_cookie(SIGN_IN_COOKIE, path="/")
+    return signed_in
+
+
+@router.post("/sign-out")
+def sign_out(request: Request, user: PanelUserDep) -> Response:
+    """End the session (on the server, not only in this browser)."""
+    close_session(services_of(request).db, user.session.id)
+    response = RedirectResponse("/sign-in", status_code=303, headers=PAGE_HEADERS)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
