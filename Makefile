@@ -1,6 +1,6 @@
 # Every command a developer needs; .ci/run and the README call the same scripts.
 .DEFAULT_GOAL := help
-.PHONY: help setup services run test unit multihost lint format typecheck db-check bench clean
+.PHONY: help setup services run test unit web multihost lint format typecheck db-check bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -19,6 +19,9 @@ test: ## Lint, type-check and run the whole suite (what CI runs)
 
 unit: ## Only the fast tests on the fake driver (seconds)
 	.venv/bin/pytest tests/unit -q
+
+web: ## The web panel's browser tests (Chromium, headless) and its in-process tests
+	.venv/bin/pytest tests/web tests/unit/test_panel.py tests/unit/test_sign_in_throttle.py -q
 
 multihost: ## The multi-host tests: 3 agents, 2 API workers, PostgreSQL, RabbitMQ
 	.venv/bin/pytest tests/e2e/test_multihost.py tests/unit/test_broker_dispatch.py -q

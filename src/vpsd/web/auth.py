@@ -29,6 +29,12 @@ from vpsd.web.throttle import SignInThrottle
 router = APIRouter(include_in_schema=False, route_class=PanelRoute)
 
 FAILED = "That account name and password do not match."
+NO_COOKIES = (
+    "Your browser did not send the sign-in page's cookie back. Allow cookies for this site. "
+    "The panel's cookies are Secure: browsers keep them over HTTPS and on localhost only. "
+    "Use the panel over HTTPS (the operator can set VPSD_WEB_SECURE_COOKIES=false for plain "
+    "HTTP on a trusted network), then try again."
+)
 FAILED_TOKEN = "That API token is not valid: unknown, mistyped or revoked."  # noqa: S105
 
 
@@ -76,6 +82,8 @@ async def sign_in(
     """Check a password (or an API token) and start a session; failures are counted per
     client address and account name, and too many get 429 for a while."""
     expected = request.cookies.get(SIGN_IN_COOKIE, "")
+    if not expected:
+        return _sign_in_page(request, _safe_next(next), status=400, error=NO_COOKIES, name=name)
     await check_csrf(
         request, lambda sent: bool(expected and sent and hmac.compare_digest(sent, expected))
     )
