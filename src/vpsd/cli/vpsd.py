@@ -336,6 +336,8 @@ def account_set_password(
     except DomainError as error:
         err.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
+    finally:
+        database.dispose()
     made = "created account" if created else "account"
     err.print(f"{made} {name!r} can sign in to the panel with this password", markup=False)
 

@@ -13,7 +13,13 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from vpsd.services.tokens import Principal
-from vpsd.services.web_sessions import check_password, check_token, close_session, open_session
+from vpsd.services.web_sessions import (
+    check_password,
+    check_token,
+    close_session,
+    find_session,
+    open_session,
+)
 from vpsd.web.render import PanelRoute, page
 from vpsd.web.session import (
     PAGE_HEADERS,
@@ -48,8 +54,16 @@ def _throttle(request: Request) -> SignInThrottle:
 
 
 def _safe_next(target: str | None) -> str:
-    """Where to go after signing in: a path of this panel only, never another site."""
-    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
+    """Where to go after signing in: a path of this panel only, never another site (no
+    ``//host``, and no backslash or control character a browser would drop or turn into
+    one)."""
+    if (
+        target
+        and target.startswith("/")
+        and not target.startswith("//")
+        and target.isprintable()
+        and "\\" not in target
+    ):
         return target
     return "/servers"
 
@@ -67,7 +81,10 @@ def _sign_in_page(
 
 @router.get("/sign-in")
 def sign_in_form(request: Request, next: str | None = None) -> Response:
-    """The sign-in page (or the servers, when already signed in)."""
+    """The sign-in page (or where ``next`` points, when already signed in)."""
+    secret = request.cookies.get(SESSION_COOKIE, "")
+    if secret and find_session(services_of(request).db, secret) is not None:
+        return RedirectResponse(_safe_next(next), status_code=303, headers=PAGE_HEADERS)
     return _sign_in_page(request, _safe_next(next))
 
 

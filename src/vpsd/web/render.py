@@ -146,7 +146,8 @@ class PanelRoute(APIRoute):
                 return await handler(request)
             except SignInRequired:
                 if request.headers.get("HX-Request"):
-                    return Response(status_code=401, headers={"HX-Redirect": "/sign-in"})
+                    headers = {**PAGE_HEADERS, "HX-Redirect": "/sign-in"}
+                    return Response(status_code=401, headers=headers)
                 return RedirectResponse(sign_in_url(request), 303, headers=PAGE_HEADERS)
             except CsrfRefused:
                 return problem(

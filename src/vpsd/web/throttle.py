@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 
@@ -14,8 +14,9 @@ class SignInThrottle:
     refused until its oldest failure leaves the window.
 
     Counted in this process: behind ``vpsd serve --workers N`` a client gets up to N times
-    the attempts (docs/panel.md). Memory is bounded: at most ``MAX_KEYS`` keys are tracked,
-    the ones whose failures are all older than the window are dropped first.
+    the attempts (docs/panel.md). Memory is bounded: at most ``MAX_KEYS`` keys are tracked;
+    beyond, the keys whose last failure is oldest are forgotten first: a key still failing
+    (an account under attack) is kept however many new keys flood in.
     """
 
     MAX_KEYS = 100_000
@@ -26,7 +27,8 @@ class SignInThrottle:
         self.attempts = attempts
         self.window = window
         self.clock = clock
-        self._failures: dict[str, deque[float]] = {}
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        """By last failure, oldest first."""
         self._lock = threading.Lock()
 
     def retry_after(self, *keys: str) -> float:
@@ -44,12 +46,13 @@ class SignInThrottle:
         """Count a failed sign-in against each of ``keys``."""
         now = self.clock()
         with self._lock:
-            if len(self._failures) >= self.MAX_KEYS:
-                self._forget_old(now)
             for key in keys:
                 failures = self._recent(key, now)
                 failures.append(now)
                 self._failures[key] = failures
+                self._failures.move_to_end(key)
+            while len(self._failures) > self.MAX_KEYS:
+                self._failures.popitem(last=False)
 
     def succeeded(self, *keys: str) -> None:
         """Forget the failures of ``keys`` (a successful sign-in)."""
@@ -62,9 +65,3 @@ class SignInThrottle:
         while failures and failures[0] <= now - self.window:
             failures.popleft()
         return failures
-
-    def _forget_old(self, now: float) -> None:
-        for key in [k for k, f in self._failures.items() if not f or f[-1] <= now - self.window]:
-            del self._failures[key]
-        if len(self._failures) >= self.MAX_KEYS:  # a flood of live keys: start over
-            self._failures.clear()
