@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -164,13 +164,19 @@ class LiveServer:
 
 
 @contextmanager
-def serving(database_url: str | None = None, **settings: str) -> Iterator[LiveServer]:
-    """A started ``LiveServer`` in a fresh short data dir (``settings`` as ``VPSD_*``);
-    afterwards it is stopped, every VM it started is killed and the data dir removed, even
-    when the block failed."""
+def serving(
+    database_url: str | None = None,
+    prepare: Callable[[Path], object] | None = None,
+    **settings: str,
+) -> Iterator[LiveServer]:
+    """A started ``LiveServer`` in a fresh short data dir (``settings`` as ``VPSD_*``;
+    ``prepare`` is given the data dir before the start); afterwards it is stopped, every VM
+    it started is killed and the data dir removed, even when the block failed."""
     root = qh.short_tmpdir()
     server = LiveServer(root, database_url=database_url, **settings)
     try:
+        if prepare is not None:
+            prepare(root)
         server.start()
         yield server
     finally:

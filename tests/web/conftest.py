@@ -18,6 +18,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 from playwright.sync_api import Error as PlaywrightError
 
+from tests.helpers import write_fake_image
 from tests.live_server import VPSD, LiveServer, serving
 
 HERE = Path(__file__).parent
@@ -86,8 +87,9 @@ def axe_page(new_context: Any, axe_context_args: dict[str, Any]) -> Page:
 @pytest.fixture(scope="module")
 def panel() -> Iterator[LiveServer]:
     """A running ``vpsd serve`` on the fake driver (no VMs), in its own data dir, for the
-    module's tests; its ``base_url`` serves the panel."""
-    with serving(driver="fake") as server:
+    module's tests; its ``base_url`` serves the panel. A placeholder ``debian-12`` image is
+    installed, so servers made from it get an SSH port; the default stays ``blank``."""
+    with serving(driver="fake", prepare=lambda root: write_fake_image(root / "images")) as server:
         yield server
 
 

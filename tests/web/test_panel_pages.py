@@ -27,6 +27,12 @@ _accounts = itertools.count(1)
 NARROW = {"width": 375, "height": 740}
 
 
+def public_key() -> str:
+    """A new ed25519 public key in OpenSSH's form."""
+    public = Ed25519PrivateKey.generate().public_key()
+    return public.public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+
+
 def new_account(panel: LiveServer, page: Page) -> ApiClient:
     """A new account with a password, signed in on ``page``; its API client."""
     name = f"user{next(_accounts)}"
@@ -126,12 +132,7 @@ def test_errors_appear_inline_in_words(panel: LiveServer, page: Page) -> None:
 
 def test_ssh_keys_and_tokens(panel: LiveServer, page: Page) -> None:
     api = new_account(panel, page)
-    key = (
-        Ed25519PrivateKey.generate()
-        .public_key()
-        .public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH)
-        .decode()
-    )
+    key = public_key()
     page.goto(panel.base_url + "/ssh-keys")
     page.get_by_label("Name", exact=True).fill("laptop")
     page.get_by_label("Public key").fill(key)
@@ -151,6 +152,32 @@ def test_ssh_keys_and_tokens(panel: LiveServer, page: Page) -> None:
     expect(page.get_by_role("status")).to_contain_text("revoked")
     # API processes remember a live token for VPSD_TOKEN_CACHE_SECONDS (2 s)
     wait_for(lambda: panel.client(secret).get("/servers/").status_code == 401, 10)
+
+
+def test_a_server_from_an_image_shows_its_ssh_command_to_copy_and_its_console(
+    panel: LiveServer, page: Page
+) -> None:
+    api = new_account(panel, page)
+    page.goto(panel.base_url + "/ssh-keys")
+    page.get_by_label("Name", exact=True).fill("laptop")
+    page.get_by_label("Public key").fill(public_key())
+    page.get_by_role("button", name="Add key").click()
+    page.goto(panel.base_url + "/servers")
+    page.get_by_label("Name", exact=True).fill("web-1")
+    page.get_by_label("Image").select_option("debian-12")
+    page.get_by_label("Disk (GiB)").fill("2")
+    page.get_by_label(re.compile("laptop")).check()
+    page.get_by_role("button", name="Create server").click()
+    expect(page).to_have_url(re.compile(r"/servers/\d+$"))
+    server = api.get(page.url.replace(panel.base_url + "/servers", "/servers") + "/").json()
+    assert server["image"] == "debian-12"
+    command = f"ssh -p {server['ssh']['port']} root@{server['ssh']['host']}"
+    expect(page.locator("#ssh-command")).to_have_text(command)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.get_by_role("button", name="Copy").click()
+    expect(page.locator('[data-copied-for="ssh-command"]')).to_have_text("Copied.")
+    assert page.evaluate("() => navigator.clipboard.readText()") == command
+    expect(page.locator("#console")).to_contain_text(f"server {server['id']} booted")
 
 
 def test_another_accounts_objects_are_invisible(panel: LiveServer, page: Page) -> None:

@@ -112,3 +112,45 @@ def test_snapshot_before_a_change_and_roll_back(real_panel: LiveServer, page: Pa
     expect(page.locator(f"#server-link-{server_id}")).to_have_count(0, timeout=60_000)
     assert qh.qemu_pids_under(real_panel.data_dir) == []
     assert not disk.exists()
+
+
+def test_a_backup_and_the_policy_through_the_panel(real_panel: LiveServer, page: Page) -> None:
+    make_account(real_panel, "bob", "correct horse battery")
+    api = real_panel.client(real_panel.create_token("bob"))
+    server_id = api.create_server("db-01", disk_gb=1)["id"]
+    qmp = real_panel.data_dir / "servers" / str(server_id) / "qmp.sock"
+    disk = real_panel.disk(server_id)
+    off_loop(qh.write_pattern_running, qmp, BEFORE, 0, 4 * MIB)
+    sign_in(page, real_panel.base_url, "bob", "correct horse battery")
+    page.goto(f"{real_panel.base_url}/servers/{server_id}")
+
+    page.get_by_label("Backup name").fill("weekly-offsite")
+    page.get_by_role("button", name="Take backup").click()
+    backups = page.locator("#backup-list")
+    row = backups.get_by_role("row", name=re.compile("weekly-offsite"))
+    expect(row).to_contain_text("completed", timeout=120_000)  # refreshed without a reload
+    expect(backups).to_contain_text("1 of 10 manual backups")
+
+    off_loop(qh.write_pattern_running, qmp, AFTER, 0, 4 * MIB)
+    page.get_by_role("link", name="Restore weekly-offsite").click()
+    page.get_by_role("button", name="Restore server").click()
+    expect(page.get_by_role("status").first).to_contain_text("Restoring db-01 from backup")
+    expect(page.locator("#server-status")).to_contain_text("running", timeout=120_000)
+    assert off_loop(qh.has_pattern_running, qmp, disk, BEFORE, 0, 4 * MIB)
+
+    page.get_by_label("Take backups automatically").check()
+    page.get_by_label("How often").select_option("weekly")
+    page.get_by_label("Day (weekly)").select_option(label="Friday")
+    page.get_by_label("Hour (UTC)").fill("4")
+    page.get_by_label("Keep").fill("3")
+    page.get_by_role("button", name="Save policy").click()
+    expect(page.get_by_role("status").first).to_have_text("Automatic backups are on.")
+    expect(page.get_by_text("Next automatic backup:")).to_contain_text("04:00 UTC")
+    policy = api.get(f"/servers/{server_id}/backup-policy/").json()
+    assert {k: policy[k] for k in ("enabled", "frequency", "weekday", "hour", "keep")} == {
+        "enabled": True,
+        "frequency": "weekly",
+        "weekday": 4,
+        "hour": 4,
+        "keep": 3,
+    }
