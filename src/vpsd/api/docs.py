@@ -26,8 +26,9 @@ def assets_dir() -> Path:
     return Path(str(files("fastapi_offline") / "static"))
 
 
-def content_security_policy(nonce: str) -> str:
-    """The docs page's CSP: its own origin only, and inline script only with ``nonce``.
+def content_security_policy(nonce: str | None = None) -> str:
+    """The CSP of vpsd's pages (these docs, the web panel): their own origin only, no inline
+    style, and inline script only with ``nonce`` (none without one).
 
     Swagger UI's stylesheet embeds its icons as ``data:`` images; its requests (the document,
     "Try it out") go to this origin.
@@ -35,7 +36,7 @@ def content_security_policy(nonce: str) -> str:
     return "; ".join(
         [
             "default-src 'self'",
-            f"script-src 'self' 'nonce-{nonce}'",
+            f"script-src 'self' 'nonce-{nonce}'" if nonce else "script-src 'self'",
             "style-src 'self'",
             "img-src 'self' data:",
             "connect-src 'self'",

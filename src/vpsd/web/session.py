@@ -15,6 +15,7 @@ from urllib.parse import quote
 from fastapi import Depends, Request, Response
 
 from vpsd.api.deps import Services
+from vpsd.api.docs import content_security_policy
 from vpsd.services.tokens import Principal
 from vpsd.services.web_sessions import PanelSession, find_session
 
@@ -26,19 +27,7 @@ FLASH_COOKIE = "vpsd_flash"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 
-CONTENT_SECURITY_POLICY = "; ".join(
-    [
-        "default-src 'self'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self' data:",
-        "connect-src 'self'",
-        "object-src 'none'",
-        "base-uri 'none'",
-        "form-action 'self'",
-        "frame-ancestors 'none'",
-    ]
-)
+CONTENT_SECURITY_POLICY = content_security_policy()
 """The panel's pages load nothing from other origins and run no inline script or style."""
 
 PAGE_HEADERS = {
