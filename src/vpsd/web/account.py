@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from vpsd.schemas import MAX_ID, SshKeyCreate
 from vpsd.services import tokens
@@ -49,11 +50,14 @@ async def add_ssh_key(request: Request, user: PanelUserDep) -> Response:
     """Add the form's key; refused, the form comes back with the reason."""
     values = form_dict(await request.form())
     try:
-        key = services_of(request).ssh_keys.create(
-            user.account_id, SshKeyCreate.model_validate(values)
+        key = await run_in_threadpool(
+            services_of(request).ssh_keys.create,
+            user.account_id,
+            SshKeyCreate.model_validate(values),
         )
     except (ValidationError, DomainError) as error:
-        return _keys_page(request, user, STATUS_OF_ERROR, FormErrors.of(error), values)
+        errors = FormErrors.of(error)
+        return await run_in_threadpool(_keys_page, request, user, STATUS_OF_ERROR, errors, values)
     return done(request, "/ssh-keys", f"SSH key {key.name} added ({key.fingerprint}).")
 
 

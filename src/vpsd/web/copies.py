@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from vpsd.api.deps import Services
 from vpsd.schemas import MAX_ID, BackupCreate, BackupPolicy, SnapshotCreate
@@ -57,7 +58,7 @@ async def _find_snapshot(services: Services, account_id: int, snapshot_id: int) 
 
 
 async def _find_backup(services: Services, account_id: int, backup_id: int) -> Copy:
-    found = services.backups.get(account_id, backup_id)
+    found = await run_in_threadpool(services.backups.get, account_id, backup_id)
     return Copy(found.id, found.name, found.server.id, found.server.name)
 
 
@@ -104,8 +105,11 @@ async def set_policy(request: Request, user: PanelUserDep, server_id: ServerId) 
     values = form_dict(await request.form(), numbers=("hour", "weekday", "keep"))
     values["enabled"] = values.get("enabled") == "on"
     try:
-        services_of(request).backup_policies.set(
-            user.account_id, server_id, BackupPolicy.model_validate(values)
+        await run_in_threadpool(
+            services_of(request).backup_policies.set,
+            user.account_id,
+            server_id,
+            BackupPolicy.model_validate(values),
         )
     except (ValidationError, DomainError) as error:
         return await render_server_page(
@@ -123,11 +127,13 @@ async def take(request: Request, user: PanelUser, server_id: int, kind: Kind) ->
     noun = KINDS[kind].noun
     try:
         if kind == "snapshots":
-            created: Any = services.snapshots.create(
-                user.account_id, SnapshotCreate.model_validate(values)
+            created: Any = await run_in_threadpool(
+                services.snapshots.create, user.account_id, SnapshotCreate.model_validate(values)
             )
         else:
-            created = services.backups.create(user.account_id, BackupCreate.model_validate(values))
+            created = await run_in_threadpool(
+                services.backups.create, user.account_id, BackupCreate.model_validate(values)
+            )
     except (ValidationError, DomainError) as error:
         return await render_server_page(
             request,
@@ -175,10 +181,8 @@ async def act(
     what = KINDS[kind]
     services = services_of(request)
     try:
-        if action == "restore":
-            what.restore(services, user.account_id, copy_id)
-        else:
-            what.delete(services, user.account_id, copy_id)
+        work = what.restore if action == "restore" else what.delete
+        await run_in_threadpool(work, services, user.account_id, copy_id)
     except DomainError as error:
         return await render_server_page(
             request, user, found.server_id, STATUS_OF_ERROR, {what.noun: FormErrors.of(error)}

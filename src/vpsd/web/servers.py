@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
 from vpsd.schemas import MAX_ID, ServerCreate
@@ -92,11 +93,15 @@ async def create_server(request: Request, user: PanelUserDep) -> Response:
         int(k) for k in form.getlist("ssh_keys") if isinstance(k, str) and k.isdigit()
     ] or None
     try:
-        created = services_of(request).servers.create(
-            user.account_id, ServerCreate.model_validate(values)
+        created = await run_in_threadpool(
+            services_of(request).servers.create,
+            user.account_id,
+            ServerCreate.model_validate(values),
         )
     except (ValidationError, DomainError) as error:
-        _, servers = services_of(request).servers.list(user.account_id, ALL)
+        _, servers = await run_in_threadpool(
+            services_of(request).servers.list, user.account_id, ALL
+        )
         return page(
             request,
             "servers.html",
@@ -105,7 +110,7 @@ async def create_server(request: Request, user: PanelUserDep) -> Response:
             servers=servers,
             form=values,
             errors=FormErrors.of(error),
-            **_create_form(request, user),
+            **await run_in_threadpool(_create_form, request, user),
         )
     return done(
         request, f"/servers/{created.id}", f"Server {created.name} is being created: it boots."
@@ -147,8 +152,8 @@ async def render_server_page(
     """The server's page; ``errors`` (by form: ``snapshot``, ``backup``, ``policy``,
     ``power``) shown beside the forms that caused them, ``form`` their values."""
     services = services_of(request)
-    context = _server_page_context(request, user, server_id)
-    policy = services.backup_policies.get(user.account_id, server_id)
+    context = await run_in_threadpool(_server_page_context, request, user, server_id)
+    policy = await run_in_threadpool(services.backup_policies.get, user.account_id, server_id)
     return page(
         request,
         "server.html",
@@ -170,7 +175,7 @@ async def server_live(request: Request, user: PanelUserDep, server_id: ServerId)
         "_server_live.html",
         user,
         snapshots=await _snapshots(request, user, server_id),
-        **_server_page_context(request, user, server_id),
+        **await run_in_threadpool(_server_page_context, request, user, server_id),
     )
 
 
@@ -192,7 +197,7 @@ async def power(
     servers = services_of(request).servers
     act = {"start": servers.start, "stop": servers.stop, "reboot": servers.reboot}[action]
     try:
-        server = act(user.account_id, server_id)
+        server = await run_in_threadpool(act, user.account_id, server_id)
     except DomainError as error:
         return await render_server_page(
             request, user, server_id, STATUS_OF_ERROR, {"power": FormErrors.of(error)}
@@ -223,10 +228,10 @@ def confirm_delete(request: Request, user: PanelUserDep, server_id: ServerId) ->
 @router.post("/servers/{server_id}/delete")
 async def delete_server(request: Request, user: PanelUserDep, server_id: ServerId) -> Response:
     """Delete the server."""
-    services = services_of(request)
-    server = services.servers.get(user.account_id, server_id)
+    servers = services_of(request).servers
+    server = await run_in_threadpool(servers.get, user.account_id, server_id)
     try:
-        services.servers.delete(user.account_id, server_id)
+        await run_in_threadpool(servers.delete, user.account_id, server_id)
     except DomainError as error:
         return await render_server_page(
             request, user, server_id, STATUS_OF_ERROR, {"power": FormErrors.of(error)}

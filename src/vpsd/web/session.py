@@ -13,6 +13,7 @@ from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import Depends, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from vpsd.api.deps import Services
 from vpsd.api.docs import content_security_policy
@@ -74,7 +75,9 @@ async def signed_in(request: Request) -> PanelUser:
     """The panel user of ``request``; ``SignInRequired`` without a live session, and
     ``CsrfRefused`` for a POST without its CSRF token or from another site."""
     secret = request.cookies.get(SESSION_COOKIE, "")
-    session = find_session(services_of(request).db, secret) if secret else None
+    # A blocking query: off the event loop, as FastAPI runs the API's plain-def routes.
+    db = services_of(request).db
+    session = await run_in_threadpool(find_session, db, secret) if secret else None
     if session is None:
         raise SignInRequired
     if request.method not in ("GET", "HEAD"):
