@@ -611,6 +611,8 @@ def test_the_sign_in_form_has_its_own_csrf_check(visitor: Browser, database: Dat
         assert response.status_code == 403, (data, headers)
         assert REFUSED in response.text
         assert set_cookie_named(response, SESSION_COOKIE) is None
+    response = visitor.post("/sign-in", data={**fields, "csrf_token": "é" + token[1:]})
+    assert response.status_code == 403  # not a 500: any text is compared safely
     # A token of another browser's sign-in page: it matches not this browser's cookie.
     stranger = Browser(visitor.http)
     assert csrf_of(stranger.get("/sign-in").text) != token

@@ -102,7 +102,9 @@ async def sign_in(
     if not expected:
         return _sign_in_page(request, _safe_next(next), status=400, error=NO_COOKIES, name=name)
     await check_csrf(
-        request, lambda sent: bool(expected and sent and hmac.compare_digest(sent, expected))
+        request,
+        # bytes: compare_digest raises on str holding anything but ASCII
+        lambda sent: bool(sent and hmac.compare_digest(sent.encode(), expected.encode())),
     )
     services = services_of(request)
     with_token = bool(token.strip())

@@ -8,6 +8,7 @@ carry the session's CSRF token, in the form's ``csrf_token`` field or htmx's
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import quote
@@ -82,14 +83,15 @@ async def signed_in(request: Request) -> PanelUser:
         raise SignInRequired
     if request.method not in ("GET", "HEAD"):
         await check_csrf(request, session.csrf_matches)
-    request.state.panel_user = PanelUser(session)
-    return PanelUser(session)
+    user = PanelUser(session)
+    request.state.panel_user = user  # for an error page's header (render.problem)
+    return user
 
 
 PanelUserDep = Annotated[PanelUser, Depends(signed_in)]
 
 
-async def check_csrf(request: Request, matches: object) -> None:
+async def check_csrf(request: Request, matches: Callable[[str | None], bool]) -> None:
     """``CsrfRefused`` unless the request carries a token ``matches`` accepts (form field or
     header) and the browser does not say it came from another site."""
     if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
@@ -99,7 +101,7 @@ async def check_csrf(request: Request, matches: object) -> None:
         form = await request.form()
         field = form.get(CSRF_FIELD)
         sent = field if isinstance(field, str) else None
-    if not callable(matches) or not matches(sent):
+    if not matches(sent):
         raise CsrfRefused
 
 
