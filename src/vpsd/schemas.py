@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -142,6 +143,13 @@ class SshKeyCreate(RequestModel):
     ]
 
 
+def _no_nul(text: str | None) -> str | None:
+    # PostgreSQL's text cannot hold NUL: refused here in words, not a 500 at the INSERT.
+    if text is not None and "\x00" in text:
+        raise ValueError("must not contain NUL characters (\\u0000)")
+    return text
+
+
 class SnapshotCreate(RequestModel):
     """Body of ``POST /api/v1/snapshots/``."""
 
@@ -150,6 +158,7 @@ class SnapshotCreate(RequestModel):
     description: Annotated[
         str | None,
         Field(max_length=DESCRIPTION_MAX_LENGTH, description="free text, up to 1000 characters"),
+        AfterValidator(_no_nul),
     ] = None
 
 

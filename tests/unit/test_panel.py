@@ -1075,3 +1075,39 @@ def test_a_success_before_the_limit_clears_the_count(
                 assert visitor.sign_in("alice", PASSWORD).status_code == 303
         finally:
             database.dispose()
+
+
+ODD_VALUES = (
+    "",
+    " ",
+    "é" * 70,
+    "\x00",
+    "9" * 40,
+    "-1",
+    "1.5",
+    "0",
+    "<script>alert(1)</script>",
+    "on",
+)
+"""What a hostile or careless browser may send in any field."""
+
+
+def test_no_form_value_gets_a_server_error(
+    client: TestClient, database: Database, alices: Things
+) -> None:
+    alice = signed_in(client, database, "alice")
+    for requests in post_targets(alices).values():
+        for url, form in requests:
+            if url in ("/sign-out", "/tokens") or url.endswith(("/delete", "/restore")):
+                continue  # no fields but the token (and their actions would end the test)
+            for field in {*form, "ssh_keys", "description", "vcpus", "memory_mb"}:
+                for value in ODD_VALUES:
+                    response = alice.submit(url, {**form, field: value})
+                    assert response.status_code < 500, (url, field, value, response.text)
+    visitor = Browser(client)
+    token = csrf_of(visitor.get("/sign-in").text)
+    for field in ("name", "password", "token", "next", "csrf_token"):
+        for value in ODD_VALUES:
+            data = {"csrf_token": token, "name": "alice", "password": "x" * 8, field: value}
+            response = visitor.post("/sign-in", data=data)
+            assert response.status_code < 500, (field, value, response.text)

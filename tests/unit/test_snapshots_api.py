@@ -268,3 +268,16 @@ def test_no_token_is_401_before_any_other_error(
         assert response.status_code == 401, (headers, response.text)
         assert response.headers["www-authenticate"] == "Bearer"
         assert response.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/snapshots/", "/backups/"])
+def test_a_description_with_nul_is_refused_in_words(alice: ApiClient, path: str) -> None:
+    # PostgreSQL's text cannot hold NUL: it was a 500 there, found by the panel's form tests.
+    server_id = alice.create_server("nul")["id"]
+    body = {"server_id": server_id, "name": "n", "description": "before\u0000after"}
+    response = alice.post(path, json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["errors"] == [
+        {"field": "body.description", "message": "must not contain NUL characters (\\u0000)"}
+    ]
+    assert alice.get(path).json()["count"] == 0

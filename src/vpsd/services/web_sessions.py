@@ -21,7 +21,13 @@ from vpsd.db.base import utcnow
 from vpsd.db.models import Account, ApiToken, WebSession
 from vpsd.db.session import Database
 from vpsd.services.errors import Invalid
-from vpsd.services.tokens import Principal, account_named, find_live_token, hash_token
+from vpsd.services.tokens import (
+    ACCOUNT_NAME,
+    Principal,
+    account_named,
+    find_live_token,
+    hash_token,
+)
 
 PASSWORD_MIN_LENGTH = 8
 """NIST SP 800-63B's minimum for a password the user chose."""
@@ -60,8 +66,10 @@ def check_password(db: Database, account_name: str, password: str) -> Principal 
     password set, or a wrong one: the three take the same time)."""
     if len(password) > PASSWORD_MAX_LENGTH:
         return None
+    account = None
     with db.read() as session:
-        account = session.scalar(select(Account).where(Account.name == account_name))
+        if ACCOUNT_NAME.match(account_name):  # else no such account (nor a query with a NUL)
+            account = session.scalar(select(Account).where(Account.name == account_name))
         stored = account.password_hash if account is not None else None
         principal = (
             Principal(account.id, account.name, account.is_admin) if account is not None else None
