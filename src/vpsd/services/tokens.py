@@ -56,17 +56,19 @@ def _info(token: ApiToken) -> TokenInfo:
 def account_named(session: Session, name: str, *, create: bool = False) -> Account:
     """The account called ``name``; with ``create``, a new one if there is none (the name
     checked first). ``NotFound`` when there is none and ``create`` is False."""
-    account = session.scalar(select(Account).where(Account.name == name))
-    if account is not None:
-        return account
-    if not create:
-        raise NotFound(f"no account named {name!r}")
-    if not ACCOUNT_NAME.match(name):
+    if not ACCOUNT_NAME.match(name):  # checked before any query: no NUL reaches PostgreSQL
+        if not create:
+            raise NotFound(f"no account named {name!r}")
         raise Invalid(
             "account",
             "account names are 1-64 characters: letters, digits, '.', '_', '@', '-', "
             "starting with a letter or digit",
         )
+    account = session.scalar(select(Account).where(Account.name == name))
+    if account is not None:
+        return account
+    if not create:
+        raise NotFound(f"no account named {name!r}")
     account = Account(name=name)
     session.add(account)
     session.flush()
