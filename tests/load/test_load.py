@@ -391,7 +391,7 @@ def load_and_check(live_server: LiveServer, pid: int, accel_dir: Path) -> report
     accounted_for = set(visible) | set(tally.deleted)
     difference = accounted_for ^ (set(tally.created) | set(unanswered_creates))
     assert difference <= unanswered_deletes, difference
-    assert set(visible).isdisjoint(tally.deleted)
+    assert set(visible).isdisjoint(tally.deleted), set(visible) & set(tally.deleted)
     assert all(status == "completed" for status in visible.values()), visible
     for server_id in servers:
         live = [s for s in final_snapshots["results"] if s["server"]["id"] == server_id]

@@ -7,8 +7,10 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers import ApiClient, snapshot_tag
+from tests.helpers import ApiClient, snapshot_tag, wait_for
 from vpsd.config import Settings
+from vpsd.db.models import Snapshot
+from vpsd.db.session import Database
 from vpsd.hypervisor.fake import FakeDriver
 
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -97,6 +99,34 @@ def test_delete_then_recreate_within_the_limit(
     assert alice.create_snapshot(sid, "replacement")["status"] == "completed"
     tags = fake_driver.snapshot_tags(sid)
     assert doomed not in tags and len(tags) == 5
+
+
+def test_a_deleted_snapshots_id_is_never_given_to_another(
+    alice: ApiClient, fake_driver: FakeDriver, settings: Settings
+) -> None:
+    """A client still holding a deleted snapshot's id (to retry the delete, to restore) must
+    get 404, not reach a newer snapshot: the newest one's id was reused on SQLite once."""
+    sid = alice.create_server()["id"]
+    newest = alice.create_snapshot(sid, "newest")["id"]
+    tag = snapshot_tag(settings.effective_database_url, newest)
+    assert alice.delete(f"/snapshots/{newest}/").status_code == 204
+    wait_for(lambda: tag not in fake_driver.snapshot_tags(sid), what="the delete to run")
+    wait_for(lambda: not _has_row(settings, newest), what="the snapshot's row to go")
+
+    after = alice.create_snapshot(sid, "after")["id"]
+    assert after > newest
+    assert alice.get(f"/snapshots/{newest}/").status_code == 404
+    assert alice.delete(f"/snapshots/{newest}/").status_code == 404
+    assert alice.get(f"/snapshots/{after}/").json()["name"] == "after"
+
+
+def _has_row(settings: Settings, snapshot_id: int) -> bool:
+    database = Database(settings.effective_database_url)
+    try:
+        with database.read() as session:
+            return session.get(Snapshot, snapshot_id) is not None
+    finally:
+        database.dispose()
 
 
 def test_failed_snapshot_says_why_and_is_not_counted(
