@@ -51,6 +51,7 @@ from vpsd.web.session import SESSION_COOKIE, SIGN_IN_COOKIE
 
 BASE_URL = "https://testserver"  # the panel's cookies are Secure: sent back over HTTPS only
 PASSWORD = "correct horse battery"
+NEW = "a brand new password"
 MISMATCH = "That account name and password do not match."
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]*)"')
 NEXT_INPUT = re.compile(r'name="next" value="([^"]*)"')
@@ -377,6 +378,7 @@ PAGES = [
     "/ssh-keys/1/delete",
     "/tokens",
     "/tokens/1/revoke",
+    "/password",
     "/snapshots/1/restore",
     "/snapshots/1/delete",
     "/backups/1/restore",
@@ -543,6 +545,12 @@ def post_targets(things: Things) -> dict[str, list[tuple[str, dict[str, str]]]]:
         "/ssh-keys/{key_id}/delete": [(f"/ssh-keys/{things.key_id}/delete", {})],
         "/tokens": [("/tokens", {})],
         "/tokens/{token_id}/revoke": [(f"/tokens/{things.token_id}/revoke", {})],
+        "/password": [
+            (
+                "/password",
+                {"current_password": PASSWORD, "password": NEW, "password_again": NEW},
+            )
+        ],
     }
 
 
@@ -671,7 +679,7 @@ def test_bob_cannot_see_or_touch_alices_things(
 
     before = settled(database)
     targets = post_targets(alices)
-    for path in ("/sign-out", "/servers", "/ssh-keys", "/tokens"):  # bob's own
+    for path in ("/sign-out", "/servers", "/ssh-keys", "/tokens", "/password"):  # bob's own
         del targets[path]
     for requests in targets.values():
         for url, form in requests:
@@ -765,6 +773,80 @@ def test_a_new_password_ends_every_session_of_the_account(
     assert laptop.sign_in("alice", "a brand new password").status_code == 303
 
 
+def test_changing_the_password_signs_out_every_other_browser(
+    client: TestClient, database: Database
+) -> None:
+    laptop = signed_in(client, database, "alice")
+    phone = Browser(client)
+    assert phone.sign_in("alice", PASSWORD).status_code == 303
+    form = laptop.get("/password")
+    assert form.status_code == 200 and "Change your password" in form.text
+    assert 'autocomplete="current-password"' in form.text
+    changed = laptop.submit(
+        "/password", {"current_password": PASSWORD, "password": NEW, "password_again": NEW}
+    )
+    assert changed.status_code == 303 and changed.headers["location"] == "/password"
+    assert set_cookie_named(changed, SESSION_COOKIE) is not None  # a new session, this browser
+    shown = laptop.get("/password")
+    assert "Password changed. Every other browser" in text_of(shown)
+    laptop.csrf = csrf_of(shown.text)
+    assert laptop.get("/servers").status_code == 200
+    assert phone.goes_to_sign_in()
+    assert len(world(database)["sessions"]) == 1
+    assert Browser(client).sign_in("alice", PASSWORD).status_code == 400
+    assert Browser(client).sign_in("alice", NEW).status_code == 303
+
+
+@pytest.mark.parametrize(
+    ("form", "words"),
+    [
+        (
+            {"current_password": "not the password", "password": NEW, "password_again": NEW},
+            "that is not this account&#39;s current password",
+        ),
+        (
+            {"current_password": PASSWORD, "password": NEW, "password_again": NEW + "!"},
+            "the two new passwords differ",
+        ),
+        (
+            {"current_password": PASSWORD, "password": "short", "password_again": "short"},
+            "passwords are at least 8 characters",
+        ),
+        ({"password": NEW, "password_again": NEW}, "not this account&#39;s current password"),
+    ],
+    ids=["wrong current", "mismatch", "too short", "no current"],
+)
+def test_a_refused_password_change_says_why_and_changes_nothing(
+    client: TestClient, database: Database, form: dict[str, str], words: str
+) -> None:
+    alice = signed_in(client, database, "alice")
+    other = Browser(client)
+    assert other.sign_in("alice", PASSWORD).status_code == 303
+    before = world(database)
+    refused = alice.submit("/password", form)
+    assert refused.status_code == 400
+    assert words in refused.text and 'role="alert"' in refused.text
+    assert 'aria-invalid="true"' in refused.text
+    assert world(database) == before
+    assert other.get("/servers").status_code == 200
+
+
+def test_an_account_signed_in_with_a_token_can_set_its_first_password(
+    client: TestClient, database: Database
+) -> None:
+    _, secret = create_token(database, "carol")
+    carol = Browser(client)
+    assert carol.sign_in(token=secret).status_code == 303
+    form = carol.get("/password")
+    assert "Set a password" in form.text and "current_password" not in form.text
+    assert carol.submit("/password", {"password": NEW, "password_again": NEW}).status_code == 303
+    assert Browser(client).sign_in("carol", NEW).status_code == 303
+    # Now it has one: the next change needs it.
+    carol.csrf = csrf_of(carol.get("/password").text)
+    again = carol.submit("/password", {"password": PASSWORD, "password_again": PASSWORD})
+    assert again.status_code == 400
+
+
 # -- headers and assets ----------------------------------------------------------------------
 
 
@@ -803,6 +885,7 @@ def test_pages_carry_the_security_headers_and_obey_their_csp(
         f"/snapshots/{alices.snapshot_id}/restore",
         "/ssh-keys",
         "/tokens",
+        "/password",
         "/servers/424242",  # the not-found page
     ]
     pages = [sign_in] + [alice.get(url) for url in urls]
@@ -1077,6 +1160,28 @@ def test_a_success_before_the_limit_clears_the_count(
             database.dispose()
 
 
+def test_guessing_the_current_password_is_throttled(
+    strict: Settings, fake_driver: FakeDriver, fake_store: FakeBackupStore
+) -> None:
+    """A session left open must not let its current password be guessed at speed."""
+    with panel_client(strict, fake_driver, fake_store) as http:
+        database = Database(strict.effective_database_url)
+        try:
+            alice = signed_in(http, database, "alice")
+            before = world(database)
+            guess = {"current_password": "guess-guess", "password": NEW, "password_again": NEW}
+            for _ in range(strict.sign_in_attempts):
+                assert alice.submit("/password", guess).status_code == 400
+            right = {**guess, "current_password": PASSWORD}
+            response = alice.submit("/password", right)
+            assert response.status_code == 429
+            assert "Too many failed sign-ins" in text_of(response)
+            assert int(response.headers["Retry-After"]) > 0
+            assert world(database) == before  # the password and the sessions as they were
+        finally:
+            database.dispose()
+
+
 ODD_VALUES = (
     "",
     " ",
@@ -1100,6 +1205,8 @@ def test_no_form_value_gets_a_server_error(
         for url, form in requests:
             if url in ("/sign-out", "/tokens") or url.endswith(("/delete", "/restore")):
                 continue  # no fields but the token (and their actions would end the test)
+            if url == "/password":  # never right: a new session would end this browser's
+                form = {**form, "current_password": "not the password"}
             for field in {*form, "ssh_keys", "description", "vcpus", "memory_mb"}:
                 for value in ODD_VALUES:
                     response = alice.submit(url, {**form, field: value})

@@ -235,7 +235,14 @@ def test_a_form_posted_from_another_site_changes_nothing(
     assert api.get("/servers/").json()["count"] == 0
 
 
-PAGES = ("/servers", "/servers/{server}", "/ssh-keys", "/tokens", "/snapshots/{snapshot}/delete")
+PAGES = (
+    "/servers",
+    "/servers/{server}",
+    "/ssh-keys",
+    "/tokens",
+    "/password",
+    "/snapshots/{snapshot}/delete",
+)
 
 
 def test_pages_fit_375_px_and_axe_finds_no_serious_violation(

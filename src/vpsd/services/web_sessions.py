@@ -90,6 +90,33 @@ def check_password(db: Database, account_name: str, password: str) -> Principal 
     return principal
 
 
+def has_password(db: Database, account_id: int) -> bool:
+    """Whether the account has a panel password (else it signs in with API tokens only)."""
+    with db.read() as session:
+        stored = session.scalar(select(Account.password_hash).where(Account.id == account_id))
+    return stored is not None
+
+
+def change_password(
+    db: Database, principal: Principal, current: str, new: str, lifetime: timedelta
+) -> str:
+    """Give ``principal``'s account the panel password ``new``, end every session of the
+    account, and open one for the browser that asked; the new session's secret.
+
+    ``current`` must be the account's password when it has one (a session left open on a
+    shared computer must not be enough to take the account over). ``Invalid`` for a wrong
+    ``current`` (field ``current_password``) or an unacceptable ``new`` (``password``);
+    then nothing changes.
+    """
+    check_new_password(new)
+    if has_password(db, principal.account_id) and (
+        check_password(db, principal.account_name, current) is None
+    ):
+        raise Invalid("current_password", "that is not this account's current password")
+    set_password(db, principal.account_name, new)
+    return open_session(db, principal, lifetime)
+
+
 def check_token(db: Database, secret: str) -> tuple[Principal, int] | None:
     """The account and token id of a live API token, for signing in with it; else None."""
     return find_live_token(db, secret.strip())

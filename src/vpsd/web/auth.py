@@ -12,19 +12,23 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from vpsd.services.errors import Invalid
 from vpsd.services.tokens import Principal
 from vpsd.services.web_sessions import (
+    change_password,
     check_password,
     check_token,
     close_session,
     find_session,
+    has_password,
     open_session,
 )
-from vpsd.web.render import PanelRoute, page
+from vpsd.web.render import STATUS_OF_ERROR, FormErrors, PanelRoute, done, page
 from vpsd.web.session import (
     PAGE_HEADERS,
     SESSION_COOKIE,
     SIGN_IN_COOKIE,
+    PanelUser,
     PanelUserDep,
     check_csrf,
     services_of,
@@ -51,6 +55,13 @@ def _throttle(request: Request) -> SignInThrottle:
         throttle = SignInThrottle(settings.sign_in_attempts, settings.sign_in_window_seconds)
         request.app.state.sign_in_throttle = throttle
     return throttle
+
+
+def _too_many(wait: float) -> str:
+    minutes = max(1, math.ceil(wait / 60))
+    return f"Too many failed sign-ins. Try again in {minutes} minute" + (
+        "s." if minutes > 1 else "."
+    )
 
 
 def _safe_next(target: str | None) -> str:
@@ -113,14 +124,8 @@ async def sign_in(
     throttle = _throttle(request)
     wait = throttle.retry_after(*keys)
     if wait > 0:
-        minutes = max(1, math.ceil(wait / 60))
         response = _sign_in_page(
-            request,
-            _safe_next(next),
-            status=429,
-            error=f"Too many failed sign-ins. Try again in {minutes} minute"
-            + ("s." if minutes > 1 else "."),
-            name=name,
+            request, _safe_next(next), status=429, error=_too_many(wait), name=name
         )
         response.headers["Retry-After"] = str(math.ceil(wait))
         return response
@@ -165,3 +170,66 @@ def sign_out(request: Request, user: PanelUserDep) -> Response:
     response = RedirectResponse("/sign-in", status_code=303, headers=PAGE_HEADERS)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
+
+
+def _password_page(
+    request: Request, user: PanelUser, status: int = 200, errors: FormErrors | None = None
+) -> HTMLResponse:
+    return page(
+        request,
+        "password.html",
+        user,
+        status=status,
+        has_password=has_password(services_of(request).db, user.account_id),
+        errors=errors or FormErrors(""),
+    )
+
+
+@router.get("/password")
+def password_form(request: Request, user: PanelUserDep) -> Response:
+    """The form to change (or first set) the account's panel password."""
+    return _password_page(request, user)
+
+
+@router.post("/password")
+async def change_password_form(
+    request: Request,
+    user: PanelUserDep,
+    current_password: Annotated[str, Form(max_length=2000)] = "",
+    password: Annotated[str, Form(max_length=2000)] = "",
+    password_again: Annotated[str, Form(max_length=2000)] = "",
+) -> Response:
+    """Change the password; every other browser signed in to the account is signed out,
+    this one gets a new session. A wrong current password counts as a failed sign-in of
+    the account (a session left open must not allow guessing it at speed)."""
+    services = services_of(request)
+    key = f"account:{user.principal.account_name}"
+    throttle = _throttle(request)
+    wait = throttle.retry_after(key)
+    if wait > 0:
+        errors = FormErrors(_too_many(wait), {"current_password": _too_many(wait)})
+        response = await asyncio.to_thread(_password_page, request, user, 429, errors)
+        response.headers["Retry-After"] = str(math.ceil(wait))
+        return response
+    if password != password_again:
+        message = "the two new passwords differ; type the same one twice"
+        errors = FormErrors(message, {"password_again": message})
+        return await asyncio.to_thread(_password_page, request, user, STATUS_OF_ERROR, errors)
+    lifetime = timedelta(hours=services.settings.web_session_hours)
+    try:
+        secret = await asyncio.to_thread(
+            change_password, services.db, user.principal, current_password, password, lifetime
+        )
+    except Invalid as error:
+        if error.field == "current_password":
+            throttle.failed(key)
+        errors = FormErrors.of(error)
+        return await asyncio.to_thread(_password_page, request, user, STATUS_OF_ERROR, errors)
+    throttle.succeeded(key)
+    changed = done(
+        request,
+        "/password",
+        "Password changed. Every other browser signed in to this account was signed out.",
+    )
+    set_cookie(changed, request, SESSION_COOKIE, secret, int(lifetime.total_seconds()))
+    return changed
