@@ -1144,6 +1144,27 @@ def test_too_many_failures_are_refused_for_a_while_even_with_the_right_password(
             database.dispose()
 
 
+def test_failures_on_one_worker_count_on_every_worker(
+    strict: Settings, fake_driver: FakeDriver, fake_store: FakeBackupStore
+) -> None:
+    """Two apps on one database, as ``vpsd serve --workers 2`` runs them: a guesser whose
+    requests are spread over both gets no more attempts than from one."""
+    with (
+        panel_client(strict, fake_driver, fake_store) as first,
+        panel_client(strict, fake_driver, fake_store) as second,
+    ):
+        database = Database(strict.effective_database_url)
+        try:
+            set_password(database, "alice", PASSWORD)
+            for attempt in range(strict.sign_in_attempts):
+                worker = Browser(first if attempt % 2 else second)
+                assert worker.sign_in("alice", "guess-guess").status_code == 400
+            for http in (first, second):
+                assert Browser(http).sign_in("alice", PASSWORD).status_code == 429
+        finally:
+            database.dispose()
+
+
 def test_a_success_before_the_limit_clears_the_count(
     strict: Settings, fake_driver: FakeDriver, fake_store: FakeBackupStore
 ) -> None:

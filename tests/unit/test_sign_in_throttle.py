@@ -1,22 +1,27 @@
-"""SignInThrottle on a fake clock: failures per key within a window, then a wait."""
+"""SignInThrottle on a fake clock, on SQLite and PostgreSQL: failures per key within a
+window, then a wait; counted in the database, so every process counts the same ones."""
 
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import func, select
 
+from vpsd.db.models import SignInFailure
+from vpsd.db.session import Database
 from vpsd.web.throttle import SignInThrottle
 
 
 class Clock:
-    """A clock the test moves by hand."""
+    """A clock the test moves by hand: ``now`` seconds after an epoch."""
 
     def __init__(self) -> None:
         self.now = 1000.0
 
-    def __call__(self) -> float:
-        return self.now
+    def __call__(self) -> datetime:
+        return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=self.now)
 
 
 @pytest.fixture
@@ -25,9 +30,15 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def throttle(clock: Clock) -> SignInThrottle:
+def throttle(db: Database, clock: Clock) -> SignInThrottle:
     """3 failures per 60 seconds."""
-    return SignInThrottle(attempts=3, window=60.0, clock=clock)
+    return SignInThrottle(db, attempts=3, window=60.0, clock=clock)
+
+
+def stored(db: Database) -> list[str]:
+    """The key hashes of every failure in the table."""
+    with db.read() as session:
+        return list(session.scalars(select(SignInFailure.key_hash)))
 
 
 def test_a_key_may_fail_attempts_times_then_waits(throttle: SignInThrottle, clock: Clock) -> None:
@@ -109,38 +120,56 @@ def test_asking_counts_nothing(throttle: SignInThrottle) -> None:
     assert throttle.retry_after("k") == 0
 
 
-def test_memory_is_bounded_and_the_oldest_last_failure_goes_first(
-    throttle: SignInThrottle, monkeypatch: pytest.MonkeyPatch
+def test_every_process_counts_the_same_failures(db: Database, clock: Clock) -> None:
+    """Two API workers (two throttles, each with its own connections to the database): a
+    guesser alternating between them gets no more attempts."""
+    other = Database(db.url)
+    try:
+        workers = [
+            SignInThrottle(db, attempts=3, window=60.0, clock=clock),
+            SignInThrottle(other, attempts=3, window=60.0, clock=clock),
+        ]
+        for attempt in range(3):
+            assert workers[attempt % 2].retry_after("account:alice") == 0
+            workers[attempt % 2].failed("account:alice")
+        assert all(worker.retry_after("account:alice") > 0 for worker in workers)
+        workers[1].succeeded("account:alice")
+        assert workers[0].retry_after("account:alice") == 0
+    finally:
+        other.dispose()
+
+
+def test_old_failures_are_removed_as_new_ones_come(
+    throttle: SignInThrottle, clock: Clock, db: Database
 ) -> None:
-    monkeypatch.setattr(SignInThrottle, "MAX_KEYS", 3)
-    for key in ("a", "b", "c"):
-        throttle.failed(key)
-    throttle.failed("a")  # a failed again: now b's last failure is the oldest
-    throttle.failed("d")
-    assert list(throttle._failures) == ["c", "a", "d"]
-    assert throttle.retry_after("a") == 0 and len(throttle._failures["a"]) == 2
+    for number in range(50):
+        throttle.failed(f"address:{number}")
+    assert len(stored(db)) == 50
+    clock.now += 61  # all out of the window: the next failure removes them
+    throttle.failed("address:new")
+    assert len(stored(db)) == 1
 
 
-def test_a_flood_of_new_keys_stays_bounded_and_keeps_a_key_still_failing(
-    throttle: SignInThrottle, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(SignInThrottle, "MAX_KEYS", 10)
-    for number in range(10_000):
-        # As the panel counts them, two keys a failure; the account under attack among them.
-        throttle.failed(f"address:{number}", "account:alice")
-        assert len(throttle._failures) <= SignInThrottle.MAX_KEYS
-    assert throttle.retry_after("account:alice") > 0
+def test_keys_are_stored_as_hashes_only(throttle: SignInThrottle, db: Database) -> None:
+    throttle.failed("address:203.0.113.7", "account:alice")
+    hashes = stored(db)
+    assert len(hashes) == 2 and all(len(h) == 64 for h in hashes)
+    assert not any("203.0.113.7" in h or "alice" in h for h in hashes)
 
 
-def test_the_real_bound_is_100_000() -> None:
-    assert SignInThrottle.MAX_KEYS == 100_000
+def test_any_text_is_a_key(throttle: SignInThrottle) -> None:
+    """Account names come from a form: NUL, lone surrogates or 200 accents are still keys."""
+    for key in ("account:\x00", "account:\ud800", "account:" + "é" * 200):
+        for _ in range(3):
+            throttle.failed(key)
+        assert throttle.retry_after(key) > 0
 
 
-def test_concurrent_failures_are_all_counted(clock: Clock) -> None:
-    throttle = SignInThrottle(attempts=400, window=60.0, clock=clock)
+def test_concurrent_failures_are_all_counted(db: Database, clock: Clock) -> None:
+    throttle = SignInThrottle(db, attempts=100, window=60.0, clock=clock)
 
     def fail() -> None:
-        for _ in range(100):
+        for _ in range(25):
             throttle.failed("shared")
 
     threads = [threading.Thread(target=fail) for _ in range(4)]
@@ -148,10 +177,12 @@ def test_concurrent_failures_are_all_counted(clock: Clock) -> None:
         thread.start()
     for thread in threads:
         thread.join()
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(SignInFailure)) == 100
     assert throttle.retry_after("shared") == pytest.approx(60.0)
 
 
-def test_the_real_clock_is_monotonic() -> None:
-    throttle = SignInThrottle(attempts=1, window=300.0)
+def test_the_real_clock(db: Database) -> None:
+    throttle = SignInThrottle(db, attempts=1, window=300.0)
     throttle.failed("k")
     assert 299.0 < throttle.retry_after("k") <= 300.0

@@ -201,6 +201,23 @@ class WebSession(Base):
     account: Mapped[Account] = relationship()
 
 
+class SignInFailure(Base):
+    """A failed panel sign-in, counted against one key (a client address, an account name):
+    kept in the database so that every API process counts the same failures
+    (``vpsd.web.throttle``). The key is stored as its SHA-256: no addresses or names typed
+    by strangers in the table."""
+
+    __tablename__ = "sign_in_failures"
+    __table_args__ = (
+        Index("ix_sign_in_failures_key_hash_failed_at", "key_hash", "failed_at"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    failed_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
 class ImageStatus(StrEnum):
     """``available`` images can be chosen for new servers; ``deprecated`` ones are older
     builds kept for the servers whose disks are backed by them."""

@@ -49,12 +49,9 @@ FAILED_TOKEN = "That API token is not valid: unknown, mistyped or revoked."  # n
 
 
 def _throttle(request: Request) -> SignInThrottle:
-    throttle: SignInThrottle | None = getattr(request.app.state, "sign_in_throttle", None)
-    if throttle is None:
-        settings = services_of(request).settings
-        throttle = SignInThrottle(settings.sign_in_attempts, settings.sign_in_window_seconds)
-        request.app.state.sign_in_throttle = throttle
-    return throttle
+    services = services_of(request)
+    settings = services.settings
+    return SignInThrottle(services.db, settings.sign_in_attempts, settings.sign_in_window_seconds)
 
 
 def _too_many(wait: float) -> str:
@@ -122,7 +119,7 @@ async def sign_in(
     address = request.client.host if request.client else "unknown"
     keys = (f"address:{address}",) + (() if with_token else (f"account:{name.strip()}",))
     throttle = _throttle(request)
-    wait = throttle.retry_after(*keys)
+    wait = await asyncio.to_thread(throttle.retry_after, *keys)
     if wait > 0:
         response = _sign_in_page(
             request, _safe_next(next), status=429, error=_too_many(wait), name=name
@@ -145,7 +142,7 @@ async def sign_in(
             name=name,
         )
     if principal is None:
-        throttle.failed(*keys)
+        await asyncio.to_thread(throttle.failed, *keys)
         return _sign_in_page(
             request,
             _safe_next(next),
@@ -154,7 +151,7 @@ async def sign_in(
             name=name,
             with_token=with_token,
         )
-    throttle.succeeded(*keys)
+    await asyncio.to_thread(throttle.succeeded, *keys)
     lifetime = timedelta(hours=services.settings.web_session_hours)
     secret = await asyncio.to_thread(open_session, services.db, principal, lifetime, token_id)
     signed_in = RedirectResponse(_safe_next(next), status_code=303, headers=PAGE_HEADERS)
@@ -205,7 +202,7 @@ async def change_password_form(
     services = services_of(request)
     key = f"account:{user.principal.account_name}"
     throttle = _throttle(request)
-    wait = throttle.retry_after(key)
+    wait = await asyncio.to_thread(throttle.retry_after, key)
     if wait > 0:
         errors = FormErrors(_too_many(wait), {"current_password": _too_many(wait)})
         response = await asyncio.to_thread(_password_page, request, user, 429, errors)
@@ -222,10 +219,10 @@ async def change_password_form(
         )
     except Invalid as error:
         if error.field == "current_password":
-            throttle.failed(key)
+            await asyncio.to_thread(throttle.failed, key)
         errors = FormErrors.of(error)
         return await asyncio.to_thread(_password_page, request, user, STATUS_OF_ERROR, errors)
-    throttle.succeeded(key)
+    await asyncio.to_thread(throttle.succeeded, key)
     changed = done(
         request,
         "/password",

@@ -1,67 +1,79 @@
 """Failed sign-ins, counted per client address and per account name, so a password cannot
-be guessed at speed from one address, nor one account's from many."""
+be guessed at speed from one address, nor one account's from many.
+
+The failures are rows of the database (``sign_in_failures``), not a process's memory: every
+API process (``vpsd serve --workers N``, or API hosts behind a load balancer) counts the
+same ones, so more processes give a guesser no more attempts.
+"""
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import OrderedDict, deque
+import hashlib
 from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select
+
+from vpsd.db.base import utcnow
+from vpsd.db.models import SignInFailure
+from vpsd.db.session import Database
+
+
+def key_hash(key: str) -> str:
+    """How ``key`` is stored: its SHA-256, so the table holds no address or typed name."""
+    return hashlib.sha256(key.encode("utf-8", "backslashreplace")).hexdigest()
 
 
 class SignInThrottle:
     """At most ``attempts`` failures per key within ``window`` seconds; then the key is
-    refused until its oldest failure leaves the window.
+    refused until enough of its failures have left the window.
 
-    Counted in this process: behind ``vpsd serve --workers N`` a client gets up to N times
-    the attempts (docs/panel.md). Memory is bounded: at most ``MAX_KEYS`` keys are tracked;
-    beyond, the keys whose last failure is oldest are forgotten first: a key still failing
-    (an account under attack) is kept however many new keys flood in.
+    Rows older than the window are removed whenever a failure is recorded, and a refused key
+    records no more: the table holds at most ``attempts`` rows per key and window.
     """
 
-    MAX_KEYS = 100_000
-
     def __init__(
-        self, attempts: int, window: float, clock: Callable[[], float] = time.monotonic
+        self,
+        db: Database,
+        attempts: int,
+        window: float,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        self.db = db
         self.attempts = attempts
-        self.window = window
+        self.window = timedelta(seconds=window)
         self.clock = clock
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-        """By last failure, oldest first."""
-        self._lock = threading.Lock()
 
     def retry_after(self, *keys: str) -> float:
         """Seconds until every one of ``keys`` may try again; 0 when all may now."""
         now = self.clock()
         wait = 0.0
-        with self._lock:
+        with self.db.read() as session:
             for key in keys:
-                failures = self._recent(key, now)
-                if len(failures) >= self.attempts:
-                    wait = max(wait, failures[0] + self.window - now)
+                recent = session.scalars(
+                    select(SignInFailure.failed_at)
+                    .where(
+                        SignInFailure.key_hash == key_hash(key),
+                        SignInFailure.failed_at > now - self.window,
+                    )
+                    .order_by(SignInFailure.failed_at.desc())
+                    .limit(self.attempts)
+                ).all()
+                if len(recent) >= self.attempts:
+                    # Below the limit again once the oldest of the latest `attempts` leaves.
+                    wait = max(wait, (recent[-1] + self.window - now).total_seconds())
         return wait
 
     def failed(self, *keys: str) -> None:
         """Count a failed sign-in against each of ``keys``."""
         now = self.clock()
-        with self._lock:
-            for key in keys:
-                failures = self._recent(key, now)
-                failures.append(now)
-                self._failures[key] = failures
-                self._failures.move_to_end(key)
-            while len(self._failures) > self.MAX_KEYS:
-                self._failures.popitem(last=False)
+        expired = SignInFailure.failed_at <= now - self.window
+        with self.db.write() as session:
+            session.execute(delete(SignInFailure).where(expired))
+            session.add_all(SignInFailure(key_hash=key_hash(key), failed_at=now) for key in keys)
 
     def succeeded(self, *keys: str) -> None:
         """Forget the failures of ``keys`` (a successful sign-in)."""
-        with self._lock:
-            for key in keys:
-                self._failures.pop(key, None)
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        failures = self._failures.get(key, deque())
-        while failures and failures[0] <= now - self.window:
-            failures.popleft()
-        return failures
+        hashes = [key_hash(key) for key in keys]
+        with self.db.write() as session:
+            session.execute(delete(SignInFailure).where(SignInFailure.key_hash.in_(hashes)))
