@@ -765,12 +765,12 @@ def test_a_new_password_ends_every_session_of_the_account(
     phone = Browser(client)
     assert phone.sign_in("alice", PASSWORD).status_code == 303
     bob = signed_in(client, database, "bob")
-    set_password(database, "alice", "a brand new password")
+    set_password(database, "alice", NEW)
     assert laptop.goes_to_sign_in()
     assert phone.goes_to_sign_in()
     assert bob.get("/servers").status_code == 200  # other accounts' sessions go on
     assert laptop.sign_in("alice", PASSWORD).status_code == 400
-    assert laptop.sign_in("alice", "a brand new password").status_code == 303
+    assert laptop.sign_in("alice", NEW).status_code == 303
 
 
 def test_changing_the_password_signs_out_every_other_browser(
@@ -1117,31 +1117,40 @@ def strict(settings: Settings) -> Settings:
     return settings.model_copy(update={"sign_in_attempts": 3, "sign_in_window_seconds": 300.0})
 
 
-def test_too_many_failures_are_refused_for_a_while_even_with_the_right_password(
+@pytest.fixture
+def strict_panel(
     strict: Settings, fake_driver: FakeDriver, fake_store: FakeBackupStore
-) -> None:
+) -> Iterator[tuple[TestClient, Database]]:
+    """The panel on ``strict`` settings, and its database."""
     with panel_client(strict, fake_driver, fake_store) as http:
         database = Database(strict.effective_database_url)
         try:
-            set_password(database, "alice", PASSWORD)
-            set_password(database, "bob", PASSWORD)
-            visitor = Browser(http)
-            for _ in range(strict.sign_in_attempts):
-                assert visitor.sign_in("alice", "guess-guess").status_code == 400
-            response = visitor.sign_in("alice", PASSWORD)
-            assert response.status_code == 429
-            assert 0 < int(response.headers["Retry-After"]) <= 300
-            assert "Too many failed sign-ins. Try again in 5 minutes." in text_of(response)
-            assert set_cookie_named(response, SESSION_COOKIE) is None
-            assert visitor.goes_to_sign_in()
-            # Counted per client address too: another account from here waits as well, and
-            # an API token does not get around it.
-            assert visitor.sign_in("bob", PASSWORD).status_code == 429
-            _, secret = create_token(database, "bob")
-            assert visitor.sign_in(token=secret).status_code == 429
-            assert world(database)["sessions"] == []
+            yield http, database
         finally:
             database.dispose()
+
+
+def test_too_many_failures_are_refused_for_a_while_even_with_the_right_password(
+    strict: Settings, strict_panel: tuple[TestClient, Database]
+) -> None:
+    http, database = strict_panel
+    set_password(database, "alice", PASSWORD)
+    set_password(database, "bob", PASSWORD)
+    visitor = Browser(http)
+    for _ in range(strict.sign_in_attempts):
+        assert visitor.sign_in("alice", "guess-guess").status_code == 400
+    response = visitor.sign_in("alice", PASSWORD)
+    assert response.status_code == 429
+    assert 0 < int(response.headers["Retry-After"]) <= 300
+    assert "Too many failed sign-ins. Try again in 5 minutes." in text_of(response)
+    assert set_cookie_named(response, SESSION_COOKIE) is None
+    assert visitor.goes_to_sign_in()
+    # Counted per client address too: another account from here waits as well, and
+    # an API token does not get around it.
+    assert visitor.sign_in("bob", PASSWORD).status_code == 429
+    _, secret = create_token(database, "bob")
+    assert visitor.sign_in(token=secret).status_code == 429
+    assert world(database)["sessions"] == []
 
 
 def test_failures_on_one_worker_count_on_every_worker(
@@ -1166,41 +1175,33 @@ def test_failures_on_one_worker_count_on_every_worker(
 
 
 def test_a_success_before_the_limit_clears_the_count(
-    strict: Settings, fake_driver: FakeDriver, fake_store: FakeBackupStore
+    strict: Settings, strict_panel: tuple[TestClient, Database]
 ) -> None:
-    with panel_client(strict, fake_driver, fake_store) as http:
-        database = Database(strict.effective_database_url)
-        try:
-            set_password(database, "alice", PASSWORD)
-            for _ in range(2):
-                visitor = Browser(http)  # signed out: a signed-in browser skips the form
-                for _ in range(strict.sign_in_attempts - 1):
-                    assert visitor.sign_in("alice", "guess-guess").status_code == 400
-                assert visitor.sign_in("alice", PASSWORD).status_code == 303
-        finally:
-            database.dispose()
+    http, database = strict_panel
+    set_password(database, "alice", PASSWORD)
+    for _ in range(2):
+        visitor = Browser(http)  # signed out: a signed-in browser skips the form
+        for _ in range(strict.sign_in_attempts - 1):
+            assert visitor.sign_in("alice", "guess-guess").status_code == 400
+        assert visitor.sign_in("alice", PASSWORD).status_code == 303
 
 
 def test_guessing_the_current_password_is_throttled(
-    strict: Settings, fake_driver: FakeDriver, fake_store: FakeBackupStore
+    strict: Settings, strict_panel: tuple[TestClient, Database]
 ) -> None:
     """A session left open must not let its current password be guessed at speed."""
-    with panel_client(strict, fake_driver, fake_store) as http:
-        database = Database(strict.effective_database_url)
-        try:
-            alice = signed_in(http, database, "alice")
-            before = world(database)
-            guess = {"current_password": "guess-guess", "password": NEW, "password_again": NEW}
-            for _ in range(strict.sign_in_attempts):
-                assert alice.submit("/password", guess).status_code == 400
-            right = {**guess, "current_password": PASSWORD}
-            response = alice.submit("/password", right)
-            assert response.status_code == 429
-            assert "Too many failed sign-ins" in text_of(response)
-            assert int(response.headers["Retry-After"]) > 0
-            assert world(database) == before  # the password and the sessions as they were
-        finally:
-            database.dispose()
+    http, database = strict_panel
+    alice = signed_in(http, database, "alice")
+    before = world(database)
+    guess = {"current_password": "guess-guess", "password": NEW, "password_again": NEW}
+    for _ in range(strict.sign_in_attempts):
+        assert alice.submit("/password", guess).status_code == 400
+    right = {**guess, "current_password": PASSWORD}
+    response = alice.submit("/password", right)
+    assert response.status_code == 429
+    assert "Too many failed sign-ins" in text_of(response)
+    assert int(response.headers["Retry-After"]) > 0
+    assert world(database) == before  # the password and the sessions as they were
 
 
 ODD_VALUES = (
