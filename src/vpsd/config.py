@@ -96,8 +96,8 @@ class Settings(BaseSettings):
     sign_in_attempts: int = Field(default=10, ge=1)
     """Failed panel sign-ins allowed per client address and per account name within
     ``sign_in_window_seconds``; further attempts get 429 until the window has passed."""
-    sign_in_window_seconds: float = Field(default=300.0, gt=0)
-    """The window ``sign_in_attempts`` are counted in."""
+    sign_in_window_seconds: float = Field(default=300.0, gt=0, le=7 * 86400)
+    """The window ``sign_in_attempts`` are counted in (at most a week)."""
 
     access_log: bool = False
     """Log a line per HTTP request. Off by default: clients poll (``--wait`` loops, dashboards)
