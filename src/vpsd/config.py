@@ -86,9 +86,9 @@ class Settings(BaseSettings):
     token_cache_seconds: float = Field(default=2.0, ge=0)
     """Seconds a live token is remembered: a revocation takes effect within this time."""
 
-    web_session_hours: float = Field(default=12.0, gt=0)
+    web_session_hours: float = Field(default=12.0, gt=0, le=366 * 24)
     """How long a web panel sign-in lasts; signing out, a new password or revoking the
-    token signed in with ends it sooner."""
+    token signed in with ends it sooner. At most a year."""
     web_secure_cookies: bool = True
     """Send the panel's cookies with ``Secure``: browsers return them only over HTTPS (and
     to ``localhost``). Set false only to use the panel over plain HTTP on a network you
