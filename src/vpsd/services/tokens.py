@@ -103,6 +103,15 @@ def list_tokens(db: Database, account_name: str | None = None) -> list[TokenInfo
         return [_info(token) for token in session.scalars(query)]
 
 
+def get_token(db: Database, token_id: int, account_id: int) -> TokenInfo:
+    """One of the account's tokens; another's, or an unknown id, is ``NotFound``."""
+    with db.read() as session:
+        token = session.get(ApiToken, token_id)
+        if token is None or token.account_id != account_id:
+            raise NotFound(f"no token with id {token_id}")
+        return _info(token)
+
+
 def revoke_token(db: Database, token_id: int, account_id: int | None = None) -> TokenInfo:
     """Revoke a token at once; revoking a revoked token changes nothing. With ``account_id``
     only that account's token: another's is ``NotFound``, as if it did not exist."""

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from vpsd.schemas import MAX_ID, SshKeyCreate
 from vpsd.services import tokens
-from vpsd.services.errors import DomainError, NotFound
+from vpsd.services.errors import DomainError
 from vpsd.web.render import STATUS_OF_ERROR, FormErrors, PanelRoute, confirm, done, page
 from vpsd.web.servers import ALL, form_dict
 from vpsd.web.session import PanelUser, PanelUserDep, services_of
@@ -117,7 +117,7 @@ def create_api_token(request: Request, user: PanelUserDep) -> Response:
 @router.get("/tokens/{token_id}/revoke")
 def confirm_revoke(request: Request, user: PanelUserDep, token_id: ObjectId) -> Response:
     """Ask before revoking a token."""
-    token = _own_token(request, user, token_id)
+    token = tokens.get_token(services_of(request).db, token_id, user.account_id)
     return confirm(
         request,
         user,
@@ -138,10 +138,3 @@ def revoke(request: Request, user: PanelUserDep, token_id: ObjectId) -> Response
     """Revoke one of the account's tokens."""
     info = tokens.revoke_token(services_of(request).db, token_id, user.account_id)
     return done(request, "/tokens", f"API token {info.prefix}… revoked.")
-
-
-def _own_token(request: Request, user: PanelUser, token_id: int) -> tokens.TokenInfo:
-    for token in tokens.list_tokens(services_of(request).db, user.principal.account_name):
-        if token.id == token_id:
-            return token
-    raise NotFound("token not found")
