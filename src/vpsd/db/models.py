@@ -204,8 +204,8 @@ class WebSession(Base):
 class SignInFailure(Base):
     """A failed panel sign-in, counted against one key (a client address, an account name):
     kept in the database so that every API process counts the same failures
-    (``vpsd.web.throttle``). The key is stored as its SHA-256: no addresses or names typed
-    by strangers in the table."""
+    (``vpsd.web.throttle``). The key is stored as its SHA-256 (``key_hash``), and only for
+    the throttle's window."""
 
     __tablename__ = "sign_in_failures"
     __table_args__ = (

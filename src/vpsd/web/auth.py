@@ -204,7 +204,8 @@ async def change_password_form(
     throttle = _throttle(request)
     wait = await asyncio.to_thread(throttle.retry_after, key)
     if wait > 0:
-        errors = FormErrors(_too_many(wait), {"current_password": _too_many(wait)})
+        message = _too_many(wait)
+        errors = FormErrors(message, {"current_password": message})
         response = await asyncio.to_thread(_password_page, request, user, 429, errors)
         response.headers["Retry-After"] = str(math.ceil(wait))
         return response

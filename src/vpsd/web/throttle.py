@@ -20,7 +20,9 @@ from vpsd.db.session import Database
 
 
 def key_hash(key: str) -> str:
-    """How ``key`` is stored: its SHA-256, so the table holds no address or typed name."""
+    """How ``key`` is stored: its SHA-256, so the table shows no address or typed name at a
+    glance. Unsalted, it is not anonymous (an IPv4 address is found by trying all 2^32): rows
+    live only for the window."""
     return hashlib.sha256(key.encode("utf-8", "backslashreplace")).hexdigest()
 
 
