@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests import qemu_helpers as qh
-from vpsd.hypervisor import command
+from vpsd.core import commands
 from vpsd.hypervisor.base import DriverError, PowerState, StopResult, VmSpec
 from vpsd.hypervisor.qemu import CommandError, QemuDriver, img
 from vpsd.hypervisor.qemu.qmp import qmp_call
@@ -129,7 +129,7 @@ def test_invalid_tags_are_rejected(driver: QemuDriver) -> None:
 
 def test_command_error_carries_stderr(root: Path) -> None:
     with pytest.raises(CommandError) as caught:
-        command.run(["qemu-img", "info", str(root / "missing.qcow2")], timeout=30)
+        commands.run(["qemu-img", "info", str(root / "missing.qcow2")], timeout=30)
     error = caught.value
     assert error.returncode == 1
     assert "missing.qcow2" in error.stderr
@@ -139,11 +139,11 @@ def test_command_error_carries_stderr(root: Path) -> None:
     assert "\n" not in str(error)
 
     with pytest.raises(CommandError, match=r"timed out after 0\.2s") as slow:
-        command.run(["sleep", "5"], timeout=0.2)
+        commands.run(["sleep", "5"], timeout=0.2)
     assert slow.value.returncode is None
 
     with pytest.raises(CommandError, match="program not found"):
-        command.run(["vpsd-no-such-program"], timeout=5)
+        commands.run(["vpsd-no-such-program"], timeout=5)
 
 
 def test_snapshots_from_many_threads(driver: QemuDriver) -> None:
@@ -279,7 +279,7 @@ def test_a_body_error_is_not_masked_when_the_program_is_gone() -> None:
     bytes it wrote are still buffered for a program that is already gone."""
     with (
         pytest.raises(RuntimeError, match="the backup storage went away"),
-        command.streaming(["true"], stdin=subprocess.PIPE, timeout=30) as process,
+        commands.streaming(["true"], stdin=subprocess.PIPE, timeout=30) as process,
     ):
         process.wait()  # exited without reading: flushing to it can only fail
         assert process.stdin is not None

@@ -25,7 +25,7 @@ from vpsd.db.models import Operation, OperationKind, OperationStatus
 from vpsd.db.session import Database
 from vpsd.hypervisor.fake import FakeDriver
 from vpsd.operations.broker import ACTOR, make_broker, pika_url, queue_name
-from vpsd.services.common import enqueue
+from vpsd.operations.outbox import enqueue
 from vpsd.services.images import ImageService
 from vpsd.services.tokens import create_token
 

@@ -28,9 +28,9 @@ from vpsd.db.models import (
 from vpsd.db.session import Database
 from vpsd.hypervisor.fake import FakeDriver
 from vpsd.operations.context import OperationContext
+from vpsd.operations.outbox import enqueue
 from vpsd.operations.recovery import recover
 from vpsd.services import hosts, quotas
-from vpsd.services.common import enqueue
 from vpsd.services.tokens import create_token
 
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")

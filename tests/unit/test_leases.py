@@ -28,8 +28,8 @@ from vpsd.operations import leases
 from vpsd.operations.context import OperationContext
 from vpsd.operations.handlers import execute
 from vpsd.operations.leases import LeaseLost
+from vpsd.operations.outbox import enqueue
 from vpsd.operations.recovery import take_back_expired
-from vpsd.services.common import enqueue
 
 ME = "this-agent"
 

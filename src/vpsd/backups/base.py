@@ -11,10 +11,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO, Protocol
 
-from vpsd.hypervisor.base import DriverError
+from vpsd.core.errors import HostError
 
 
-class BackupStoreError(DriverError):
+class BackupStoreError(HostError):
     """The backup storage failed; ``str(error)`` is fit for the server's owner (full,
     unreachable...), ``detail`` holds the storage's own words for the operator's log."""
 

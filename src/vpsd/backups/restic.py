@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from vpsd.backups.base import BackupStoreError, Progress, SavedDisk, Tags
-from vpsd.hypervisor import command
+from vpsd.core import commands
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class ResticStore:
         with (
             self._access.shared(),
             _storage_errors(),
-            command.streaming(
+            commands.streaming(
                 args,
                 stdin=subprocess.PIPE if fd is None else fd,
                 stdout=subprocess.PIPE,
@@ -116,7 +116,7 @@ class ResticStore:
         args = self._args("dump", snapshot, f"/{filename}")
         with self._access.shared(), _storage_errors():
             fd = _pipe_end(sink)
-            with command.streaming(
+            with commands.streaming(
                 args,
                 stdout=subprocess.PIPE if fd is None else fd,
                 env=self._env(),
@@ -190,8 +190,8 @@ class ResticStore:
             env.pop("RESTIC_PASSWORD_FILE")
             env["RESTIC_PASSWORD"] = password
         try:
-            command.run(self._args("cat", "config"), timeout=COMMAND_TIMEOUT, env=env)
-        except command.CommandError as error:
+            commands.run(self._args("cat", "config"), timeout=COMMAND_TIMEOUT, env=env)
+        except commands.CommandError as error:
             if any(marker in error.stderr for marker in _MISSING):
                 return "missing"
             if password is not None and "wrong password" in error.stderr:
@@ -215,7 +215,7 @@ class ResticStore:
 
         def attempt() -> subprocess.CompletedProcess[str]:
             with access():
-                return command.run(self._args(*args), timeout=COMMAND_TIMEOUT, env=self._env())
+                return commands.run(self._args(*args), timeout=COMMAND_TIMEOUT, env=self._env())
 
         with _storage_errors():
             return _waiting_for_lock(attempt)
@@ -308,11 +308,11 @@ def _write_secret(path: Path, secret: str) -> None:
 def _storage_errors() -> Iterator[None]:
     try:
         yield
-    except command.CommandError as error:
+    except commands.CommandError as error:
         raise _classify(error) from error
 
 
-def _classify(error: command.CommandError) -> BackupStoreError:
+def _classify(error: commands.CommandError) -> BackupStoreError:
     """What the tenant is told; the storage's own words are the operator's."""
     text = f"{error} {error.stderr}".lower()
     if "no space left" in text or "disk quota exceeded" in text:
@@ -343,7 +343,7 @@ def _waiting_for_lock(call: Callable[[], _T]) -> _T:
     while True:
         try:
             return call()
-        except command.CommandError as error:
+        except commands.CommandError as error:
             if "already locked" not in error.stderr or time.monotonic() > deadline:
                 raise
             log.info("the backup repository is locked by another restic; waiting")

@@ -8,8 +8,8 @@ import typer
 from rich.console import Console
 
 from vpsd.config import Settings
+from vpsd.core.errors import HostError
 from vpsd.db.session import Database
-from vpsd.hypervisor.base import DriverError
 from vpsd.hypervisor.images import build, store
 from vpsd.hypervisor.images.recipes import Recipe
 from vpsd.services.images import ImageService
@@ -34,7 +34,7 @@ def build_and_install(
         else:
             built = cached
         installed = store.place(built, settings.images_dir)
-    except DriverError as error:
+    except HostError as error:
         err.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from None
     ImageService(database, settings).register(installed)

@@ -13,15 +13,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Literal, Protocol
 
+from vpsd.core.errors import HostError
 
-class DriverError(Exception):
-    """A hypervisor action failed; ``str(error)`` is a reason fit to show a user.
 
-    ``detail``, when set, is for the operator's log only: QEMU's own words, host resources,
-    paths and pids, which a tenant must never see.
-    """
-
-    detail: str | None = None
+class DriverError(HostError):
+    """A hypervisor action failed; ``str(error)`` is a reason fit to show a user, ``detail``
+    (QEMU's own words, paths, pids) is for the operator's log only (``HostError``)."""
 
 
 class LivenessUnknown(DriverError):

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import delete, update
 
 from vpsd.backups.base import BackupStoreError, SavedDisk
+from vpsd.core.errors import HostError
 from vpsd.db.base import utcnow
 from vpsd.db.models import Backup, BackupStatus, OperationKind, ServerStatus
 from vpsd.hypervisor.base import DriverError
@@ -82,7 +83,7 @@ def _backup_create(ctx: OperationContext, job: Job) -> Result:
     try:
         saved = _store_disks(ctx, job, backup)
     except BaseException:
-        with suppress(DriverError):
+        with suppress(HostError):
             _forget_stored(ctx, backup.uuid)
         raise
     finally:
@@ -158,7 +159,7 @@ def _backup_create_failed(ctx: OperationContext, job: Job, reason: str) -> Resul
     backup = _load(ctx, job)
     if backup is not None:
         # Abandoned without a run, its temporary snapshot may still be on the disks.
-        with suppress(DriverError):
+        with suppress(HostError):
             ctx.driver.snapshot_delete(job.server_id, backup.snapshot_tag)
     return [
         update(Backup)

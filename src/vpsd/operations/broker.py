@@ -32,7 +32,7 @@ from vpsd.db.session import Database
 from vpsd.operations import leases
 from vpsd.operations.context import OperationContext
 from vpsd.operations.runner import run_claimed
-from vpsd.services.hosts import operations_on_host
+from vpsd.operations.scope import operations_on_host
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import joinedload
 
 from vpsd.config import Settings
+from vpsd.core.errors import HostError
 from vpsd.db.base import utcnow
 from vpsd.db.models import (
     Operation,
@@ -268,7 +269,7 @@ def execute(ctx: OperationContext, operation_id: int) -> None:
     started = time.monotonic()
     try:
         result = _run_while_liveness_unknown(ctx, job, run)
-    except DriverError as error:
+    except HostError as error:
         reason = _tenant_reason(job, error)
         log.warning(
             "operation %s (%s) failed: %s%s",
@@ -304,7 +305,7 @@ def _run_while_liveness_unknown(ctx: OperationContext, job: Job, run: Handler) -
     return run(ctx, job)
 
 
-def _tenant_reason(job: Job, error: DriverError) -> str:
+def _tenant_reason(job: Job, error: HostError) -> str:
     """What the server's owner is told: never QEMU's own words on a failed boot, nor the
     error's ``detail``; those are for the log only."""
     if isinstance(error, BootFailed):

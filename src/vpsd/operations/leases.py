@@ -28,7 +28,7 @@ from vpsd.config import Settings
 from vpsd.db.base import utcnow
 from vpsd.db.models import Operation, OperationStatus
 from vpsd.db.session import Database
-from vpsd.services.hosts import operations_on_host
+from vpsd.operations.scope import operations_on_host
 
 _BACK_TO_PENDING = {
     "status": OperationStatus.PENDING,

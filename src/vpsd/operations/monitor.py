@@ -7,13 +7,14 @@ import logging
 
 from sqlalchemy import exists, select, update
 
+from vpsd.core.errors import HostError
 from vpsd.db.base import utcnow
 from vpsd.db.models import Operation, Server, ServerConsole, ServerStatus
-from vpsd.hypervisor.base import DriverError, LivenessUnknown, PowerState, RunState
+from vpsd.hypervisor.base import LivenessUnknown, PowerState, RunState
 from vpsd.operations.context import OperationContext
+from vpsd.operations.outbox import ACTIVE_OPERATION
 from vpsd.operations.periodic import Periodic
-from vpsd.services.common import ACTIVE_OPERATION
-from vpsd.services.hosts import on_host
+from vpsd.operations.scope import on_host
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def reconcile_power_states(ctx: OperationContext, *, running_only: bool = False)
                 "server %s: %s (%s); its status stays %s", server_id, error, error.detail, status
             )
             continue
-        except (DriverError, OSError) as error:
+        except (HostError, OSError) as error:
             log.warning(
                 "server %s: cannot read its VM's state (%s); checked again later", server_id, error
             )
@@ -130,7 +131,7 @@ def trim_consoles(ctx: OperationContext) -> int:
     for server_id in running:
         try:
             trimmed += ctx.driver.trim_console(server_id, ctx.settings.console_log_max_bytes)
-        except (DriverError, OSError) as error:
+        except (HostError, OSError) as error:
             log.warning("server %s: cannot trim its console log: %s", server_id, error)
     return trimmed
 
@@ -144,7 +145,7 @@ def mirror_consoles(ctx: OperationContext, mirrored: dict[int, bytes]) -> int:
     for server_id in running:
         try:
             tail = ctx.driver.console_tail(server_id, CONSOLE_MIRROR_BYTES)
-        except (DriverError, OSError) as error:
+        except (HostError, OSError) as error:
             log.warning("server %s: cannot read its console log: %s", server_id, error)
             continue
         if mirrored.get(server_id) == tail:

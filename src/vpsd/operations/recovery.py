@@ -11,6 +11,7 @@ import logging
 
 from sqlalchemy import exists, select
 
+from vpsd.core.errors import HostError
 from vpsd.db.base import utcnow
 from vpsd.db.models import (
     Backup,
@@ -22,12 +23,12 @@ from vpsd.db.models import (
     Snapshot,
     SnapshotStatus,
 )
-from vpsd.hypervisor.base import DriverError, LivenessUnknown, PowerState
+from vpsd.hypervisor.base import LivenessUnknown, PowerState
 from vpsd.operations import leases
 from vpsd.operations.context import OperationContext
 from vpsd.operations.handlers import abandon
-from vpsd.services.common import ACTIVE_OPERATION, enqueue
-from vpsd.services.hosts import on_host
+from vpsd.operations.outbox import ACTIVE_OPERATION, enqueue
+from vpsd.operations.scope import on_host
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def report_unknown_snapshots(ctx: OperationContext) -> None:
                 for tag in sorted(temporary):
                     log.warning("server %s: deleting leftover backup snapshot %s", server_id, tag)
                     ctx.driver.snapshot_delete(server_id, tag)
-        except DriverError as error:
+        except HostError as error:
             log.warning("server %s: cannot list its snapshots: %s", server_id, error)
             continue
         if stray:

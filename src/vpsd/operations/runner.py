@@ -20,7 +20,7 @@ from vpsd.operations.context import OperationContext
 from vpsd.operations.handlers import abandon, execute
 from vpsd.operations.leases import LeaseLost
 from vpsd.operations.recovery import MAX_ATTEMPTS
-from vpsd.services.hosts import operations_on_host
+from vpsd.operations.scope import operations_on_host
 
 log = logging.getLogger(__name__)
 

@@ -26,11 +26,12 @@ from vpsd.db.models import (
     ServerStatus,
 )
 from vpsd.db.session import Database
+from vpsd.operations.outbox import Dispatcher, enqueue
+from vpsd.operations.scope import on_host
 from vpsd.schemas import BackupPolicy as PolicyRequest
 from vpsd.services.backups import add_backup
-from vpsd.services.common import Dispatcher, enqueue, lock_server
+from vpsd.services.common import lock_server
 from vpsd.services.errors import NotFound
-from vpsd.services.hosts import on_host
 
 log = logging.getLogger(__name__)
 

@@ -21,16 +21,9 @@ from vpsd.db.models import (
     ServerStatus,
 )
 from vpsd.db.session import Database
+from vpsd.operations.outbox import ACTIVE_OPERATION, Dispatcher, enqueue
 from vpsd.schemas import BackupCreate
-from vpsd.services.common import (
-    ACTIVE_OPERATION,
-    Dispatcher,
-    PageRequest,
-    enqueue,
-    ensure_idle,
-    lock_server,
-    transition,
-)
+from vpsd.services.common import PageRequest, ensure_idle, lock_server, transition
 from vpsd.services.errors import InvalidState, LimitReached, NotFound
 from vpsd.services.snapshots import ServerName
 from vpsd.services.states import ServerAction

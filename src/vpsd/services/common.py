@@ -1,4 +1,4 @@
-"""Helpers every service shares: locking a server, queueing an operation, paging.
+"""Helpers every service shares: locking a server, its state transitions, paging.
 
 Helpers never commit: the calling service owns the transaction.
 """
@@ -6,40 +6,14 @@ Helpers never commit: the calling service owns the transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
-from vpsd.db.models import (
-    Operation,
-    OperationKind,
-    OperationStatus,
-    Server,
-    ServerStatus,
-)
+from vpsd.db.models import Operation, Server, ServerStatus
+from vpsd.operations.outbox import ACTIVE_OPERATION, BLOCKING_KINDS
 from vpsd.services.errors import InvalidState, NotFound
 from vpsd.services.states import RESULTING_STATUS, ServerAction, is_allowed, refusal
-
-ACTIVE_OPERATION = (OperationStatus.PENDING, OperationStatus.RUNNING)
-# Kinds that make a server "busy": deleting a snapshot or a backup may queue behind anything.
-BLOCKING_KINDS = tuple(
-    kind
-    for kind in OperationKind
-    if kind not in (OperationKind.SNAPSHOT_DELETE, OperationKind.BACKUP_DELETE)
-)
-
-
-class Dispatcher(Protocol):
-    """The seam between services and whatever executes operations.
-
-    Services call ``notify`` after committing new operations; the in-process runner wakes
-    up, a broker-backed dispatcher would publish them to the hosts' agents.
-    """
-
-    def notify(self) -> None:
-        """Tell the executor that new pending operations were committed."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,25 +76,3 @@ def ensure_idle(session: Session, server: Server) -> None:
         raise InvalidState(
             "another operation on this server is still in progress; try again when it ends"
         )
-
-
-def enqueue(
-    session: Session,
-    kind: OperationKind,
-    server_id: int,
-    *,
-    snapshot_id: int | None = None,
-    backup_id: int | None = None,
-    payload: dict[str, Any] | None = None,
-) -> Operation:
-    """Add a pending operation to the session; it runs after the transaction commits."""
-    operation = Operation(
-        kind=kind,
-        server_id=server_id,
-        snapshot_id=snapshot_id,
-        backup_id=backup_id,
-        status=OperationStatus.PENDING,
-        payload=payload or {},
-    )
-    session.add(operation)
-    return operation

@@ -13,12 +13,12 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from vpsd.config import Settings
 from vpsd.db.base import utcnow
-from vpsd.db.models import Host, HostState, Operation, Server, ServerStatus
+from vpsd.db.models import Host, HostState, Server, ServerStatus
 from vpsd.db.session import Database
 from vpsd.services.errors import LimitReached, NotFound
 from vpsd.services.quotas import (
@@ -233,14 +233,3 @@ class HostService:
             memory_mb=host.memory_mb,
             disk_gb=math.floor(host.disk_gb),
         )
-
-
-def on_host(name: str) -> ColumnElement[bool]:
-    """A condition on ``Server``: the server belongs to host ``name``. A host's runner,
-    recovery and VM monitor act on its own servers only."""
-    return Server.host_id == select(Host.id).where(Host.name == name).scalar_subquery()
-
-
-def operations_on_host(name: str) -> ColumnElement[bool]:
-    """A condition on ``Operation``: its server belongs to host ``name``."""
-    return Operation.server_id.in_(select(Server.id).where(on_host(name)))

@@ -22,9 +22,10 @@ from vpsd.db.models import (
 )
 from vpsd.db.session import Database
 from vpsd.hypervisor.base import Driver
+from vpsd.operations.outbox import Dispatcher, enqueue
 from vpsd.schemas import BLANK_IMAGE, ServerCreate
 from vpsd.services import hosts, quotas, sources, ssh_keys
-from vpsd.services.common import Dispatcher, PageRequest, enqueue, lock_server, transition
+from vpsd.services.common import PageRequest, lock_server, transition
 from vpsd.services.errors import Invalid, InvalidState, NotFound
 from vpsd.services.images import resolve_image
 from vpsd.services.ports import allocate_ssh_port

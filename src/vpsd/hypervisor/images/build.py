@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from vpsd.hypervisor import command
+from vpsd.core import commands
 from vpsd.hypervisor.base import DriverError
 from vpsd.hypervisor.images.recipes import GUEST_FILES, Recipe
 from vpsd.hypervisor.images.store import MANIFEST, BuiltImage, read_build
@@ -235,7 +235,7 @@ def _bootstrap(
         str(tree),
         str(sources_file),
     ]
-    command.run_streaming(args, timeout=BUILD_TIMEOUT, on_line=progress, cwd=work)
+    commands.run_streaming(args, timeout=BUILD_TIMEOUT, on_line=progress, cwd=work)
 
 
 def _extract_boot_files(tree: Path, output: Path) -> None:
@@ -250,13 +250,13 @@ def _extract_boot_files(tree: Path, output: Path) -> None:
 def _make_disk(recipe: Recipe, tree: Path, work: Path, output: Path, progress: Progress) -> None:
     raw = work / "disk.raw"
     progress(f"making a {recipe.min_disk_gb} GiB ext4 root filesystem from the tree")
-    command.run(
+    commands.run(
         ["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(tree), str(raw),
          f"{recipe.min_disk_gb}G"],
         timeout=STEP_TIMEOUT,
     )  # fmt: skip
     progress("compressing it into a qcow2 image (zstd)")
-    command.run(
+    commands.run(
         ["qemu-img", "convert", "-q", "-c", "-f", "raw", "-O", "qcow2",
          "-o", "compression_type=zstd", str(raw), str(output / "disk.qcow2")],
         timeout=STEP_TIMEOUT,

@@ -1,6 +1,6 @@
 """The QEMU driver: qemu-system processes, qcow2 disks, internal snapshots, QMP."""
 
-from vpsd.hypervisor.command import CommandError
+from vpsd.core.commands import CommandError
 from vpsd.hypervisor.qemu.driver import QemuDriver
 
 __all__ = ["CommandError", "QemuDriver"]

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from vpsd.hypervisor import command
+from vpsd.core import commands
 from vpsd.hypervisor.base import DiskInfo, DriverError, VmSpec
 from vpsd.hypervisor.qemu import disk_stream, img, process
 from vpsd.hypervisor.qemu.driver_base import DriverBase
@@ -103,7 +103,7 @@ def _stream_errors(reason: str) -> Iterator[None]:
     """A failed disk stream as the tenant may read it; nbdcopy's words (paths) are logged."""
     try:
         yield
-    except command.CommandError as exc:
+    except commands.CommandError as exc:
         error = DriverError(f"{reason} (the operator's log has the details)")
         error.detail = str(exc)
         raise error from exc

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from vpsd.hypervisor import command
+from vpsd.core import commands
 from vpsd.hypervisor.qemu import img
 
 NBDCOPY = "nbdcopy"
@@ -49,7 +49,7 @@ def snapshot_reader(disk: Path, tag: str, *, timeout: float) -> Iterator[IO[byte
         "]",
         "-",
     ]
-    with command.streaming(args, stdout=subprocess.PIPE, timeout=timeout) as process:
+    with commands.streaming(args, stdout=subprocess.PIPE, timeout=timeout) as process:
         assert process.stdout is not None
         yield process.stdout
 
@@ -73,7 +73,7 @@ def disk_writer(disk: Path, *, timeout: float) -> Iterator[IO[bytes]]:
         str(disk),
         "]",
     ]
-    with command.streaming(args, stdin=subprocess.PIPE, timeout=timeout) as process:
+    with commands.streaming(args, stdin=subprocess.PIPE, timeout=timeout) as process:
         assert process.stdin is not None
         yield process.stdin
 
@@ -92,6 +92,6 @@ def clone_snapshot(
     if backing is not None:
         # Relative, as ``img.create`` records it, so that the data dir can move.
         args += ["-B", os.path.relpath(backing, target.parent), "-F", "qcow2"]
-    command.run(
+    commands.run(
         [*args, str(source.absolute()), str(target.absolute())], timeout=timeout, cwd=target.parent
     )

@@ -15,6 +15,7 @@ from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
 
+from vpsd.core.errors import HostError
 from vpsd.hypervisor.base import (
     BootFailed,
     Consistency,
@@ -95,7 +96,7 @@ class QemuDriver(DiskCopies):
                 self._wait_running(spec.server_id, paths)
             except (LivenessUnknown, BootFailed):
                 raise
-            except DriverError as exc:
+            except HostError as exc:
                 raise BootFailed(str(exc)) from exc
 
     def stop(self, server_id: int, timeout: float) -> StopResult:
@@ -398,7 +399,7 @@ class QemuDriver(DiskCopies):
             for disk in disks:
                 try:
                     img.snapshot_create(disk, tag, timeout=self.command_timeout)
-                except DriverError as exc:
+                except HostError as exc:
                     raise DriverError(f"snapshot {tag!r} failed: {exc}") from exc
                 undo.callback(self._undo_create, disk, tag)
             undo.pop_all()

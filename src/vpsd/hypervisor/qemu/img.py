@@ -1,4 +1,4 @@
-"""Typed wrappers around ``qemu-img`` (always through ``command.run``, JSON output parsed).
+"""Typed wrappers around ``qemu-img`` (always through ``commands.run``, JSON output parsed).
 
 ``force_share`` adds ``-U``: needed to *read* an image a running VM holds locked. It is
 never used for writes, which QEMU must do itself (over QMP) while the VM runs. A command
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vpsd.hypervisor import command
+from vpsd.core import commands
 from vpsd.hypervisor.base import DriverError
 from vpsd.hypervisor.qemu import qcow2
 
@@ -25,7 +25,7 @@ QEMU_IMG = "qemu-img"
 LOCK_WAIT = 60.0
 """Seconds a command waits for an image another process holds before failing.
 
-``qemu-img`` runs in its own session (see ``command.run``), so a vpsd killed mid-command
+``qemu-img`` runs in its own session (see ``commands.run``), so a vpsd killed mid-command
 leaves it running; the rerun of the interrupted operation must wait for it to finish.
 """
 _LOCK_POLL = 0.2
@@ -49,7 +49,7 @@ def check_tag(tag: str) -> str:
 _T = TypeVar("_T")
 
 
-def _is_lock_conflict(error: command.CommandError) -> bool:
+def _is_lock_conflict(error: commands.CommandError) -> bool:
     return 'Failed to get "write" lock' in error.stderr or (
         'Failed to get shared "write" lock' in error.stderr
     )
@@ -62,18 +62,18 @@ def _waiting_for_lock(call: Callable[[], _T]) -> _T:
     while True:
         try:
             return call()
-        except command.CommandError as error:
+        except commands.CommandError as error:
             if not _is_lock_conflict(error) or time.monotonic() >= deadline:
                 raise
         time.sleep(_LOCK_POLL)
 
 
 def _run(args: list[str], *, timeout: float) -> None:
-    _waiting_for_lock(lambda: command.run(args, timeout=timeout))
+    _waiting_for_lock(lambda: commands.run(args, timeout=timeout))
 
 
 def _run_json(args: list[str], *, timeout: float) -> Any:
-    return _waiting_for_lock(lambda: command.run_json(args, timeout=timeout))
+    return _waiting_for_lock(lambda: commands.run_json(args, timeout=timeout))
 
 
 def create(path: Path, size_bytes: int, *, backing: Path | None = None, timeout: float) -> None:
@@ -95,7 +95,7 @@ def create(path: Path, size_bytes: int, *, backing: Path | None = None, timeout:
     partial = path.with_name(f".{path.name}.partial")
     partial.unlink(missing_ok=True)
     try:
-        command.run([*args, str(partial), str(size_bytes)], timeout=timeout, cwd=path.parent)
+        commands.run([*args, str(partial), str(size_bytes)], timeout=timeout, cwd=path.parent)
         _fsync(partial)
         partial.replace(path)
         _fsync(path.parent)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vpsd.hypervisor import command
+from vpsd.core import commands
 from vpsd.hypervisor.base import DriverError, LivenessUnknown, VmSpec
 
 QEMU_SYSTEM = "qemu-system-x86_64"
@@ -248,8 +248,8 @@ def launch(spec: VmSpec, paths: ServerPaths, disks: list[Path], accel: str, time
     write_guest_config(spec, paths)
     args = build_command(spec, paths, disks, accel)
     try:
-        result = command.run(args, timeout=timeout, cwd=paths.folder)
-    except command.CommandError as exc:
+        result = commands.run(args, timeout=timeout, cwd=paths.folder)
+    except commands.CommandError as exc:
         paths.qemu_log.write_text(exc.stderr)
         raise
     paths.qemu_log.write_text(result.stderr)

@@ -1,5 +1,5 @@
 """The one chokepoint through which vpsd runs external programs (qemu-img, qemu-system,
-mmdebstrap...).
+mmdebstrap, restic, nbdcopy...).
 
 No shell is ever involved, every call has a timeout, and every failure becomes a
 ``CommandError`` whose message names the program and quotes its stderr, so the reason can be
@@ -21,14 +21,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from vpsd.hypervisor.base import DriverError
+from vpsd.core.errors import HostError
 
 # Commands run with a fixed, C locale so error messages are stable English text, while
 # keeping PATH (tests and packagers rely on it to find the qemu binaries).
 _ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "LANG": "C"}
 
 
-class CommandError(DriverError):
+class CommandError(HostError):
     """An external command failed or timed out.
 
     ``command`` is the argument vector (named so because ``BaseException.args`` is taken:
@@ -115,48 +115,22 @@ def run_streaming(
 
     For work that takes minutes and should show progress (an image build). stdout and
     stderr are merged; the last lines are kept for the ``CommandError`` raised when the
-    program is missing, exits non-zero or runs longer than ``timeout`` (it is killed then).
+    program is missing, exits non-zero or runs longer than ``timeout`` (it is killed then,
+    with what it started). Like ``streaming``'s programs, it dies with vpsd.
     """
-    if not args:
-        raise ValueError("run_streaming() needs a command")
     name = _name(args)
     tail: collections.deque[str] = collections.deque(maxlen=40)
-    try:
-        process = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            cwd=cwd,
-            env=_ENV,
-            close_fds=True,
-            start_new_session=True,
-        )
-    except FileNotFoundError as exc:
-        raise CommandError(args, None, "", f"{name} failed: program not found ({exc})") from exc
-    # A watchdog rather than a deadline check per line: a silent, hung command is killed too.
-    timed_out = threading.Event()
-
-    def expire() -> None:
-        timed_out.set()
-        process.kill()
-
-    timer = threading.Timer(timeout, expire)
-    timer.start()
-    try:
+    with _watched(args, timeout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd) as (
+        process,
+        timed_out,
+    ):
         assert process.stdout is not None
-        for raw in process.stdout:
-            line = raw.rstrip("\n")
-            tail.append(line)
-            on_line(line)
+        with process.stdout:
+            for raw in process.stdout:
+                line = raw.decode(errors="replace").rstrip("\n")
+                tail.append(line)
+                on_line(line)
         returncode = process.wait()
-    finally:
-        timer.cancel()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     output = "\n".join(tail)
     if timed_out.is_set():
         raise CommandError(args, None, output, f"{name} timed out after {timeout:g}s")
@@ -216,23 +190,76 @@ def streaming(
     commands, it dies with vpsd (``PR_SET_PDEATHSIG``: Linux sends it SIGKILL when the thread
     that started it ends).
     """
-    if not args:
-        raise ValueError("streaming() needs a command")
     name = _name(args)
+    stderr_lines: list[bytes] = []
+    with _watched(
+        args,
+        timeout,
+        stdin=subprocess.DEVNULL if stdin is None else stdin,
+        stdout=subprocess.DEVNULL if stdout is None else stdout,
+        stderr=subprocess.PIPE,
+        env=env,
+    ) as (process, timed_out):
+        reader = threading.Thread(target=_drain, args=(process, stderr_lines), daemon=True)
+        reader.start()
+        try:
+            yield process
+        except BaseException:
+            _kill_group(process)  # before waiting for it below
+            raise
+        finally:
+            for pipe in (process.stdin, process.stdout):
+                if pipe is not None:
+                    # Bytes still buffered for a program that died (killed, or failed) cannot
+                    # be flushed: its exit status says what happened, and the body's own error
+                    # must not be masked by a BrokenPipeError.
+                    with contextlib.suppress(BrokenPipeError):
+                        pipe.close()
+            returncode = process.wait()
+            # A child the program started (nbdcopy's qemu-nbd) may hold stderr open after it.
+            reader.join(timeout=10.0)
+    stderr = b"".join(stderr_lines).decode(errors="replace")
+    if timed_out.is_set():
+        raise CommandError(args, None, stderr, f"{name} timed out after {timeout:g}s")
+    if returncode != 0:
+        detail = _one_line(stderr)[-2000:] or "no error output"
+        raise CommandError(args, returncode, stderr, f"{name} failed (exit {returncode}): {detail}")
+
+
+@contextmanager
+def _watched(
+    args: list[str],
+    timeout: float,
+    *,
+    stdin: int | IO[bytes] = subprocess.DEVNULL,
+    stdout: int | IO[bytes] = subprocess.DEVNULL,
+    stderr: int = subprocess.PIPE,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[tuple[subprocess.Popen[bytes], threading.Event]]:
+    """Start ``args`` (no shell, its own session, dying with vpsd) under a watchdog that
+    kills it and what it started after ``timeout`` seconds; yield it and the event set when
+    the watchdog fired. When the body raises, the program is killed likewise. The body waits
+    for the program."""
+    if not args:
+        raise ValueError("a command is needed")
     try:
         process = subprocess.Popen(
             args,
-            stdin=subprocess.DEVNULL if stdin is None else stdin,
-            stdout=subprocess.DEVNULL if stdout is None else stdout,
-            stderr=subprocess.PIPE,
-            cwd="/",
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            cwd=cwd or "/",
             env={**_ENV, **(env or {})},
             close_fds=True,
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
     except FileNotFoundError as exc:
-        raise CommandError(args, None, "", f"{name} failed: program not found ({exc})") from exc
+        raise CommandError(
+            args, None, "", f"{_name(args)} failed: program not found ({exc})"
+        ) from exc
+    # A watchdog rather than a deadline check per read: a silent, hung program is killed too.
     timed_out = threading.Event()
 
     def expire() -> None:
@@ -242,34 +269,16 @@ def streaming(
     timer = threading.Timer(timeout, expire)
     timer.daemon = True
     timer.start()
-    stderr_lines: list[bytes] = []
-    reader = threading.Thread(target=_drain, args=(process, stderr_lines), daemon=True)
-    reader.start()
     try:
-        yield process
+        yield process, timed_out
     except BaseException:
         _kill_group(process)
         raise
     finally:
-        for pipe in (process.stdin, process.stdout):
-            if pipe is not None:
-                # Bytes still buffered for a program that died (killed above, or failed)
-                # cannot be flushed: its exit status says what happened, and the body's own
-                # error must not be masked by a BrokenPipeError.
-                with contextlib.suppress(BrokenPipeError):
-                    pipe.close()
-        try:
-            returncode = process.wait()
-        finally:
-            timer.cancel()
-        # A child the program started (nbdcopy's qemu-nbd) may hold stderr open after it.
-        reader.join(timeout=10.0)
-    stderr = b"".join(stderr_lines).decode(errors="replace")
-    if timed_out.is_set():
-        raise CommandError(args, None, stderr, f"{name} timed out after {timeout:g}s")
-    if returncode != 0:
-        detail = _one_line(stderr)[-2000:] or "no error output"
-        raise CommandError(args, returncode, stderr, f"{name} failed (exit {returncode}): {detail}")
+        timer.cancel()
+        if process.poll() is None:
+            _kill_group(process)
+            process.wait()
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:

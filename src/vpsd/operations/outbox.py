@@ -1,0 +1,55 @@
+"""The outbox: how work is queued as durable ``Operation`` rows, and the seam to whatever
+runs them.
+
+A service adds an operation in the same transaction as the state change it belongs to
+(``enqueue``), and after the commit tells the ``Dispatcher``: the embedded agent's runner
+wakes, or an API process's publisher sends it to its host's queue on the broker
+(``vpsd.operations.publisher``). Helpers here never commit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session
+
+from vpsd.db.models import Operation, OperationKind, OperationStatus
+
+ACTIVE_OPERATION = (OperationStatus.PENDING, OperationStatus.RUNNING)
+BLOCKING_KINDS = tuple(
+    kind
+    for kind in OperationKind
+    if kind not in (OperationKind.SNAPSHOT_DELETE, OperationKind.BACKUP_DELETE)
+)
+"""Kinds that make a server "busy": deleting a snapshot or a backup may queue behind anything."""
+
+
+class Dispatcher(Protocol):
+    """The seam between services and whatever executes operations: services call
+    ``notify`` after committing new operations."""
+
+    def notify(self) -> None:
+        """Tell the executor that new pending operations were committed."""
+        ...
+
+
+def enqueue(
+    session: Session,
+    kind: OperationKind,
+    server_id: int,
+    *,
+    snapshot_id: int | None = None,
+    backup_id: int | None = None,
+    payload: dict[str, Any] | None = None,
+) -> Operation:
+    """Add a pending operation to the session; it runs after the transaction commits."""
+    operation = Operation(
+        kind=kind,
+        server_id=server_id,
+        snapshot_id=snapshot_id,
+        backup_id=backup_id,
+        status=OperationStatus.PENDING,
+        payload=payload or {},
+    )
+    session.add(operation)
+    return operation
