@@ -43,7 +43,7 @@ ENDED = ("completed", "failed:", "crashed", "lease was taken back", "could not b
 
 def broker_available() -> bool:
     """RabbitMQ answers at ``BROKER_URL``."""
-    from vpsd.operations.broker import pika_url
+    from vpsd.operations.publisher import pika_url
 
     try:
         pika.BlockingConnection(pika.URLParameters(pika_url(BROKER_URL))).close()
@@ -292,7 +292,7 @@ def assert_never_twice_at_once(runs: list[Execution]) -> None:
 
 def delete_queues(names: list[str]) -> None:
     """Delete queues (and Dramatiq's delay and dead-letter queues beside them)."""
-    from vpsd.operations.broker import pika_url
+    from vpsd.operations.publisher import pika_url
 
     with suppress(pika.exceptions.AMQPError):
         connection = pika.BlockingConnection(pika.URLParameters(pika_url(BROKER_URL)))

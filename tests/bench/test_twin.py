@@ -18,11 +18,11 @@ from bench.twin import Twin
 from fastapi.testclient import TestClient
 from sqlalchemy import insert, select
 
-from vpsd.api.app import create_app
 from vpsd.config import Settings
 from vpsd.db import migrate
 from vpsd.db.models import Account, Server, Snapshot
 from vpsd.db.session import Database
+from vpsd.runtime.app import create_app
 from vpsd.services.tokens import create_token, revoke_token
 
 SERVERS = 30

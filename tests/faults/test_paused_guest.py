@@ -25,10 +25,10 @@ from tests import qemu_helpers as qh
 from tests.faults.conftest import SmallFs, _mount_tmpfs, _require_root, _umount
 from tests.helpers import ApiClient, wait_for
 from tests.live_server import LiveServer
+from vpsd.agent.monitor import DISK_FULL
 from vpsd.config import default_image_cache_dir
 from vpsd.hypervisor.images import recipes, store
 from vpsd.hypervisor.qemu.guest_agent import GuestAgent, GuestAgentError
-from vpsd.operations.monitor import DISK_FULL
 
 pytestmark = [pytest.mark.e2e, pytest.mark.qemu, pytest.mark.guest, qh.requires_qemu]
 

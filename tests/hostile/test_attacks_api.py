@@ -37,12 +37,12 @@ from tests.helpers import ApiClient, wait_for
 from tests.hostile.test_hostile_input import World, assert_error
 from tests.live_server import LiveServer
 from tests.qemu_helpers import short_tmpdir
-from vpsd.api.app import create_app
 from vpsd.api.docs import ASSETS
 from vpsd.api.openapi import OPERATION_ID
 from vpsd.config import Settings
 from vpsd.db.session import Database
 from vpsd.hypervisor.fake import FakeDriver
+from vpsd.runtime.app import create_app
 from vpsd.schemas import MAX_ID
 from vpsd.services.tokens import create_token
 

@@ -30,7 +30,7 @@ from tests import qemu_helpers as qh
 from tests.conftest import fresh_pg_database
 from tests.helpers import wait_for
 from tests.live_server import VPSD, LiveServer, free_port
-from vpsd import serving
+from vpsd.runtime import instance
 
 pytestmark = pytest.mark.e2e
 
@@ -419,11 +419,11 @@ def test_postgresql_advisory_lock_refuses_a_second_instance(
     same database and data dir path is refused (the flock cannot see it). The test process
     holds that lock in its place."""
     with fresh_pg_database() as url:
-        holder = serving.lock_database(url, scratch)
+        holder = instance.lock_database(url, scratch)
         assert holder is not None
         try:
-            with pytest.raises(serving.StartupError, match="is in use on database"):
-                serving.lock_database(url, scratch)
+            with pytest.raises(instance.StartupError, match="is in use on database"):
+                instance.lock_database(url, scratch)
             server = LiveServer(scratch, database_url=url, driver="fake")
             refused = _second_serve(server, free_port())
             assert refused.returncode == 1, refused.stderr
@@ -433,8 +433,8 @@ def test_postgresql_advisory_lock_refuses_a_second_instance(
             assert f"database {url} by" in message
         finally:
             holder.close()
-        with pytest.raises(serving.StartupError) as refused_connection:
-            serving.lock_database("postgresql://vpsd:secret@127.0.0.1:1/vpsd", scratch)
+        with pytest.raises(instance.StartupError) as refused_connection:
+            instance.lock_database("postgresql://vpsd:secret@127.0.0.1:1/vpsd", scratch)
         assert str(refused_connection.value).startswith(
             "cannot lock the database postgresql://vpsd:***@127.0.0.1:1/vpsd: "
         )

@@ -29,13 +29,13 @@ from fastapi.testclient import TestClient
 
 from tests.helpers import ApiClient, NoDispatch, wait_for
 from tests.unit.conftest import account_token
-from vpsd.api.app import create_app
 from vpsd.config import Settings
 from vpsd.db.models import Account, Operation, OperationKind, Server, ServerStatus, Snapshot
 from vpsd.db.session import Database
 from vpsd.hypervisor.base import BootFailed
 from vpsd.hypervisor.fake import FakeDriver
 from vpsd.operations import handlers, monitor
+from vpsd.runtime.app import create_app
 from vpsd.schemas import ServerCreate
 from vpsd.services import quotas
 from vpsd.services.errors import DomainError, InvalidState

@@ -27,10 +27,10 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.helpers import ApiClient, write_fake_image
 from tests.qemu_helpers import short_tmpdir
-from vpsd.api.app import create_app
 from vpsd.config import Settings
 from vpsd.db.session import Database
 from vpsd.hypervisor.fake import FakeDriver
+from vpsd.runtime.app import create_app
 from vpsd.services.tokens import create_token
 
 MAX_EXAMPLES = int(os.environ.get("VPSD_FUZZ_EXAMPLES", "100"))

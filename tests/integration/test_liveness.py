@@ -26,12 +26,12 @@ from fastapi.testclient import TestClient
 
 from tests import qemu_helpers as qh
 from tests.helpers import ApiClient, wait_for
-from vpsd.api.app import create_app
 from vpsd.config import Settings
 from vpsd.db.session import Database
 from vpsd.hypervisor.base import LivenessUnknown, PowerState, VmSpec
 from vpsd.hypervisor.qemu import QemuDriver
 from vpsd.operations import handlers
+from vpsd.runtime.app import create_app
 from vpsd.services import quotas
 from vpsd.services.tokens import create_token
 

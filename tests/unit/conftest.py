@@ -11,11 +11,11 @@ from tests.helpers import ApiClient
 
 # The vpsctl tests' fixtures (run, and the transport it sends through), for every unit test.
 from tests.unit.vpsctl_harness import run, sent, transport  # noqa: F401
-from vpsd.api.app import create_app
 from vpsd.backups.fake import FakeBackupStore
 from vpsd.config import Settings
 from vpsd.db.session import Database
 from vpsd.hypervisor.fake import FakeDriver
+from vpsd.runtime.app import create_app
 from vpsd.services.tokens import create_token
 
 

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.helpers import ApiClient, snapshot_tag, wait_for
+from vpsd.agent.recovery import recover
 from vpsd.backups import same_filesystem_warning
 from vpsd.backups.fake import FakeBackupStore
 from vpsd.config import Settings
@@ -17,7 +18,6 @@ from vpsd.db.models import Backup, BackupStatus, BackupType, Server
 from vpsd.db.session import Database
 from vpsd.hypervisor.fake import FakeDriver
 from vpsd.operations.context import OperationContext
-from vpsd.operations.recovery import recover
 
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 BACKUP_KEYS = {

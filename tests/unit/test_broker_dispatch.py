@@ -16,16 +16,16 @@ from sqlalchemy import select
 
 from tests.cluster import BROKER_URL, delete_queues, require_broker
 from tests.helpers import ApiClient, wait_for, write_fake_image
-from vpsd.agent import HostAgent
-from vpsd.api.app import create_app
+from vpsd.agent.host_agent import HostAgent
 from vpsd.backups.fake import FakeBackupStore
 from vpsd.config import Settings
 from vpsd.db.base import utcnow
 from vpsd.db.models import Operation, OperationKind, OperationStatus
 from vpsd.db.session import Database
 from vpsd.hypervisor.fake import FakeDriver
-from vpsd.operations.broker import ACTOR, make_broker, pika_url, queue_name
 from vpsd.operations.outbox import enqueue
+from vpsd.operations.publisher import ACTOR, make_broker, pika_url, queue_name
+from vpsd.runtime.app import create_app
 from vpsd.services.images import ImageService
 from vpsd.services.tokens import create_token
 

@@ -14,10 +14,10 @@ from fastapi.testclient import TestClient
 
 from tests.helpers import ApiClient, write_fake_image
 from tests.unit.conftest import account_token
-from vpsd.api.app import create_app
 from vpsd.backups.fake import FakeBackupStore
 from vpsd.config import Settings
 from vpsd.hypervisor.fake import FakeDriver
+from vpsd.runtime.app import create_app
 
 IMAGE_KEYS = {"id", "slug", "name", "os", "size_mb", "min_disk_gb", "min_memory_mb", "status"}
 
@@ -331,9 +331,9 @@ def test_a_newer_build_replaces_the_older_for_new_servers(
 def test_a_guest_flooding_its_console_cannot_fill_the_host(
     alice: ApiClient, fake_driver: FakeDriver, settings: Settings
 ) -> None:
+    from vpsd.agent.monitor import trim_consoles
     from vpsd.db.session import Database
     from vpsd.operations.context import OperationContext
-    from vpsd.operations.monitor import trim_consoles
 
     sid = alice.create_server(image="debian-12", disk_gb=2)["id"]
     fake_driver.write_console(sid, b"x" * settings.console_log_max_bytes + b"the end\n")

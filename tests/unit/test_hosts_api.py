@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.helpers import ApiClient
+from vpsd.agent.recovery import recover
 from vpsd.backups.fake import FakeBackupStore
 from vpsd.config import Settings
 from vpsd.db.base import utcnow
@@ -29,7 +30,6 @@ from vpsd.db.session import Database
 from vpsd.hypervisor.fake import FakeDriver
 from vpsd.operations.context import OperationContext
 from vpsd.operations.outbox import enqueue
-from vpsd.operations.recovery import recover
 from vpsd.services import hosts, quotas
 from vpsd.services.tokens import create_token
 

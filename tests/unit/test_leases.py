@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
+from vpsd.agent.recovery import take_back_expired
 from vpsd.backups.fake import FakeBackupStore
 from vpsd.config import Settings
 from vpsd.db.base import utcnow
@@ -29,7 +30,6 @@ from vpsd.operations.context import OperationContext
 from vpsd.operations.handlers import execute
 from vpsd.operations.leases import LeaseLost
 from vpsd.operations.outbox import enqueue
-from vpsd.operations.recovery import take_back_expired
 
 ME = "this-agent"
 

@@ -205,7 +205,7 @@ WORKER = textwrap.dedent(
     import json, sys
     from pathlib import Path
     from fastapi.testclient import TestClient
-    from vpsd.api.app import create_app
+    from vpsd.runtime.app import create_app
     from vpsd.backups.fake import FakeBackupStore
     from vpsd.config import Settings
     from vpsd.hypervisor.fake import FakeDriver

@@ -26,7 +26,6 @@ from typer.testing import CliRunner
 
 from tests.helpers import ApiClient, wait_for
 from tests.unit.vpsctl_harness import new_key
-from vpsd.api.app import create_app
 from vpsd.backups.fake import FakeBackupStore
 from vpsd.cli import vpsd as vpsd_cli
 from vpsd.config import Settings
@@ -43,6 +42,7 @@ from vpsd.db.models import (
 )
 from vpsd.db.session import Database
 from vpsd.hypervisor.fake import FakeDriver
+from vpsd.runtime.app import create_app
 from vpsd.services import web_sessions
 from vpsd.services.tokens import create_token, list_tokens, revoke_token
 from vpsd.services.web_sessions import set_password

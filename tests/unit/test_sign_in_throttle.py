@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from vpsd.db.models import SignInFailure
 from vpsd.db.session import Database
-from vpsd.web.throttle import SignInThrottle
+from vpsd.services.sign_in_throttle import SignInThrottle
 
 
 class Clock:

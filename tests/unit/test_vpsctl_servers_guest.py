@@ -16,11 +16,11 @@ from fastapi.testclient import TestClient
 
 from tests.helpers import ApiClient, write_fake_image
 from tests.unit.vpsctl_harness import BASE, Run, one_error_line
-from vpsd.api.app import create_app
 from vpsd.cli import vpsctl_servers
 from vpsd.client import Client
 from vpsd.config import Settings
 from vpsd.hypervisor.fake import FakeDriver
+from vpsd.runtime.app import create_app
 
 
 @pytest.fixture

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BeforeValidator
 
-from vpsd.config import Settings
-from vpsd.db.session import Database
-from vpsd.services.backup_policies import BackupPolicyService
-from vpsd.services.backups import BackupService
 from vpsd.services.common import PageRequest
-from vpsd.services.hosts import HostService
-from vpsd.services.images import ImageService
-from vpsd.services.servers import ServerService
-from vpsd.services.snapshots import SnapshotService
-from vpsd.services.ssh_keys import SshKeyService
-from vpsd.services.tokens import Principal, TokenAuthenticator
+from vpsd.services.container import Services
+from vpsd.services.tokens import Principal
 
 MAX_PAGE_SIZE = 1000
 
@@ -41,24 +32,8 @@ DecimalId = Annotated[int, DIGITS_ONLY]
 """An id in a path or query string: ASCII digits only, then an int."""
 
 
-@dataclass(frozen=True, slots=True)
-class Services:
-    """What the app builds once at start-up and every request shares."""
-
-    settings: Settings
-    db: Database
-    servers: ServerService
-    images: ImageService
-    snapshots: SnapshotService
-    backups: BackupService
-    backup_policies: BackupPolicyService
-    ssh_keys: SshKeyService
-    hosts: HostService
-    authenticate: TokenAuthenticator
-
-
 async def get_services(request: Request) -> Services:
-    """The app's services (set by ``vpsd.api.app.create_app``)."""
+    """The app's services (set by ``vpsd.api.app.build_api``)."""
     services: Services = request.app.state.services
     return services
 

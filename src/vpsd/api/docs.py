@@ -17,6 +17,8 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import HTMLResponse
 
+from vpsd.csp import content_security_policy
+
 ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png")
 """The files the docs page loads, all from ``/api/v1/docs/static/``."""
 
@@ -24,28 +26,6 @@ ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png")
 def assets_dir() -> Path:
     """The folder holding ``ASSETS``, inside the installed ``fastapi_offline`` package."""
     return Path(str(files("fastapi_offline") / "static"))
-
-
-def content_security_policy(nonce: str | None = None) -> str:
-    """The CSP of vpsd's pages (these docs, the web panel): their own origin only, no inline
-    style, and inline script only with ``nonce`` (none without one).
-
-    Swagger UI's stylesheet embeds its icons as ``data:`` images; its requests (the document,
-    "Try it out") go to this origin.
-    """
-    return "; ".join(
-        [
-            "default-src 'self'",
-            f"script-src 'self' 'nonce-{nonce}'" if nonce else "script-src 'self'",
-            "style-src 'self'",
-            "img-src 'self' data:",
-            "connect-src 'self'",
-            "object-src 'none'",
-            "base-uri 'none'",
-            "form-action 'self'",
-            "frame-ancestors 'none'",
-        ]
-    )
 
 
 def install_docs(app: FastAPI, docs_url: str, openapi_url: str) -> None:

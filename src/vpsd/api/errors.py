@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vpsd.schemas import ErrorBody, FieldError
 from vpsd.services.errors import DomainError, Invalid, InvalidState, LimitReached, NotFound
+from vpsd.validation import validation_message
 
 log = logging.getLogger(__name__)
 
@@ -40,38 +41,8 @@ def error_response(
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
-class OversizedInteger:
-    """What strict JSON parsing reads in place of an integer literal too long to convert
-    (``vpsd.api.strict_json``): no field accepts it, and its error names the field."""
-
-    def __init__(self, digits: int) -> None:
-        self.digits = digits
-
-    def __repr__(self) -> str:
-        return f"<integer of {self.digits} digits>"
-
-
 def _field_name(location: Sequence[Any]) -> str:
     return ".".join(str(part) for part in location) or "body"
-
-
-def validation_message(error: dict[str, Any]) -> str:
-    kind = error.get("type", "")
-    if kind == "json_invalid":
-        reason = error.get("ctx", {}).get("error", "")
-        return f"malformed JSON: {reason}" if reason else "malformed JSON"
-    if kind == "extra_forbidden":
-        return "unknown field"
-    if isinstance(error.get("input"), OversizedInteger):
-        return f"integer too large ({error['input'].digits} digits)"
-    if kind == "missing":
-        return "this field is required"
-    if kind == "value_error":
-        # pydantic prefixes our validators' messages with "Value error, ".
-        return str(error.get("ctx", {}).get("error", "invalid value"))
-    if kind == "string_pattern_mismatch":
-        return "only letters A-Z a-z, digits, '-' and '_' are allowed"
-    return str(error.get("msg", "invalid value"))
 
 
 def validation_errors(exc: RequestValidationError) -> list[FieldError]:

@@ -16,8 +16,9 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vpsd.api.errors import OversizedInteger, error_response
+from vpsd.api.errors import error_response
 from vpsd.schemas import FieldError
+from vpsd.validation import OversizedInteger
 
 NOT_JSON = FieldError(field="header.content-type", message="must be application/json")
 NOT_UTF8 = FieldError(field="header.content-type", message="the only charset accepted is utf-8")

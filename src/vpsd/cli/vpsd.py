@@ -19,7 +19,7 @@ from vpsd.config import Settings
 from vpsd.db import migrate
 from vpsd.db.session import Database
 from vpsd.hypervisor.images.recipes import RECIPES
-from vpsd.services import installation, quotas, tokens, web_sessions
+from vpsd.services import quotas, tokens, web_sessions
 from vpsd.services.errors import DomainError
 from vpsd.services.installation import InstallationMismatch
 
@@ -108,57 +108,57 @@ def serve(
     import uvicorn
     from rich.markup import escape
 
-    from vpsd import serving
-    from vpsd.serving import workers as worker_processes
+    from vpsd.runtime import http_protocol, instance
+    from vpsd.runtime import workers as worker_processes
 
     settings = _settings(data_dir)
     if workers > 1:  # before prometheus_client is imported (by the app's module)
         worker_processes.prepare_metrics_dir(settings)
-    from vpsd.api.app import create_app
+    from vpsd.runtime.app import create_app
 
     logs.configure(log_level)
     try:
-        instance = serving.claim_instance(settings, host, port)
-    except serving.StartupError as error:
+        claimed = instance.claim_instance(settings, host, port)
+    except instance.StartupError as error:
         err.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(1) from None
     try:
         _check_installation(settings)
     except InstallationMismatch as error:
-        instance.release()
+        claimed.release()
         err.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(1) from None
-    serving.tighten_permissions(settings)
-    cap = serving.connection_cap(settings, serving.raise_descriptor_limit())
+    instance.tighten_permissions(settings)
+    cap = instance.connection_cap(settings, instance.raise_descriptor_limit())
     enabled_access_log = settings.access_log if access_log is None else access_log
-    _log_start(settings, instance.url, cap)
+    _log_start(settings, claimed.url, cap)
     if workers > 1:
-        assert instance.socket is not None  # serve always listens
+        assert claimed.socket is not None  # serve always listens
         try:
             worker_processes.serve_workers(
-                settings, instance.socket, workers, cap, log_level, enabled_access_log
+                settings, claimed.socket, workers, cap, log_level, enabled_access_log
             )
         finally:
-            instance.release()
+            claimed.release()
         return
     application = create_app(settings)
     config = uvicorn.Config(
         application,
-        http=serving.guarded_protocol(cap, settings.header_timeout_seconds),
+        http=http_protocol.guarded_protocol(cap, settings.header_timeout_seconds),
         ws="none",
         # asyncio's accept loop takes at most `backlog` connections per wake-up, so a flood
         # overshoots the cap by a bounded number of descriptors (uvloop's has no bound).
         loop="asyncio",
-        backlog=serving.BACKLOG,
+        backlog=instance.BACKLOG,
         log_level=log_level.lower(),
         access_log=enabled_access_log,
         timeout_keep_alive=settings.keep_alive_seconds,
     )
     server = uvicorn.Server(config)
     try:
-        server.run(sockets=[instance.socket] if instance.socket else None)
+        server.run(sockets=[claimed.socket] if claimed.socket else None)
     finally:
-        instance.release()
+        claimed.release()
     if not server.started:
         raise typer.Exit(3)
 
@@ -195,34 +195,36 @@ def agent(
     the same SQLite file on one machine) and its own data dir. One per data dir."""
     from rich.markup import escape
 
-    from vpsd import serving
-    from vpsd.agent import run_agent
+    from vpsd.runtime import instance
+    from vpsd.runtime.agent_process import run_agent
 
     settings = _settings(data_dir, host_name=host)
     logs.configure(log_level)
     try:
-        instance = serving.claim_instance(settings, None)
-    except serving.StartupError as error:
+        claimed = instance.claim_instance(settings, None)
+    except instance.StartupError as error:
         err.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(1) from None
     try:
         _check_installation(settings)
-        serving.tighten_permissions(settings)
+        instance.tighten_permissions(settings)
         run_agent(settings, (metrics_address, metrics_port) if metrics_port else None)
-    except (InstallationMismatch, serving.StartupError) as error:
+    except (InstallationMismatch, instance.StartupError) as error:
         err.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(1) from None
     finally:
-        instance.release()
+        claimed.release()
 
 
 def _check_installation(settings: Settings) -> None:
-    """Refuse a database and a data dir that were not made together, before the app (its
-    recovery) touches either; the app checks again at start, for every other entry point."""
+    """Migrate, and refuse a database and a data dir that were not made together, before
+    the app (its recovery) touches either; the app checks again at start, for every other
+    entry point."""
+    from vpsd.runtime.assembly import prepare_database
+
     database = Database(settings.effective_database_url)
     try:
-        migrate.upgrade(database)
-        installation.verify(database, settings)
+        prepare_database(database, settings)
     finally:
         database.dispose()
 
@@ -435,12 +437,14 @@ def image_build(
 @image_app.command("list")
 def image_list(data_dir: DataDirOption = None) -> None:
     """List the data dir's images (every build, with the servers using it)."""
+    from vpsd.agent.images import install_images
     from vpsd.services.common import PageRequest
     from vpsd.services.images import ImageService
 
     settings = _settings(data_dir)
-    images = ImageService(_database(settings), settings)
-    images.sync()
+    database = _database(settings)
+    install_images(database, settings)
+    images = ImageService(database, settings)
     _, rows = images.list(PageRequest(page_size=1000), include_deprecated=True)
     table = Table("id", "slug", "build", "name", "size", "min disk", "status", "servers")
     for image in rows:
@@ -457,11 +461,14 @@ def image_delete(
     data_dir: DataDirOption = None,
 ) -> None:
     """Delete an image from the data dir; refused while servers' disks are backed by it."""
+    from vpsd.hypervisor.images import store
     from vpsd.services.images import ImageService
 
     settings = _settings(data_dir)
     try:
-        view = ImageService(_database(settings), settings).delete(name)
+        view = ImageService(_database(settings), settings).delete(
+            name, lambda build_name: store.remove(settings.images_dir, build_name)
+        )
     except DomainError as error:
         err.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from None

@@ -23,6 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.sql.expression import false as sa_false
+from sqlalchemy.sql.expression import true as sa_true
 
 from vpsd.db.base import Base, UTCDateTime, utcnow
 
@@ -204,7 +205,7 @@ class WebSession(Base):
 class SignInFailure(Base):
     """A failed panel sign-in, counted against one key (a client address, an account name):
     kept in the database so that every API process counts the same failures
-    (``vpsd.web.throttle``). The key is stored as its SHA-256 (``key_hash``), and only for
+    (``vpsd.services.sign_in_throttle``). The key is stored as its SHA-256 (``key_hash``), and only for
     the throttle's window."""
 
     __tablename__ = "sign_in_failures"
@@ -300,6 +301,10 @@ class Server(Base):
     """The snapshot this server's disk was copied from (no foreign key: it may be deleted)."""
     source_backup_id: Mapped[int | None] = mapped_column(Id)
     """The backup this server's disk was restored from."""
+    disks_made: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_true())
+    """Its host's agent recorded that its disks exist (its create made them, or found them
+    made): a server copied from a snapshot or a backup whose disks never were is not started
+    on its image's empty disk."""
     host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id"), index=True)
     """Where it runs: chosen at create (``vpsd.services.hosts.place``); None only for a
     server made before hosts existed, until its host registers (it adopts them)."""

@@ -10,7 +10,7 @@ import logging
 import math
 import time
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Executable, delete, select, update
 from sqlalchemy.orm import joinedload
 
 from vpsd.config import Settings
@@ -73,7 +73,20 @@ def _server_create(ctx: OperationContext, job: Job) -> Result:
         else:
             backup_handlers.restore_new_disks(ctx, job)
     ctx.driver.start(job.spec)  # creates the disks first when they are missing
-    return [set_server(job, ServerStatus.RUNNING, None)]
+    return [set_server(job, ServerStatus.RUNNING, None), _disks_made(job, made=True)]
+
+
+def _server_create_failed(ctx: OperationContext, job: Job, reason: str) -> Result:
+    try:
+        made = bool(ctx.driver.disks(job.server_id))
+    except HostError:
+        made = False  # unknown: a start refuses until a create is tried again
+    return [*_server_failed(ctx, job, reason), _disks_made(job, made=made)]
+
+
+def _disks_made(job: Job, *, made: bool) -> Executable:
+    """Record whether the job's server's disks exist, for API processes anywhere."""
+    return update(Server).where(Server.id == job.server_id).values(disks_made=made)
 
 
 def _server_start(ctx: OperationContext, job: Job) -> Result:
@@ -172,7 +185,7 @@ def _snapshot_delete_failed(ctx: OperationContext, job: Job, reason: str) -> Res
 
 
 HANDLERS: dict[OperationKind, tuple[Handler, FailureHandler]] = {
-    OperationKind.SERVER_CREATE: (_server_create, _server_failed),
+    OperationKind.SERVER_CREATE: (_server_create, _server_create_failed),
     OperationKind.SERVER_START: (_server_start, _server_failed),
     OperationKind.SERVER_STOP: (_server_stop, _server_failed),
     OperationKind.SERVER_REBOOT: (_server_reboot, _server_failed),

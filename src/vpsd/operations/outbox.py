@@ -9,11 +9,20 @@ wakes, or an API process's publisher sends it to its host's queue on the broker
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
-from vpsd.db.models import Operation, OperationKind, OperationStatus
+from vpsd.db.models import (
+    Backup,
+    BackupStatus,
+    BackupType,
+    Operation,
+    OperationKind,
+    OperationStatus,
+    Server,
+)
 
 ACTIVE_OPERATION = (OperationStatus.PENDING, OperationStatus.RUNNING)
 BLOCKING_KINDS = tuple(
@@ -53,3 +62,31 @@ def enqueue(
     )
     session.add(operation)
     return operation
+
+
+def enqueue_backup(
+    session: Session,
+    server: Server,
+    name: str,
+    description: str | None,
+    backup_type: BackupType,
+    slot: datetime | None = None,
+) -> Backup:
+    """Add an ``in_progress`` backup of ``server`` (locked by the caller) and queue taking
+    it. The caller checks the rules and commits."""
+    backup = Backup(
+        account_id=server.account_id,
+        server=server,
+        name=name,
+        description=description,
+        type=backup_type,
+        status=BackupStatus.IN_PROGRESS,
+        progress=0,
+        slot=slot,
+        image_id=server.image_id,
+        disk_gb=server.disk_gb,
+    )
+    session.add(backup)
+    session.flush()
+    enqueue(session, OperationKind.BACKUP_CREATE, server.id, backup_id=backup.id)
+    return backup

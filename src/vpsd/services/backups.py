@@ -21,7 +21,7 @@ from vpsd.db.models import (
     ServerStatus,
 )
 from vpsd.db.session import Database
-from vpsd.operations.outbox import ACTIVE_OPERATION, Dispatcher, enqueue
+from vpsd.operations.outbox import ACTIVE_OPERATION, Dispatcher, enqueue, enqueue_backup
 from vpsd.schemas import BackupCreate
 from vpsd.services.common import PageRequest, ensure_idle, lock_server, transition
 from vpsd.services.errors import InvalidState, LimitReached, NotFound
@@ -134,7 +134,7 @@ class BackupService:
                     f"backup limit reached: a server can have at most {limit} manual backups "
                     "(automatic ones do not count); delete one first"
                 )
-            backup = add_backup(
+            backup = enqueue_backup(
                 session, server, request.name, request.description, BackupType.MANUAL
             )
             view = backup_view(backup, ServerName(server.id, server.name))
@@ -213,34 +213,6 @@ class BackupService:
         if backup is None:
             raise NotFound("backup not found")
         return backup
-
-
-def add_backup(
-    session: Session,
-    server: Server,
-    name: str,
-    description: str | None,
-    backup_type: BackupType,
-    slot: datetime | None = None,
-) -> Backup:
-    """Add an ``in_progress`` backup of ``server`` (locked by the caller) and queue taking
-    it. The caller checks the rules and commits."""
-    backup = Backup(
-        account_id=server.account_id,
-        server=server,
-        name=name,
-        description=description,
-        type=backup_type,
-        status=BackupStatus.IN_PROGRESS,
-        progress=0,
-        slot=slot,
-        image_id=server.image_id,
-        disk_gb=server.disk_gb,
-    )
-    session.add(backup)
-    session.flush()
-    enqueue(session, OperationKind.BACKUP_CREATE, server.id, backup_id=backup.id)
-    return backup
 
 
 def backup_in_use(session: Session, backup_id: int) -> bool:

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vpsd.config import Settings
@@ -24,7 +24,6 @@ from vpsd.services.errors import LimitReached, NotFound
 from vpsd.services.quotas import (
     HOST_FULL,
     USED,
-    HostCapacity,
     MaxSizes,
     Resources,
     overcommitted,
@@ -47,55 +46,6 @@ class HostView:
     vcpus: int
     memory_mb: int
     disk_gb: int
-
-
-def register(db: Database, settings: Settings, capacity: HostCapacity) -> int:
-    """Record this host (``settings.host_name``) as alive with ``capacity`` and the
-    settings' overcommit ratios; its id. A new host is ``up``; a known one keeps the state an
-    admin gave it. Servers with no host (made before hosts existed) become this host's."""
-    now = utcnow()
-    with db.write() as session:
-        host = session.scalar(select(Host).where(Host.name == settings.host_name).with_for_update())
-        if host is None:
-            host = Host(name=settings.host_name, state=HostState.UP, created_at=now)
-            session.add(host)
-        _record(host, settings, capacity, now)
-        session.flush()
-        session.execute(update(Server).where(Server.host_id.is_(None)).values(host_id=host.id))
-        return host.id
-
-
-def heartbeat(db: Database, settings: Settings, host_id: int, capacity: HostCapacity) -> None:
-    """Record that the host is alive, with what it offers now."""
-    with db.write() as session:
-        host = session.get(Host, host_id, with_for_update=True)
-        if host is None:
-            raise NotFound(f"host {host_id} is not registered")
-        _record(host, settings, capacity, utcnow())
-
-
-def refresh_capacity(session: Session, settings: Settings, capacity: HostCapacity) -> None:
-    """Store ``capacity``, just measured here, as this host's (``settings.host_name``), if
-    it is registered: placement then sees what this host offers now, not at its last
-    heartbeat."""
-    host = session.scalar(select(Host).where(Host.name == settings.host_name))
-    if host is not None:
-        _set_capacity(host, capacity)
-
-
-def _record(host: Host, settings: Settings, capacity: HostCapacity, now: datetime) -> None:
-    _set_capacity(host, capacity)
-    host.cpu_overcommit = settings.cpu_overcommit
-    host.memory_overcommit = settings.memory_overcommit
-    host.disk_overcommit = settings.disk_overcommit
-    host.ssh_host = settings.ssh_host
-    host.last_heartbeat_at = now
-
-
-def _set_capacity(host: Host, capacity: HostCapacity) -> None:
-    host.vcpus = capacity.cpus
-    host.memory_mb = capacity.memory_mb
-    host.disk_gb = capacity.disk_free_gb
 
 
 def shown_state(host: Host, settings: Settings, now: datetime) -> HostState:

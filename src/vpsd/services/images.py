@@ -1,7 +1,8 @@
 """Images: which builds this data dir offers, and choosing one for a new server.
 
 The files live in ``<data dir>/images/<slug>-<version>/`` (see
-``vpsd.hypervisor.images.store``); a row per build records it. The newest build of each
+``vpsd.hypervisor.images.store``), placed there by the host's agent (``vpsd.agent.images``);
+a row per build records it. The newest build of each
 slug is ``available`` to new servers, older ones ``deprecated``: kept for the servers whose
 disks are backed by them, removable once no server uses them.
 """
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import builtins
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -18,10 +21,6 @@ from sqlalchemy.orm import Session
 from vpsd.config import Settings
 from vpsd.db.models import Backup, BackupStatus, Image, ImageStatus, Server, ServerStatus
 from vpsd.db.session import Database
-from vpsd.hypervisor.base import DriverError
-from vpsd.hypervisor.images import store
-from vpsd.hypervisor.images.recipes import RECIPES
-from vpsd.hypervisor.images.store import BuiltImage
 from vpsd.schemas import BLANK_IMAGE
 from vpsd.services.common import PageRequest
 from vpsd.services.errors import Invalid, InvalidState, NotFound
@@ -46,8 +45,31 @@ class ImageView:
     """Servers (not deleted) whose disks are backed by this build."""
 
 
+class BuildRecord(Protocol):
+    """What is recorded of a build placed in a data dir (``hypervisor.images.store``)."""
+
+    @property
+    def slug(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def build_name(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def os(self) -> str: ...
+    @property
+    def size_mb(self) -> int: ...
+    @property
+    def min_disk_gb(self) -> int: ...
+    @property
+    def min_memory_mb(self) -> int: ...
+    @property
+    def cmdline(self) -> str: ...
+
+
 class ImageService:
-    """Registers the builds in the data dir and answers which images servers can use."""
+    """Records the builds placed in data dirs and answers which images servers can use."""
 
     def __init__(self, db: Database, settings: Settings) -> None:
         self.db = db
@@ -83,36 +105,7 @@ class ImageService:
                 raise NotFound("image not found")
             return _view(session, image)
 
-    def sync(self) -> builtins.list[ImageView]:
-        """Place the cached builds of the current recipes in the data dir and register
-        every build found there. Idempotent; run at start-up. Returns the new rows.
-
-        A build that cannot be placed (a full disk) is logged and left out, never fatal.
-        """
-        for recipe in RECIPES.values():
-            try:
-                cached = store.find_build(self.settings.image_cache_dir, recipe.build_name)
-                if cached is not None:
-                    store.place(cached, self.settings.images_dir)
-            except (OSError, DriverError) as exc:
-                # vpsd runs on without it (servers of other images, blank ones); say why.
-                log.error("image %s not installed in the data dir: %s", recipe.build_name, exc)
-        registered = []
-        if self.settings.images_dir.is_dir():
-            for folder in sorted(self.settings.images_dir.iterdir()):
-                if folder.name.startswith("."):
-                    continue  # a placement in progress, or left by a crash
-                try:
-                    build = store.read_build(folder)
-                except DriverError as exc:
-                    log.warning("skipping %s: %s", folder, exc)
-                    continue
-                view = self.register(build)
-                if view is not None:
-                    registered.append(view)
-        return registered
-
-    def register(self, build: BuiltImage) -> ImageView | None:
+    def register(self, build: BuildRecord) -> ImageView | None:
         """Record ``build`` (already placed in the data dir) as its slug's available image;
         older builds of the slug become deprecated. None when it is already recorded."""
         with self.db.write() as session:
@@ -142,8 +135,9 @@ class ImageService:
             log.info("image %s registered", build.build_name)
             return _view(session, image)
 
-    def delete(self, name: str) -> ImageView:
-        """Remove a build (``slug-version``, or a slug: its available build) and its files.
+    def delete(self, name: str, remove_files: Callable[[str], None]) -> ImageView:
+        """Remove a build (``slug-version``, or a slug: its available build); its files go
+        with ``remove_files(build_name)``, called before the commit (a failure keeps the row).
 
         Raises NotFound, or InvalidState while a server's disk is backed by it.
         """
@@ -175,7 +169,7 @@ class ImageService:
                     "from them boot it; delete the backups first"
                 )
             session.delete(image)
-            store.remove(self.settings.images_dir, image.build_name)
+            remove_files(image.build_name)
         return view
 
 

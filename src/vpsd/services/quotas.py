@@ -5,7 +5,8 @@ time) may together use at most its quota of servers, vCPUs, memory and disk: the
 defaults (``VPSD_QUOTA_*``) unless ``vpsd account set-quota`` stored its own. All servers of
 a host together may use at most its capacity times the overcommit ratios
 (``VPSD_*_OVERCOMMIT``): its CPUs, its memory less a reserve for the host, and the free space
-of the data dir's filesystem (``measure_host``; ``vpsd.services.hosts`` places servers).
+of the data dir's filesystem, as its agent last recorded them (``vpsd.agent.heartbeat``;
+``vpsd.services.hosts`` places servers).
 
 ``admit`` runs inside the transaction that inserts the server, after locking the account's
 row and (on PostgreSQL) an advisory lock for admissions, so concurrent creates cannot both
@@ -17,9 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
@@ -31,8 +30,6 @@ from vpsd.services.errors import Invalid, LimitReached, NotFound
 
 log = logging.getLogger(__name__)
 
-GIB = 1024**3
-MEMINFO = Path("/proc/meminfo")
 PG_ADMISSION_LOCK = 7_205_830_412
 """The advisory lock every create on PostgreSQL takes: placement reads every host's use."""
 HOST_FULL = "this host cannot run a server of that size right now; try a smaller size or later"
@@ -66,17 +63,6 @@ RESOURCE_NAMES = tuple(field.name for field in fields(Resources))
 
 
 @dataclass(frozen=True, slots=True)
-class HostCapacity:
-    """What this host offers guests, before the overcommit ratios."""
-
-    cpus: int
-    memory_mb: int
-    """Total memory less ``VPSD_HOST_RESERVED_MEMORY_MB``."""
-    disk_free_gb: float
-    """Free space of the data dir's filesystem."""
-
-
-@dataclass(frozen=True, slots=True)
 class MaxSizes:
     """The largest server this host accepts."""
 
@@ -96,31 +82,6 @@ class QuotaView:
     used: Resources
 
 
-def measure_host(settings: Settings) -> HostCapacity:
-    """CPUs, memory for guests and free disk of this host, read now.
-
-    Raises LimitReached when they cannot be read (the host is in trouble: refuse politely).
-    """
-    try:
-        total_kb = _mem_total_kb(MEMINFO.read_text())
-        stat = os.statvfs(settings.data_dir)
-    except (OSError, ValueError) as error:
-        log.error("cannot read this host's capacity: %s", error)
-        raise LimitReached(HOST_FULL) from error
-    return HostCapacity(
-        cpus=os.cpu_count() or 1,
-        memory_mb=max(0, total_kb // 1024 - settings.host_reserved_memory_mb),
-        disk_free_gb=stat.f_bavail * stat.f_frsize / GIB,
-    )
-
-
-def _mem_total_kb(meminfo: str) -> int:
-    for line in meminfo.splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1])
-    raise ValueError("no MemTotal in /proc/meminfo")
-
-
 def overcommitted(
     cpus: int,
     memory_mb: int,
@@ -136,24 +97,6 @@ def overcommitted(
         vcpus=math.floor(cpus * cpu_ratio),
         memory_mb=math.floor(memory_mb * memory_ratio),
         disk_gb=math.floor(disk_gb * disk_ratio),
-    )
-
-
-def host_limits(settings: Settings, host: HostCapacity) -> Resources:
-    """``overcommitted`` for this host's capacity and the settings' ratios."""
-    return overcommitted(
-        host.cpus, host.memory_mb, host.disk_free_gb,
-        settings.cpu_overcommit, settings.memory_overcommit, settings.disk_overcommit,
-    )  # fmt: skip
-
-
-def max_sizes(settings: Settings, host: HostCapacity) -> MaxSizes:
-    """The configured maximum sizes, each defaulting to what the host can run at all."""
-    limits = host_limits(settings, host)
-    return MaxSizes(
-        vcpus=settings.max_vcpus or host.cpus,
-        memory_mb=settings.max_memory_mb or limits.memory_mb,
-        disk_gb=settings.max_disk_gb or limits.disk_gb,
     )
 
 

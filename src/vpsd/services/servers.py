@@ -21,7 +21,6 @@ from vpsd.db.models import (
     SnapshotStatus,
 )
 from vpsd.db.session import Database
-from vpsd.hypervisor.base import Driver
 from vpsd.operations.outbox import Dispatcher, enqueue
 from vpsd.schemas import BLANK_IMAGE, ServerCreate
 from vpsd.services import hosts, quotas, sources, ssh_keys
@@ -75,15 +74,10 @@ class ServerView:
 class ServerService:
     """The rules for a customer's servers; every method is one transaction."""
 
-    def __init__(
-        self, db: Database, settings: Settings, dispatcher: Dispatcher, driver: Driver | None
-    ) -> None:
-        """``driver``: this host's, when this process runs its agent; None in an API process
-        beside agents elsewhere (servers' VMs are then on other machines)."""
+    def __init__(self, db: Database, settings: Settings, dispatcher: Dispatcher) -> None:
         self.db = db
         self.settings = settings
         self.dispatcher = dispatcher
-        self.driver = driver
 
     def list(self, account_id: int, page: PageRequest) -> tuple[int, list[ServerView]]:
         """The account's servers (not deleted), newest first: total count and one page."""
@@ -119,24 +113,20 @@ class ServerService:
         """
         memory_mb = request.memory_mb or self.settings.default_memory_mb
         vcpus = request.vcpus or self.settings.default_vcpus
-        host: quotas.HostCapacity | None = None
-        if self.driver is not None:  # this process runs its host's agent: measure it now
-            host = quotas.measure_host(self.settings)
-            maximum: quotas.MaxSizes | None = quotas.max_sizes(self.settings, host)
-            where = "on this host"
-        else:  # beside the hosts' agents: the largest any host up could take
-            maximum, where = hosts.largest_sizes(self.db, self.settings), "on any host"
-        if maximum is not None:  # None: no host is up, and placement says so
+        # What the hosts' agents last recorded (their heartbeats): the largest any host up
+        # could take. None: no host is up, and placement says so.
+        maximum = hosts.largest_sizes(self.db, self.settings)
+        if maximum is not None:
             for field, value, largest in (
                 ("disk_gb", request.disk_gb, maximum.disk_gb),
                 ("memory_mb", memory_mb, maximum.memory_mb),
                 ("vcpus", vcpus, maximum.vcpus),
             ):
                 if value > largest:
-                    raise Invalid(f"body.{field}", f"must be at most {largest} {where}")
+                    raise Invalid(f"body.{field}", f"must be at most {largest} on any host")
         for attempt in range(1, CREATE_ATTEMPTS + 1):
             try:
-                view = self._insert(account_id, request, memory_mb, vcpus, host)
+                view = self._insert(account_id, request, memory_mb, vcpus)
                 break
             except IntegrityError:
                 if attempt == CREATE_ATTEMPTS:
@@ -151,7 +141,6 @@ class ServerService:
         request: ServerCreate,
         memory_mb: int,
         vcpus: int,
-        capacity: quotas.HostCapacity | None,
     ) -> ServerView:
         with self.db.write() as session:
             source = sources.resolve(session, account_id, request)
@@ -182,8 +171,6 @@ class ServerService:
                     keys = source.authorized_keys
             wanted = quotas.Resources(1, vcpus, memory_mb, request.disk_gb)
             quotas.admit(session, self.settings, account_id, wanted)
-            if capacity is not None:
-                hosts.refresh_capacity(session, self.settings, capacity)
             host = hosts.place(session, self.settings, wanted)
             server = Server(
                 host_id=host.id,
@@ -255,9 +242,9 @@ class ServerService:
             if server.source_backup_id is not None
             else None
         )
-        # Known here only when the VM is this process's host's; otherwise its host's start
-        # handler refuses (the start fails, saying the disk was never made).
-        if source is not None and self.driver is not None and not self.driver.disks(server.id):
+        # As its host's agent recorded it (``Server.disks_made``); the host's start handler
+        # checks the disk itself too.
+        if source is not None and not server.disks_made:
             raise InvalidState(
                 f"this server's disk was never made from {source} (its creation failed); "
                 "delete the server and create it again"
@@ -273,15 +260,15 @@ class ServerService:
         return self._act(account_id, server_id, ServerAction.DELETE)
 
     def console(self, account_id: int, server_id: int, max_bytes: int) -> bytes:
-        """The last ``max_bytes`` of the server's serial console (NotFound as ``get``)."""
+        """The last ``max_bytes`` of the server's serial console, as its host's agent last
+        mirrored it (at most ``CONSOLE_MIRROR_BYTES``, every monitor interval); NotFound as
+        ``get``."""
         self.get(account_id, server_id)
-        if self.driver is None:  # the host's agent mirrors it (``monitor.mirror_consoles``)
-            with self.db.read() as session:
-                tail = session.scalar(
-                    select(ServerConsole.tail).where(ServerConsole.server_id == server_id)
-                )
-            return (tail or b"")[-max_bytes:]
-        return self.driver.console_tail(server_id, max_bytes)
+        with self.db.read() as session:
+            tail = session.scalar(
+                select(ServerConsole.tail).where(ServerConsole.server_id == server_id)
+            )
+        return (tail or b"")[-max_bytes:]
 
     def _find(self, session: Session, account_id: int, server_id: int) -> Server:
         server = session.scalar(

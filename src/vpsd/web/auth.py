@@ -13,6 +13,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from vpsd.services.errors import Invalid
+from vpsd.services.sign_in_throttle import SignInThrottle
 from vpsd.services.tokens import Principal
 from vpsd.services.web_sessions import (
     change_password,
@@ -34,7 +35,6 @@ from vpsd.web.session import (
     services_of,
     set_cookie,
 )
-from vpsd.web.throttle import SignInThrottle
 
 router = APIRouter(include_in_schema=False, route_class=PanelRoute)
 

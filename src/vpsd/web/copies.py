@@ -17,8 +17,8 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from vpsd.api.deps import Services
 from vpsd.schemas import MAX_ID, BackupCreate, BackupPolicy, SnapshotCreate
+from vpsd.services.container import Services
 from vpsd.services.errors import DomainError
 from vpsd.web.render import STATUS_OF_ERROR, FormErrors, PanelRoute, confirm, done
 from vpsd.web.servers import ServerId, form_dict, render_server_page

@@ -17,8 +17,8 @@ from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
-from vpsd.api.errors import validation_message
 from vpsd.services.errors import DomainError, Invalid, NotFound
+from vpsd.validation import validation_message
 from vpsd.web.session import (
     FLASH_COOKIE,
     PAGE_HEADERS,

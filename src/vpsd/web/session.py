@@ -16,8 +16,8 @@ from urllib.parse import quote
 from fastapi import Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from vpsd.api.deps import Services
-from vpsd.api.docs import content_security_policy
+from vpsd.csp import content_security_policy
+from vpsd.services.container import Services
 from vpsd.services.tokens import Principal
 from vpsd.services.web_sessions import PanelSession, find_session
 
@@ -67,7 +67,7 @@ class PanelUser:
 
 
 def services_of(request: Request) -> Services:
-    """The app's services (``vpsd.api.app.create_app``)."""
+    """The app's services (``vpsd.runtime.app``)."""
     services: Services = request.app.state.services
     return services
 

@@ -6,14 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from vpsd.api.deps import (
-    DIGITS_ONLY,
-    PageDep,
-    PrincipalDep,
-    Services,
-    ServicesDep,
-    principal_of,
-)
+from vpsd.api.deps import DIGITS_ONLY, PageDep, PrincipalDep, ServicesDep, principal_of
 from vpsd.api.pagination import page_links
 from vpsd.api.presenters import snapshot_json, snapshot_out
 from vpsd.api.responses import FastJSONResponse, responses
@@ -28,6 +21,7 @@ from vpsd.schemas import (
     SnapshotCreated,
     SnapshotOut,
 )
+from vpsd.services.container import Services
 
 router = APIRouter(prefix="/snapshots", tags=["snapshots"], route_class=ApiRoute)
 SnapshotId = Annotated[int, Path(ge=1, le=MAX_ID, description="the snapshot's id"), DIGITS_ONLY]

@@ -1,7 +1,7 @@
 """``vpsd serve --workers N``: N API processes on one listening socket, under uvicorn's
 supervisor (which replaces a worker that dies).
 
-The workers are stateless (``vpsd.api.app.create_worker_app``): the parent has migrated the
+The workers are stateless (``vpsd.runtime.app.create_worker_app``): the parent has migrated the
 database and holds the data dir's locks. With a broker, no process here runs operations:
 each host's ``vpsd agent`` does. Without one, this host's agent runs in the parent, and finds
 the operations the workers commit by polling the database.
@@ -15,8 +15,8 @@ import shutil
 import socket
 
 from vpsd.config import Settings
-from vpsd.serving.instance import BACKLOG
-from vpsd.serving.protocol import CAP_ENV, HEADER_TIMEOUT_ENV
+from vpsd.runtime.http_protocol import CAP_ENV, HEADER_TIMEOUT_ENV
+from vpsd.runtime.instance import BACKLOG
 
 log = logging.getLogger(__name__)
 
@@ -47,31 +47,23 @@ def serve_workers(
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    from vpsd.agent import HostAgent
-    from vpsd.backups import make_backup_store
-    from vpsd.db.session import Database
-    from vpsd.hypervisor.registry import make_driver
-    from vpsd.services.images import ImageService
+    from vpsd.runtime import assembly  # here: prometheus_client after prepare_metrics_dir
 
     # The workers' settings come from the environment: the data dir may have been an option.
     os.environ["VPSD_DATA_DIR"] = str(settings.data_dir)
     os.environ[CAP_ENV] = str(connection_cap)
     os.environ[HEADER_TIMEOUT_ENV] = str(settings.header_timeout_seconds)
     os.environ[LOG_LEVEL_ENV] = log_level
-    db = Database(settings.effective_database_url)
-    agent = None
-    if not settings.broker_url:
-        ImageService(db, settings).sync()
-        agent = HostAgent(
-            settings, db, make_driver(settings), make_backup_store(settings), beside_api=False
-        )
-        agent.recover()
+    # With a broker, each host's `vpsd agent` runs its operations, this one's included.
+    agent = None if settings.broker_url else assembly.agent_only(settings, migrate_database=False)
+    if agent is not None:
+        agent.prepare()
         agent.start()
     config = uvicorn.Config(
-        "vpsd.api.app:create_worker_app",
+        "vpsd.runtime.app:create_worker_app",
         factory=True,
         workers=workers,
-        http="vpsd.serving.protocol:WorkerProtocol",
+        http="vpsd.runtime.http_protocol:WorkerProtocol",
         ws="none",
         loop="asyncio",  # as in one process: a bounded overshoot of the connection cap
         backlog=BACKLOG,
@@ -85,4 +77,3 @@ def serve_workers(
         if agent is not None:
             log.info("stopping this host's agent; operations under way end first")
             agent.stop()
-        db.dispose()

@@ -7,13 +7,13 @@ import logging
 
 from sqlalchemy import exists, select, update
 
+from vpsd.agent.periodic import Periodic
 from vpsd.core.errors import HostError
 from vpsd.db.base import utcnow
 from vpsd.db.models import Operation, Server, ServerConsole, ServerStatus
 from vpsd.hypervisor.base import LivenessUnknown, PowerState, RunState
 from vpsd.operations.context import OperationContext
 from vpsd.operations.outbox import ACTIVE_OPERATION
-from vpsd.operations.periodic import Periodic
 from vpsd.operations.scope import on_host
 
 log = logging.getLogger(__name__)
@@ -160,19 +160,16 @@ def mirror_consoles(ctx: OperationContext, mirrored: dict[int, bytes]) -> int:
 
 
 class VmMonitor(Periodic):
-    """Runs ``reconcile_power_states`` and ``trim_consoles`` every ``interval`` seconds in a
-    background thread, and with ``mirror`` (an agent without the API in its process)
-    ``mirror_consoles``."""
+    """Runs ``reconcile_power_states``, ``trim_consoles`` and ``mirror_consoles`` every
+    ``interval`` seconds in a background thread."""
 
-    def __init__(self, ctx: OperationContext, interval: float, *, mirror: bool = False) -> None:
+    def __init__(self, ctx: OperationContext, interval: float) -> None:
         super().__init__("vpsd-monitor", "checking the VMs", lambda: self.check(), interval)
         self.ctx = ctx
-        self.mirror = mirror
         self._mirrored: dict[int, bytes] = {}
 
     def check(self) -> None:
         """One look at every running VM."""
         reconcile_power_states(self.ctx, running_only=True)
         trim_consoles(self.ctx)
-        if self.mirror:
-            mirror_consoles(self.ctx, self._mirrored)
+        mirror_consoles(self.ctx, self._mirrored)

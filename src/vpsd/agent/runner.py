@@ -3,7 +3,7 @@
 It is the embedded default behind the ``Dispatcher`` seam: without a broker, each host's
 agent finds its work by polling the database (and is woken at once by an API in its own
 process). Claims are leases (``vpsd.operations.leases``), so several processes may share
-the database; with a broker, ``vpsd.operations.broker`` feeds the agents instead.
+the database; with a broker, ``vpsd.agent.broker_runner`` feeds the agents instead.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import select
 
+from vpsd.agent.recovery import MAX_ATTEMPTS
 from vpsd.db.models import Operation, OperationStatus
 from vpsd.operations import leases
 from vpsd.operations.context import OperationContext
 from vpsd.operations.handlers import abandon, execute
 from vpsd.operations.leases import LeaseLost
-from vpsd.operations.recovery import MAX_ATTEMPTS
 from vpsd.operations.scope import operations_on_host
 
 log = logging.getLogger(__name__)
