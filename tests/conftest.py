@@ -14,11 +14,11 @@ import pytest
 from sqlalchemy import text
 
 from tests.qemu_helpers import short_tmpdir
+from vpsd.agent.heartbeat import measure_capacity, register
 from vpsd.config import Settings
 from vpsd.db import migrate
 from vpsd.db.base import Base
 from vpsd.db.session import Database
-from vpsd.services import hosts, quotas
 
 PG_ADMIN_URL = os.environ.get("VPSD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgresql"]
@@ -107,6 +107,6 @@ def db(settings: Settings) -> Iterator[Database]:
     ``vpsd serve`` does at start; for tests that call services directly."""
     database = Database(settings.effective_database_url)
     migrate.upgrade(database)
-    hosts.register(database, settings, quotas.measure_host(settings))
+    register(database, settings, measure_capacity(settings))
     yield database
     database.dispose()

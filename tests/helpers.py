@@ -110,6 +110,17 @@ class ApiClient:
         self.wait_server(server["id"], "running")
         return server
 
+    def wait_console(self, server_id: int, text: str = "", timeout: float = 30.0) -> str:
+        """Wait until the server's console (as its host's agent mirrors it, every monitor
+        interval) holds ``text`` (any text when empty); return it."""
+
+        def console() -> str | None:
+            shown = str(self.get(f"/servers/{server_id}/console/").text)
+            return shown if shown and text in shown else None
+
+        result: str = wait_for(console, timeout, what=f"server {server_id}'s console")
+        return result
+
     def wait_snapshot(self, snapshot_id: int, timeout: float = 60.0) -> dict[str, Any]:
         """Wait until the snapshot is completed or failed; return it."""
 
@@ -158,3 +169,19 @@ def stopped_server(client: ApiClient, name: str, disk_gb: int = 1) -> int:
     assert client.post(f"/servers/{sid}/stop/").status_code == 200
     client.wait_server(sid, "stopped")
     return sid
+
+
+def measure_as(
+    monkeypatch: Any, settings: Any, capacity: Any
+) -> None:  # (pytest.MonkeyPatch, Settings, HostCapacity): kept light for every tier's import
+    """Make this host measure ``capacity`` from now on, and record it at once as its agent's
+    heartbeat does: placement reads what the hosts' agents recorded."""
+    from vpsd.agent import heartbeat
+    from vpsd.db.session import Database
+
+    monkeypatch.setattr(heartbeat, "measure_capacity", lambda _settings: capacity)
+    database = Database(settings.effective_database_url)
+    try:
+        heartbeat.register(database, settings, capacity)
+    finally:
+        database.dispose()

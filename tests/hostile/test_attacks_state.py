@@ -27,8 +27,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers import ApiClient, NoDispatch, wait_for
+from tests.helpers import ApiClient, NoDispatch, measure_as, wait_for
 from tests.unit.conftest import account_token
+from vpsd.agent.heartbeat import HostCapacity
 from vpsd.config import Settings
 from vpsd.db.models import Account, Operation, OperationKind, Server, ServerStatus, Snapshot
 from vpsd.db.session import Database
@@ -44,7 +45,7 @@ from vpsd.services.snapshots import SnapshotService
 
 GIB_MB = 1024
 # The attacked host: 2 CPUs, 23.5 GiB of memory; room on disk for a few thin 2 TiB disks.
-ATTACKED_HOST = quotas.HostCapacity(cpus=2, memory_mb=23 * GIB_MB + 512 - 1024, disk_free_gb=2000)
+ATTACKED_HOST = HostCapacity(cpus=2, memory_mb=23 * GIB_MB + 512 - 1024, disk_free_gb=2000)
 BIG = {"disk_gb": 2048, "memory_mb": 8 * GIB_MB, "vcpus": 2}
 VPSD = str(Path(sys.executable).parent / "vpsd")
 HOST_INTERNALS = ("Cannot allocate memory", "recommended cpus", "qemu", "/proc", "pid")
@@ -56,8 +57,8 @@ def fast_liveness_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(handlers, "LIVENESS_RETRY_DELAYS", (0.05, 0.05))
 
 
-def _host(monkeypatch: pytest.MonkeyPatch, host: quotas.HostCapacity) -> None:
-    monkeypatch.setattr(quotas, "measure_host", lambda settings: host)
+def _host(monkeypatch: pytest.MonkeyPatch, settings: Settings, host: HostCapacity) -> None:
+    measure_as(monkeypatch, settings, host)
 
 
 def _server_count(settings: Settings) -> int:
@@ -139,7 +140,7 @@ def _flood(alice: ApiClient, count: int, **size: int) -> Counter[int]:
         codes[response.status_code] += 1
         if response.status_code == 400:
             detail = response.json()["detail"]
-            assert "quota" in detail or "this host cannot run" in detail, detail
+            assert "quota" in detail or "cannot run a server of that size" in detail, detail
             assert not any(word in detail for word in HOST_INTERNALS), detail
     return codes
 
@@ -147,7 +148,7 @@ def _flood(alice: ApiClient, count: int, **size: int) -> Counter[int]:
 def test_25_big_servers_on_defaults_are_refused_by_the_quota(
     alice: ApiClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _host(monkeypatch, ATTACKED_HOST)
+    _host(monkeypatch, settings, ATTACKED_HOST)
     codes = _flood(alice, 25, **BIG)
     # 2 TiB is beyond the default disk quota (1 TiB): nothing at all is created.
     assert codes == Counter({400: 25})
@@ -157,7 +158,7 @@ def test_25_big_servers_on_defaults_are_refused_by_the_quota(
 def test_25_big_servers_with_a_high_quota_stop_at_the_host_capacity(
     alice: ApiClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _host(monkeypatch, ATTACKED_HOST)
+    _host(monkeypatch, settings, ATTACKED_HOST)
     database = Database(settings.effective_database_url)
     try:
         unlimited = {"servers": 100, "vcpus": 1000, "memory_mb": 10**6, "disk_gb": 10**6}
@@ -169,13 +170,13 @@ def test_25_big_servers_with_a_high_quota_stop_at_the_host_capacity(
     assert codes == Counter({201: 2, 400: 23})
     assert _server_count(settings) == 2
     refused = alice.post("/servers/", json={"name": "one-more", **BIG})
-    assert refused.json()["detail"].startswith("this host cannot run a server of that size")
+    assert refused.json()["detail"].startswith("vpsd cannot run a server of that size")
 
 
 def test_small_servers_stop_at_the_server_quota(
     alice: ApiClient, bob: ApiClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _host(monkeypatch, quotas.HostCapacity(cpus=8, memory_mb=64 * GIB_MB, disk_free_gb=1000))
+    _host(monkeypatch, settings, HostCapacity(cpus=8, memory_mb=64 * GIB_MB, disk_free_gb=1000))
     codes = _flood(alice, 25, disk_gb=1)
     assert codes == Counter({201: settings.quota_servers, 400: 25 - settings.quota_servers})
     refused = alice.post("/servers/", json={"name": "eleventh", "disk_gb": 1})
@@ -189,15 +190,25 @@ def test_small_servers_stop_at_the_server_quota(
     assert alice.post("/servers/", json={"name": "again", "disk_gb": 1}).status_code == 201
 
 
-def test_sizes_beyond_what_the_host_can_run_are_invalid(
-    alice: ApiClient, monkeypatch: pytest.MonkeyPatch
+def test_sizes_beyond_what_the_host_can_run_are_refused_without_its_numbers(
+    alice: ApiClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _host(monkeypatch, ATTACKED_HOST)
+    """Refused in the account's words (its quota, naming the field), or as a size no host
+    can run now; never with the host's capacity (issue 22: "at most 233 / 23081")."""
+    _host(monkeypatch, settings, ATTACKED_HOST)
+    host_numbers = [str(ATTACKED_HOST.memory_mb), str(ATTACKED_HOST.disk_free_gb)]
     for field, value in (("vcpus", 3), ("memory_mb", 23 * GIB_MB), ("disk_gb", 6001)):
         body = {"name": "huge", "disk_gb": 1, field: value}
         response = alice.post("/servers/", json=body)
         assert response.status_code == 400, response.text
-        assert response.json()["errors"][0]["field"] == f"body.{field}"
+        error = response.json()
+        if error["errors"]:
+            assert error["errors"][0]["field"] == f"body.{field}"
+            assert error["detail"].endswith("(your account's quota)")
+        else:
+            assert error["detail"].startswith("vpsd cannot run a server of that size")
+        assert not any(number in response.text for number in host_numbers), response.text
+    assert _server_count(settings) == 0
 
 
 def test_boot_failures_do_not_show_host_details(alice: ApiClient, fake_driver: FakeDriver) -> None:
@@ -246,7 +257,7 @@ def _race(calls: list[Callable[[], Any]]) -> Counter[str]:
 def test_concurrent_creates_respect_the_quota_exactly(
     db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _host(monkeypatch, ATTACKED_HOST)
+    _host(monkeypatch, settings, ATTACKED_HOST)
     settings.quota_servers = 5
     service = ServerService(db, settings, NoDispatch(), FakeDriver())
     (account_id,) = _accounts(db, "alice")
@@ -266,7 +277,7 @@ def test_concurrent_creates_of_two_accounts_respect_the_host_exactly(
     db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # One CPU, overcommitted 4 times: four 1-vCPU servers on the host, whoever asks.
-    _host(monkeypatch, quotas.HostCapacity(cpus=1, memory_mb=64 * GIB_MB, disk_free_gb=1000))
+    _host(monkeypatch, settings, HostCapacity(cpus=1, memory_mb=64 * GIB_MB, disk_free_gb=1000))
     service = ServerService(db, settings, NoDispatch(), FakeDriver())
     alice, bob = _accounts(db, "alice", "bob")
     calls = [

@@ -25,14 +25,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests import qemu_helpers as qh
-from tests.helpers import ApiClient, wait_for
+from tests.helpers import ApiClient, measure_as, wait_for
+from vpsd.agent.heartbeat import HostCapacity
 from vpsd.config import Settings
 from vpsd.db.session import Database
 from vpsd.hypervisor.base import LivenessUnknown, PowerState, VmSpec
 from vpsd.hypervisor.qemu import QemuDriver
 from vpsd.operations import handlers
 from vpsd.runtime.app import create_app
-from vpsd.services import quotas
 from vpsd.services.tokens import create_token
 
 pytestmark = [pytest.mark.qemu, qh.requires_qemu]
@@ -175,8 +175,8 @@ def test_a_boot_qemu_refuses_shows_no_host_details(
     qemu_service: ApiClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Admission is told the host is huge: QEMU itself must refuse 64 TiB of memory.
-    huge = quotas.HostCapacity(cpus=64, memory_mb=2**31 - 1, disk_free_gb=10**6)
-    monkeypatch.setattr(quotas, "measure_host", lambda _settings: huge)
+    huge = HostCapacity(cpus=64, memory_mb=2**31 - 1, disk_free_gb=10**6)
+    measure_as(monkeypatch, settings, huge)
     settings.quota_memory_mb = 2**31 - 1
     response = qemu_service.post(
         "/servers/", json={"name": "too-big", "disk_gb": 1, "memory_mb": 64 * 1024 * 1024}

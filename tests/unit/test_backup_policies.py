@@ -17,22 +17,38 @@ from vpsd.db.models import (
     BackupPolicy,
     BackupStatus,
     BackupType,
+    Host,
     Operation,
     Server,
     ServerStatus,
 )
 from vpsd.db.session import Database
+from vpsd.operations import backup_schedule
+from vpsd.operations.backup_schedule import latest_slot
 from vpsd.schemas import BackupPolicy as PolicyRequest
-from vpsd.services.backup_policies import BackupPolicyService, latest_slot
 
 
 def at(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
+class HostSchedule:
+    """One host's agent running the policies (``vpsd.operations.backup_schedule``)."""
+
+    def __init__(self, db: Database, host: str) -> None:
+        self.db = db
+        self.host = host
+
+    def take_due_backups(self, now: datetime) -> int:
+        return backup_schedule.take_due_backups(self.db, NoDispatch(), self.host, now)
+
+    def prune(self) -> int:
+        return backup_schedule.prune(self.db, NoDispatch(), self.host)
+
+
 @pytest.fixture
-def service(db: Database) -> BackupPolicyService:
-    return BackupPolicyService(db, NoDispatch())
+def service(db: Database, settings: Settings) -> HostSchedule:
+    return HostSchedule(db, settings.host_name)
 
 
 def _server(db: Database, status: ServerStatus = ServerStatus.RUNNING) -> tuple[int, int]:
@@ -41,8 +57,9 @@ def _server(db: Database, status: ServerStatus = ServerStatus.RUNNING) -> tuple[
         session.add(account)
         session.flush()
         server = Server(
-            account_id=account.id, name="web", status=status, memory_mb=256, vcpus=1, disk_gb=1
-        )
+            account_id=account.id, name="web", status=status, memory_mb=256, vcpus=1, disk_gb=1,
+            host_id=session.scalar(select(Host.id).order_by(Host.id)),  # this host (``db``)
+        )  # fmt: skip
         session.add(server)
         session.flush()
         return account.id, server.id
@@ -85,7 +102,7 @@ def test_slots_daily_and_weekly() -> None:
 
 
 def test_one_backup_per_slot_and_none_before_the_policy(
-    db: Database, service: BackupPolicyService
+    db: Database, service: HostSchedule
 ) -> None:
     _, server_id = _server(db)
     _set(db, server_id, since=at("2026-11-27T03:30:00"), hour=3)
@@ -104,7 +121,7 @@ def test_one_backup_per_slot_and_none_before_the_policy(
 
 
 def test_downtime_catches_up_on_the_latest_missed_slot_once(
-    db: Database, service: BackupPolicyService
+    db: Database, service: HostSchedule
 ) -> None:
     _, server_id = _server(db)
     _set(db, server_id, since=at("2026-11-01T00:00:00"), hour=3)
@@ -118,9 +135,7 @@ def test_downtime_catches_up_on_the_latest_missed_slot_once(
     ]
 
 
-def test_a_busy_server_is_backed_up_when_it_can_be(
-    db: Database, service: BackupPolicyService
-) -> None:
+def test_a_busy_server_is_backed_up_when_it_can_be(db: Database, service: HostSchedule) -> None:
     _, server_id = _server(db, ServerStatus.RESTORING)
     _set(db, server_id, since=at("2026-11-01T00:00:00"), hour=3)
     assert service.take_due_backups(at("2026-11-02T03:00:00")) == 0
@@ -130,7 +145,7 @@ def test_a_busy_server_is_backed_up_when_it_can_be(
 
 
 def test_pruned_to_keep_and_manual_backups_are_never_pruned(
-    db: Database, service: BackupPolicyService
+    db: Database, service: HostSchedule
 ) -> None:
     account_id, server_id = _server(db)
     _set(db, server_id, since=at("2026-11-01T00:00:00"), hour=3, keep=2)
@@ -168,7 +183,7 @@ def test_pruned_to_keep_and_manual_backups_are_never_pruned(
     assert len(deletes) == 3
 
 
-def test_a_disabled_policy_takes_nothing(db: Database, service: BackupPolicyService) -> None:
+def test_a_disabled_policy_takes_nothing(db: Database, service: HostSchedule) -> None:
     _, server_id = _server(db)
     _set(db, server_id, since=at("2026-11-01T00:00:00"), enabled=False)
     assert service.take_due_backups(at("2026-11-10T03:00:00")) == 0
@@ -215,8 +230,8 @@ def test_each_host_takes_its_own_servers_backups(db: Database, settings: Setting
         assert server is not None
         server.host_id = remote
     _set(db, server_id, since=at("2026-11-01T00:00:00"), hour=3)
-    here = BackupPolicyService(db, NoDispatch(), host=settings.host_name)
-    there = BackupPolicyService(db, NoDispatch(), host="kvm-02")
+    here = HostSchedule(db, settings.host_name)
+    there = HostSchedule(db, "kvm-02")
     assert here.take_due_backups(at("2026-11-02T03:00:00")) == 0
     assert there.take_due_backups(at("2026-11-02T03:00:00")) == 1
     assert len(_automatic(db, server_id)) == 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.helpers import ApiClient, snapshot_tag, wait_for
@@ -371,13 +370,16 @@ def test_a_copy_whose_disk_was_never_made_is_not_started_blank(
     assert alice.delete(f"/servers/{copy}/").status_code == 204
 
 
-def test_a_copy_whose_disk_was_never_made_is_not_started_blank_on_another_host(
-    alice: ApiClient, fake_driver: FakeDriver, client: TestClient
+def test_a_copys_host_refuses_to_start_it_blank_whatever_the_record_says(
+    alice: ApiClient, fake_driver: FakeDriver, db: Database
 ) -> None:
-    """An API process beside the hosts' agents cannot look at the disk: the host's start
-    handler refuses instead, with the same words."""
+    """The API refuses by what the host's agent recorded (``disks_made``); the host's start
+    handler looks at the disk itself, so a record that is wrong boots no empty disk."""
     copy = failed_copy(alice, fake_driver)
-    client.app.state.services.servers.driver = None  # type: ignore[attr-defined]
+    with db.write() as session:
+        server = session.get(Server, copy)
+        assert server is not None and not server.disks_made
+        server.disks_made = True  # a record that says otherwise than the disk
     assert alice.post(f"/servers/{copy}/start/").status_code == 200
     alice.wait_server(copy, "error")
     reason = alice.get(f"/servers/{copy}/").json()["status_reason"]

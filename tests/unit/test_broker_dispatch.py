@@ -26,7 +26,6 @@ from vpsd.hypervisor.fake import FakeDriver
 from vpsd.operations.outbox import enqueue
 from vpsd.operations.publisher import ACTOR, make_broker, pika_url, queue_name
 from vpsd.runtime.app import create_app
-from vpsd.services.images import ImageService
 from vpsd.services.tokens import create_token
 
 
@@ -70,8 +69,7 @@ def agent(
     migrate.upgrade(db)
     on_host = brokered.model_copy(update={"ssh_public_host": AGENT_SSH_HOST})
     write_fake_image(on_host.images_dir)
-    ImageService(db, on_host).sync()
-    host_agent = HostAgent(on_host, db, fake_driver, fake_store, beside_api=False)
+    host_agent = HostAgent(on_host, db, fake_driver, fake_store)
     host_agent.recover()
     host_agent.start()
     yield host_agent
@@ -83,7 +81,7 @@ def agent(
 def api(brokered: Settings, agent: HostAgent, fake_driver: FakeDriver) -> Iterator[ApiClient]:
     """An API process with the broker: no agent of its own."""
     app = create_app(brokered, driver=fake_driver, backup_store=FakeBackupStore())
-    assert app.state.runner is None
+    assert app.state.runtime.agent is None
     with TestClient(app) as client:
         db = Database(brokered.effective_database_url)
         yield ApiClient(client, create_token(db, "alice")[1])
@@ -135,11 +133,16 @@ def test_an_api_beside_the_agents_shows_the_hosts_ssh_address_and_console(
     wait_for(lambda: console() == prompt[-20:].decode(), 10, what="the mirrored console")
 
 
-def test_sizes_are_checked_against_the_largest_host(api: ApiClient) -> None:
-    """An API process beside the agents checks sizes against the hosts, not its machine."""
+def test_sizes_are_checked_against_the_accounts_limits(api: ApiClient) -> None:
+    """An API process beside the agents checks sizes against the account's quota, and says
+    so in the account's numbers, never a host's."""
     response = api.post("/servers/", json={"name": "huge", "disk_gb": 1, "memory_mb": 10**8})
     assert response.status_code == 400
-    assert "on any host" in response.text
+    [error] = response.json()["errors"]
+    assert error == {
+        "field": "body.memory_mb",
+        "message": "must be at most 32768 MiB of memory (your account's quota)",
+    }
 
 
 def test_duplicate_messages_run_an_operation_once(api: ApiClient, brokered: Settings) -> None:

@@ -250,6 +250,7 @@ def test_reboot_of_a_stopped_server_is_refused(alice: ApiClient) -> None:
 
 def test_console_is_plain_text_and_bounded(alice: ApiClient, bob: ApiClient) -> None:
     sid = alice.create_server(image="debian-12", disk_gb=2)["id"]
+    alice.wait_console(sid, f"server {sid} booted")
     response = alice.get(f"/servers/{sid}/console/")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -297,17 +298,18 @@ def test_after_a_restore_a_stopped_guest_is_no_longer_known_clean(alice: ApiClie
 def test_an_image_in_use_cannot_be_deleted(
     alice: ApiClient, settings: Settings, client: TestClient
 ) -> None:
+    from vpsd.hypervisor.images import store
     from vpsd.services.errors import InvalidState
 
     images = client.app.state.services.images  # type: ignore[attr-defined]
     sid = alice.create_server(image="debian-12", disk_gb=2)["id"]
     folder = settings.images_dir / "debian-12-000000000000"
     with pytest.raises(InvalidState, match="in use by 1 server"):
-        images.delete("debian-12")
+        images.delete("debian-12", lambda name: store.remove(settings.images_dir, name))
     assert folder.exists()
     alice.delete(f"/servers/{sid}/")
     alice.wait_server(sid, None)
-    images.delete("debian-12")
+    images.delete("debian-12", lambda name: store.remove(settings.images_dir, name))
     assert not folder.exists()
     assert alice.get("/images/").json()["count"] == 0
     assert _create(alice, image="debian-12").status_code == 400

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.helpers import ApiClient
+from vpsd.agent.heartbeat import measure_capacity, register
 from vpsd.agent.recovery import recover
 from vpsd.backups.fake import FakeBackupStore
 from vpsd.config import Settings
@@ -30,7 +31,6 @@ from vpsd.db.session import Database
 from vpsd.hypervisor.fake import FakeDriver
 from vpsd.operations.context import OperationContext
 from vpsd.operations.outbox import enqueue
-from vpsd.services import hosts, quotas
 from vpsd.services.tokens import create_token
 
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -149,7 +149,7 @@ def test_an_operation_runs_only_on_its_servers_host(
     remote = post_server(alice, "there")
     assert host_of(db, remote["id"]) == "kvm-02"
     # This host's runner finds nothing to run: the boot waits for kvm-02's own agent.
-    assert client.app.state.runner.schedule() == 0
+    assert client.app.state.runtime.agent.runner.claim_ready() == 0
     assert alice.get(f"/servers/{remote['id']}/").json()["status"] == "starting"
     # ...while this host's servers keep working (a draining host keeps its servers).
     assert alice.post(f"/servers/{local['id']}/stop/").status_code == 200
@@ -204,7 +204,7 @@ def test_servers_from_before_hosts_are_adopted_by_the_host_that_registers(
         session.add(server)
         session.flush()
         server_id = server.id
-    host_id = hosts.register(db, settings, quotas.measure_host(settings))
+    host_id = register(db, settings, measure_capacity(settings))
     with db.read() as session:
         assert session.get(Server, server_id).host_id == host_id
         assert session.scalar(select(Host.name).where(Host.id == host_id)) == settings.host_name
@@ -227,7 +227,7 @@ def test_a_silent_hosts_servers_say_their_host_is_not_responding(
     assert shown["status"] == "starting"  # its boot waits for kvm-02, never runs elsewhere
     assert "its host is not responding" in shown["status_reason"]
     assert "kvm-02" not in str(alice.get("/servers/").json())
-    assert client.app.state.runner.schedule() == 0
+    assert client.app.state.runtime.agent.runner.claim_ready() == 0
 
 
 def test_recovery_settles_only_its_own_hosts_operations(

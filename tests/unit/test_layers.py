@@ -23,6 +23,10 @@ DRIVERS_STORES_BROKER = (
     "vpsd.operations.backup_handlers",
     "dramatiq",
 )
+ABOVE_DRIVERS = (
+    *("vpsd.db", "vpsd.services", "vpsd.operations", "vpsd.agent"),
+    *("vpsd.api", "vpsd.web", "vpsd.runtime", "sqlalchemy"),
+)
 RULES: dict[str, tuple[str, ...]] = {
     # what serves requests knows services, never what acts on hosts
     "api": (*DRIVERS_STORES_BROKER, "vpsd.web"),
@@ -33,14 +37,8 @@ RULES: dict[str, tuple[str, ...]] = {
     # a host's worker is handed its parts; it never serves requests
     "agent": ("vpsd.api", "vpsd.web", "vpsd.runtime"),
     # drivers and stores know files, processes and programs, never the database
-    "hypervisor": (
-        "vpsd.db", "vpsd.services", "vpsd.operations", "vpsd.agent", "vpsd.api", "vpsd.web",
-        "vpsd.runtime", "vpsd.backups", "sqlalchemy",
-    ),  # fmt: skip
-    "backups": (
-        "vpsd.db", "vpsd.services", "vpsd.operations", "vpsd.agent", "vpsd.api", "vpsd.web",
-        "vpsd.runtime", "vpsd.hypervisor", "sqlalchemy",
-    ),  # fmt: skip
+    "hypervisor": (*ABOVE_DRIVERS, "vpsd.backups"),
+    "backups": (*ABOVE_DRIVERS, "vpsd.hypervisor"),
     # the neutral core imports nothing of vpsd's but itself
     "core": tuple(
         f"vpsd.{path.name.removesuffix('.py')}"

@@ -944,6 +944,7 @@ def test_what_users_and_guests_write_is_shown_as_text(
     server_id = alice.create_server("web-1")["id"]
     # A guest writes what it likes to its serial console.
     fake_driver.write_console(server_id, XSS.encode() + b"\x1b[31m\xff\n")
+    alice.wait_console(server_id, XSS)  # once its host's agent has mirrored it
     panel = signed_in(client, database, "alice")
     console = panel.get(f"/servers/{server_id}/console", headers={"HX-Request": "true"})
     assert console.status_code == 200

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi.testclient import TestClient
 
-from tests.helpers import ApiClient, write_fake_image
+from tests.helpers import ApiClient, wait_for, write_fake_image
 from tests.unit.vpsctl_harness import BASE, Run, one_error_line
 from vpsd.cli import vpsctl_servers
 from vpsd.client import Client
@@ -142,8 +142,7 @@ def test_reboot_waits_until_running_again(run: Run, alice: ApiClient) -> None:
 
 def test_console_prints_the_text_raw(run: Run, alice: ApiClient) -> None:
     server = alice.create_server("web-1")
-    expected = alice.get(f"/servers/{server['id']}/console/").text
-    assert expected  # the fake console has a line per boot
+    expected = alice.wait_console(server["id"])  # the fake console has a line per boot
     result = run("servers", "console", str(server["id"]))
     assert result.code == 0, result.err
     assert result.out == expected and result.err == ""
@@ -224,4 +223,10 @@ def test_sdk_guest_calls(alice: ApiClient, transport: httpx.MockTransport) -> No
         api.wait_for_server(server.id, "running", timeout=30)
         assert api.servers.reboot(server.id).status in ("rebooting", "running")
         assert api.wait_for_server(server.id, "running", timeout=30).status == "running"
-        assert api.servers.console(server.id) == alice.get(f"/servers/{server.id}/console/").text
+        # The same text as the API gives, once the mirror has caught up with the reboot.
+        wait_for(
+            lambda: (
+                api.servers.console(server.id) == alice.get(f"/servers/{server.id}/console/").text
+            ),
+            what="the same console through the SDK",
+        )

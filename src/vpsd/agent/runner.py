@@ -38,25 +38,25 @@ class InProcessRunner:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vpsd-op")
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._scheduler: threading.Thread | None = None
+        self._loop_thread: threading.Thread | None = None
         self._busy: set[int] = set()
         self._busy_lock = threading.Lock()
 
     def start(self) -> None:
-        """Start scheduling in a background thread."""
-        self._scheduler = threading.Thread(target=self._loop, name="vpsd-scheduler", daemon=True)
-        self._scheduler.start()
+        """Start claiming operations in a background thread."""
+        self._loop_thread = threading.Thread(target=self._loop, name="vpsd-runner", daemon=True)
+        self._loop_thread.start()
 
     def notify(self) -> None:
-        """Wake the scheduler: new pending operations were committed."""
+        """Wake the runner: new pending operations were committed."""
         self._wake.set()
 
     def stop(self) -> None:
-        """Stop scheduling and wait for operations already running to end."""
+        """Stop claiming and wait for operations already running to end."""
         self._stopping.set()
         self._wake.set()
-        if self._scheduler is not None:
-            self._scheduler.join()
+        if self._loop_thread is not None:
+            self._loop_thread.join()
         self._pool.shutdown(wait=True)
 
     def _loop(self) -> None:
@@ -66,11 +66,11 @@ class InProcessRunner:
             if self._stopping.is_set():
                 break
             try:
-                self.schedule()
+                self.claim_ready()
             except Exception:  # the database may be briefly unavailable: try again
-                log.exception("scheduling operations failed")
+                log.exception("claiming operations failed")
 
-    def schedule(self) -> int:
+    def claim_ready(self) -> int:
         """Claim and start the oldest pending operation of each idle server of this host
         (``settings.host_name``); return how many."""
         with self.ctx.db.read() as session:

@@ -205,8 +205,8 @@ class WebSession(Base):
 class SignInFailure(Base):
     """A failed panel sign-in, counted against one key (a client address, an account name):
     kept in the database so that every API process counts the same failures
-    (``vpsd.services.sign_in_throttle``). The key is stored as its SHA-256 (``key_hash``), and only for
-    the throttle's window."""
+    (``vpsd.services.sign_in_throttle``). The key is stored as its SHA-256 (``key_hash``),
+    and only for the throttle's window."""
 
     __tablename__ = "sign_in_failures"
     __table_args__ = (

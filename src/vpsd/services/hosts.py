@@ -24,7 +24,6 @@ from vpsd.services.errors import LimitReached, NotFound
 from vpsd.services.quotas import (
     HOST_FULL,
     USED,
-    MaxSizes,
     Resources,
     overcommitted,
 )
@@ -82,25 +81,6 @@ def usage_by_host(session: Session) -> dict[int, Resources]:
     }
 
 
-def largest_sizes(db: Database, settings: Settings) -> MaxSizes | None:
-    """The largest server some ``up`` host could run at all, by each size (the settings'
-    maximums where set); None when no host is up (placement then refuses)."""
-    now = utcnow()
-    with db.read() as session:
-        up = [
-            host
-            for host in session.scalars(select(Host).where(Host.state == HostState.UP))
-            if shown_state(host, settings, now) == HostState.UP
-        ]
-    if not up:
-        return None
-    return MaxSizes(
-        vcpus=settings.max_vcpus or max(host.vcpus for host in up),
-        memory_mb=settings.max_memory_mb or max(limits(host).memory_mb for host in up),
-        disk_gb=settings.max_disk_gb or max(limits(host).disk_gb for host in up),
-    )
-
-
 def place(session: Session, settings: Settings, wanted: Resources) -> Host:
     """The host a new server of size ``wanted`` goes to: of the ``up`` hosts heard from
     lately where it fits, the one with the most free memory, then the fewest servers.
@@ -121,7 +101,8 @@ def place(session: Session, settings: Settings, wanted: Resources) -> Host:
     for host in hosts:
         total = used.get(host.id, empty) + wanted
         allowed = limits(host)
-        if all(
+        # A VM never gets more vCPUs than its host has CPUs, however overcommitted.
+        if wanted.vcpus <= host.vcpus and all(
             getattr(total, name) <= getattr(allowed, name)
             for name in ("vcpus", "memory_mb", "disk_gb")
         ):

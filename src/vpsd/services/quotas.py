@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 PG_ADMISSION_LOCK = 7_205_830_412
 """The advisory lock every create on PostgreSQL takes: placement reads every host's use."""
-HOST_FULL = "this host cannot run a server of that size right now; try a smaller size or later"
+HOST_FULL = "vpsd cannot run a server of that size right now; try a smaller size or later"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,15 +60,6 @@ UNITS = {
     "disk_gb": "GiB of disk",
 }
 RESOURCE_NAMES = tuple(field.name for field in fields(Resources))
-
-
-@dataclass(frozen=True, slots=True)
-class MaxSizes:
-    """The largest server this host accepts."""
-
-    vcpus: int
-    memory_mb: int
-    disk_gb: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +137,29 @@ def admit(session: Session, settings: Settings, account_id: int, wanted: Resourc
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_ADMISSION_LOCK})
     _check_quota(account_quota(settings, account), usage(session, account_id), wanted)
+
+
+SIZES = ("vcpus", "memory_mb", "disk_gb")
+
+
+def check_sizes(session: Session, settings: Settings, account_id: int, wanted: Resources) -> None:
+    """Raise Invalid, naming the field, for a size beyond what one server of the account may
+    have: its quota of that resource, or the operator's largest size (``VPSD_MAX_*``). Said
+    in the account's limits, never in a host's numbers."""
+    account = session.get(Account, account_id)
+    if account is None:
+        raise NotFound("account not found")
+    quota = account_quota(settings, account)
+    for name in SIZES:
+        offered = getattr(settings, f"max_{name}")
+        allowed = getattr(quota, name)
+        largest, why = (
+            (offered, "the largest size offered")
+            if offered is not None and offered < allowed
+            else (allowed, "your account's quota")
+        )
+        if getattr(wanted, name) > largest:
+            raise Invalid(f"body.{name}", f"must be at most {largest} {UNITS[name]} ({why})")
 
 
 def _check_quota(quota: Resources, used: Resources, wanted: Resources) -> None:

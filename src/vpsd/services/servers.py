@@ -102,10 +102,10 @@ class ServerService:
     def create(self, account_id: int, request: ServerCreate) -> ServerView:
         """Record a new server as ``starting`` and queue making its disk and booting it.
 
-        Raises Invalid for sizes beyond the host's maximums or below the image's minimums,
-        an unknown image, SSH keys on a blank server; NotFound for an SSH key id that is not
-        the account's; LimitReached when no SSH port is free, when the account's quota or the
-        host's capacity would be exceeded (``vpsd.services.quotas``).
+        Raises Invalid for sizes beyond what one server of the account may have or below the
+        image's minimums, an unknown image, SSH keys on a blank server; NotFound for an SSH
+        key id that is not the account's; LimitReached when no SSH port is free, when the
+        account's quota would be exceeded (``vpsd.services.quotas``) or no host can take it.
 
         With ``snapshot_id`` or ``backup_id`` the disk is made from that completed snapshot
         or backup of the account's (NotFound otherwise): the server gets its image and, when
@@ -113,17 +113,6 @@ class ServerService:
         """
         memory_mb = request.memory_mb or self.settings.default_memory_mb
         vcpus = request.vcpus or self.settings.default_vcpus
-        # What the hosts' agents last recorded (their heartbeats): the largest any host up
-        # could take. None: no host is up, and placement says so.
-        maximum = hosts.largest_sizes(self.db, self.settings)
-        if maximum is not None:
-            for field, value, largest in (
-                ("disk_gb", request.disk_gb, maximum.disk_gb),
-                ("memory_mb", memory_mb, maximum.memory_mb),
-                ("vcpus", vcpus, maximum.vcpus),
-            ):
-                if value > largest:
-                    raise Invalid(f"body.{field}", f"must be at most {largest} on any host")
         for attempt in range(1, CREATE_ATTEMPTS + 1):
             try:
                 view = self._insert(account_id, request, memory_mb, vcpus)
@@ -142,7 +131,9 @@ class ServerService:
         memory_mb: int,
         vcpus: int,
     ) -> ServerView:
+        wanted = quotas.Resources(1, vcpus, memory_mb, request.disk_gb)
         with self.db.write() as session:
+            quotas.check_sizes(session, self.settings, account_id, wanted)
             source = sources.resolve(session, account_id, request)
             if source is None:
                 image = resolve_image(session, self.settings, request.image)
@@ -169,7 +160,6 @@ class ServerService:
                 keys = ssh_keys.resolve(session, account_id, request.ssh_keys or [])
                 if source is not None and not request.ssh_keys:
                     keys = source.authorized_keys
-            wanted = quotas.Resources(1, vcpus, memory_mb, request.disk_gb)
             quotas.admit(session, self.settings, account_id, wanted)
             host = hosts.place(session, self.settings, wanted)
             server = Server(
