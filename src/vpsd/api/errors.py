@@ -23,11 +23,18 @@ from vpsd.validation import validation_message
 log = logging.getLogger(__name__)
 
 STATUS_OF: dict[type[DomainError], int] = {
+    DomainError: 400,
     NotFound: 404,
     InvalidState: 400,
     LimitReached: 400,
     Invalid: 400,
 }
+"""The one table from domain errors to HTTP statuses: an error takes its nearest class's."""
+
+
+def status_of(error: DomainError) -> int:
+    """The status of ``error``: the entry of the nearest class in its hierarchy."""
+    return next(STATUS_OF[cls] for cls in type(error).__mro__ if cls in STATUS_OF)
 
 
 def error_response(
@@ -67,7 +74,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
-        status = STATUS_OF.get(type(exc), 400)
+        status = status_of(exc)
         errors = [FieldError(field=exc.field, message=str(exc))] if isinstance(exc, Invalid) else []
         return error_response(status, str(exc), errors)
 

@@ -13,6 +13,7 @@ from vpsd.schemas import (
     HostCapacityOut,
     HostOut,
     ImageOut,
+    RestoreServerRef,
     ServerOut,
     ServerRef,
     SnapshotOut,
@@ -24,6 +25,7 @@ from vpsd.services.backup_policies import PolicyView
 from vpsd.services.backups import BackupView
 from vpsd.services.hosts import HostView
 from vpsd.services.images import ImageView
+from vpsd.services.restores import RestoreView
 from vpsd.services.servers import ServerView
 from vpsd.services.snapshots import SnapshotView
 from vpsd.services.ssh_keys import SshKeyView
@@ -152,3 +154,28 @@ def host_out(host: HostView) -> HostOut:
         servers=host.servers,
         capacity=HostCapacityOut(vcpus=host.vcpus, memory_mb=host.memory_mb, disk_gb=host.disk_gb),
     )
+
+
+RESTORE_MESSAGE = (
+    "Server is being restored from {source}. It is stopped at once, {how}, and it {after}; "
+    "{duration}. Poll GET /api/v1/servers/{server_id}/ until its status is {final}."
+)
+
+
+def restore_message(restore: RestoreView, source: str, how: str, duration: str) -> str:
+    """What a restore's answer says: how the server is restored from ``source``, and the
+    status it ends in."""
+    after, final = (
+        ("is started again", "running")
+        if restore.power_state == "running"
+        else ("stays stopped", "stopped")
+    )
+    return RESTORE_MESSAGE.format(
+        source=source, how=how, after=after, duration=duration,
+        server_id=restore.server_id, final=final,
+    )  # fmt: skip
+
+
+def restore_server_ref(restore: RestoreView) -> RestoreServerRef:
+    """The server a restore acts on, now ``restoring``."""
+    return RestoreServerRef(id=restore.server_id, name=restore.server_name, status="restoring")

@@ -35,7 +35,7 @@ from vpsd.hypervisor.base import (
 )
 from vpsd.hypervisor.images.store import guest_image
 from vpsd.metrics import observe_operation
-from vpsd.operations import backup_handlers
+from vpsd.operations import backup_handlers, payloads
 from vpsd.operations.context import OperationContext
 from vpsd.operations.job import (
     FailureHandler,
@@ -46,6 +46,7 @@ from vpsd.operations.job import (
     set_server,
 )
 from vpsd.operations.leases import LeaseLost
+from vpsd.operations.payloads import CreateServer, SnapshotSource, expect
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -66,10 +67,10 @@ def _server_failed(ctx: OperationContext, job: Job, reason: str) -> Result:
 
 
 def _server_create(ctx: OperationContext, job: Job) -> Result:
-    source = job.payload.get("source")
+    source = expect(job.payload, CreateServer).source
     if source is not None and not ctx.driver.disks(job.server_id):
-        if source["kind"] == "snapshot":
-            ctx.driver.snapshot_clone(source["server_id"], source["tag"], job.spec)
+        if isinstance(source, SnapshotSource):
+            ctx.driver.snapshot_clone(source.server_id, source.tag, job.spec)
         else:
             backup_handlers.restore_new_disks(ctx, job)
     ctx.driver.start(job.spec)  # creates the disks first when they are missing
@@ -236,7 +237,7 @@ def load_job(ctx: OperationContext, operation_id: int) -> Job | None:
             operation.snapshot_id,
             tag,
             operation.attempts,
-            dict(operation.payload),
+            payloads.load(operation.kind, operation.payload),
             operation.backup_id,
             copied=server.source_snapshot_id is not None or server.source_backup_id is not None,
         )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import Executable, update
 
@@ -12,6 +11,7 @@ from vpsd.db.base import utcnow
 from vpsd.db.models import OperationKind, Server, ServerStatus
 from vpsd.hypervisor.base import DriverError, VmSpec
 from vpsd.operations.context import OperationContext
+from vpsd.operations.payloads import NoPayload, Payload, Restore, expect
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,7 @@ class Job:
     """The snapshot's tag on disk; None when its row is gone (deleted with its server)."""
     attempts: int = 1
     """This run is the operation's attempts-th (1: no earlier run did any of its work)."""
-    payload: dict[str, Any] = field(default_factory=dict)
+    payload: Payload = field(default_factory=NoPayload)
     backup_id: int | None = None
     copied: bool = False
     """The server's disk is made from a snapshot or a backup (no blank disk will do)."""
@@ -53,7 +53,7 @@ FailureHandler = Callable[[OperationContext, Job, str], Result]
 def return_to_prior_power(ctx: OperationContext, job: Job) -> Result:
     """After a restore: boot the VM again if the server ran before (``power_state`` in the
     payload), and record the server's status."""
-    if job.payload.get("power_state") == "running":
+    if expect(job.payload, Restore).power_state == "running":
         ctx.driver.start(job.spec)
         return [set_server(job, ServerStatus.RUNNING, None)]
     return [set_server(job, ServerStatus.STOPPED, None)]

@@ -10,7 +10,7 @@ wakes, or an API process's publisher sends it to its host's queue on the broker
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy.orm import Session
 
@@ -23,6 +23,7 @@ from vpsd.db.models import (
     OperationStatus,
     Server,
 )
+from vpsd.operations.payloads import Payload
 
 ACTIVE_OPERATION = (OperationStatus.PENDING, OperationStatus.RUNNING)
 BLOCKING_KINDS = tuple(
@@ -49,7 +50,7 @@ def enqueue(
     *,
     snapshot_id: int | None = None,
     backup_id: int | None = None,
-    payload: dict[str, Any] | None = None,
+    payload: Payload | None = None,
 ) -> Operation:
     """Add a pending operation to the session; it runs after the transaction commits."""
     operation = Operation(
@@ -58,7 +59,7 @@ def enqueue(
         snapshot_id=snapshot_id,
         backup_id=backup_id,
         status=OperationStatus.PENDING,
-        payload=payload or {},
+        payload=payload.model_dump() if payload is not None else {},
     )
     session.add(operation)
     return operation

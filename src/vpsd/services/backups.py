@@ -16,15 +16,15 @@ from vpsd.db.models import (
     BackupType,
     Operation,
     OperationKind,
-    PowerStateName,
     Server,
     ServerStatus,
 )
 from vpsd.db.session import Database
 from vpsd.operations.outbox import ACTIVE_OPERATION, Dispatcher, enqueue, enqueue_backup
 from vpsd.schemas import BackupCreate
-from vpsd.services.common import PageRequest, ensure_idle, lock_server, transition
+from vpsd.services.common import PageRequest, lock_server, transition
 from vpsd.services.errors import InvalidState, LimitReached, NotFound
+from vpsd.services.restores import RestoreView, begin_restore, ensure_completed
 from vpsd.services.snapshots import ServerName
 from vpsd.services.states import ServerAction
 
@@ -141,9 +141,9 @@ class BackupService:
         self.dispatcher.notify()
         return view
 
-    def restore(self, account_id: int, backup_id: int) -> tuple[BackupView, PowerStateName]:
+    def restore(self, account_id: int, backup_id: int) -> RestoreView:
         """Put the server in ``restoring`` and queue: hard stop, write the backup's bytes over
-        its disks, prior power state. Returns the backup and that power state.
+        its disks, prior power state.
 
         Raises NotFound, or InvalidState when the backup is not completed, its server was
         deleted, is not running or stopped, or is busy with another operation.
@@ -157,25 +157,15 @@ class BackupService:
                 )
             server = lock_server(session, account_id, found.server_id)
             backup = self._find(session, account_id, backup_id)  # re-read under the lock
-            if backup.status != BackupStatus.COMPLETED:
-                raise InvalidState(
-                    f"only completed backups can be restored; this one is {backup.status}"
-                )
-            ensure_idle(session, server)
-            prior: PowerStateName = (
-                "running" if server.status == ServerStatus.RUNNING else "stopped"
+            ensure_completed("backup", backup.status)
+            prior = begin_restore(
+                session, server, OperationKind.BACKUP_RESTORE, backup_id=backup.id
             )
-            transition(server, ServerAction.RESTORE)
-            enqueue(
-                session,
-                OperationKind.BACKUP_RESTORE,
-                server.id,
-                backup_id=backup.id,
-                payload={"power_state": prior},
+            view = RestoreView(
+                backup.id, backup.name, backup.created_at, server.id, server.name, prior
             )
-            view = backup_view(backup, ServerName(server.id, server.name))
         self.dispatcher.notify()
-        return view, prior
+        return view
 
     def delete(self, account_id: int, backup_id: int) -> None:
         """Hide the backup at once and queue forgetting its data in the repository.

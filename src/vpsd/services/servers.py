@@ -22,6 +22,7 @@ from vpsd.db.models import (
 )
 from vpsd.db.session import Database
 from vpsd.operations.outbox import Dispatcher, enqueue
+from vpsd.operations.payloads import CreateServer
 from vpsd.schemas import BLANK_IMAGE, ServerCreate
 from vpsd.services import hosts, quotas, sources, ssh_keys
 from vpsd.services.common import PageRequest, lock_server, transition
@@ -184,7 +185,7 @@ class ServerService:
                 server.id,
                 snapshot_id=request.snapshot_id,
                 backup_id=request.backup_id,
-                payload={"source": source.payload} if source is not None else None,
+                payload=CreateServer(source=source.payload if source is not None else None),
             )
             return self._view(server)
 

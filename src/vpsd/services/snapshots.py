@@ -13,17 +13,16 @@ from vpsd.db.base import StoredTime
 from vpsd.db.models import (
     Operation,
     OperationKind,
-    PowerStateName,
     Server,
-    ServerStatus,
     Snapshot,
     SnapshotStatus,
 )
 from vpsd.db.session import Database
 from vpsd.operations.outbox import ACTIVE_OPERATION, Dispatcher, enqueue
 from vpsd.schemas import SnapshotCreate
-from vpsd.services.common import PageRequest, ensure_idle, lock_server, transition
+from vpsd.services.common import PageRequest, lock_server, transition
 from vpsd.services.errors import InvalidState, LimitReached, NotFound
+from vpsd.services.restores import RestoreView, begin_restore, ensure_completed
 from vpsd.services.states import ServerAction
 
 VISIBLE = (SnapshotStatus.IN_PROGRESS, SnapshotStatus.COMPLETED, SnapshotStatus.FAILED)
@@ -164,10 +163,8 @@ class SnapshotService:
         self.dispatcher.notify()
         return snapshot
 
-    def restore(self, account_id: int, snapshot_id: int) -> tuple[Snapshot, PowerStateName]:
+    def restore(self, account_id: int, snapshot_id: int) -> RestoreView:
         """Put the server in ``restoring`` and queue: hard stop, revert disks, prior power.
-
-        Returns the snapshot and the power state the server will return to.
 
         Raises NotFound, or InvalidState when the snapshot is not completed, the server is
         not running or stopped, or another operation on the server is under way.
@@ -176,24 +173,15 @@ class SnapshotService:
             server_id = find_snapshot(session, account_id, snapshot_id).server_id
             server = lock_server(session, account_id, server_id)
             snapshot = find_snapshot(session, account_id, snapshot_id)  # re-read under the lock
-            if snapshot.status != SnapshotStatus.COMPLETED:
-                raise InvalidState(
-                    f"only completed snapshots can be restored; this one is {snapshot.status}"
-                )
-            ensure_idle(session, server)
-            prior: PowerStateName = (
-                "running" if server.status == ServerStatus.RUNNING else "stopped"
+            ensure_completed("snapshot", snapshot.status)
+            prior = begin_restore(
+                session, server, OperationKind.SNAPSHOT_RESTORE, snapshot_id=snapshot.id
             )
-            transition(server, ServerAction.RESTORE)
-            enqueue(
-                session,
-                OperationKind.SNAPSHOT_RESTORE,
-                server.id,
-                snapshot_id=snapshot.id,
-                payload={"power_state": prior},
+            view = RestoreView(
+                snapshot.id, snapshot.name, snapshot.created_at, server.id, server.name, prior
             )
         self.dispatcher.notify()
-        return snapshot, prior
+        return view
 
     def delete(self, account_id: int, snapshot_id: int) -> None:
         """Hide the snapshot at once and queue removing it from the disks.

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vpsd.db.models import Backup, BackupStatus, Image, Server, SnapshotStatus
+from vpsd.operations.payloads import BackupSource, SnapshotSource
 from vpsd.schemas import BLANK_IMAGE, ServerCreate
 from vpsd.services.backups import VISIBLE as VISIBLE_BACKUPS
 from vpsd.services.common import lock_server
@@ -25,8 +25,8 @@ class Source:
     """The image the source's server ran: the new server boots it too."""
     disk_gb: int
     authorized_keys: list[str]
-    payload: dict[str, Any]
-    """What the create operation needs to make the disk (``kind`` and its ids)."""
+    payload: SnapshotSource | BackupSource
+    """What the create operation needs to make the disk."""
 
     def check(self, request: ServerCreate) -> None:
         """Raise Invalid when the request cannot take this source (another image, a smaller
@@ -73,7 +73,7 @@ def _snapshot(session: Session, account_id: int, snapshot_id: int) -> Source:
         server.image,
         server.disk_gb,
         _keys(server),
-        {"kind": "snapshot", "server_id": server.id, "tag": snapshot.tag},
+        SnapshotSource(server_id=server.id, tag=snapshot.tag),
     )
 
 
@@ -97,5 +97,5 @@ def _backup(session: Session, account_id: int, backup_id: int) -> Source:
         image,
         backup.disk_gb,
         _keys(backup.server),
-        {"kind": "backup", "backup_id": backup.id},
+        BackupSource(backup_id=backup.id),
     )

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from vpsd.api.deps import DIGITS_ONLY, PageDep, PrincipalDep, ServicesDep
 from vpsd.api.pagination import page_links
-from vpsd.api.presenters import backup_out
+from vpsd.api.presenters import backup_out, restore_message, restore_server_ref
 from vpsd.api.responses import responses
 from vpsd.api.routing import ApiRoute
 from vpsd.schemas import (
@@ -19,7 +19,6 @@ from vpsd.schemas import (
     BackupRestoreStarted,
     Page,
     RestoreBackupRef,
-    RestoreServerRef,
 )
 
 router = APIRouter(prefix="/backups", tags=["backups"], route_class=ApiRoute)
@@ -30,11 +29,6 @@ CREATE_MESSAGE = (
     "in time, and its disks are copied to the backup storage, deduplicated (only what changed "
     "since earlier backups is stored). Poll GET /api/v1/backups/{id}/ until its status is "
     "completed."
-)
-RESTORE_MESSAGE = (
-    "Server is being restored from backup. It is stopped at once, its disks are overwritten "
-    "with the backup's data from the backup storage, and it {after}; this takes about as long "
-    "as reading the disk. Poll GET /api/v1/servers/{server_id}/ until its status is {final}."
 )
 
 
@@ -85,14 +79,18 @@ def restore_backup(
     backup_id: BackupId, principal: PrincipalDep, services: ServicesDep
 ) -> BackupRestoreStarted:
     """Overwrite the server's disks with the backup; the server is stopped first."""
-    backup, prior = services.backups.restore(principal.account_id, backup_id)
-    after, final = (
-        ("is started again", "running") if prior == "running" else ("stays stopped", "stopped")
-    )
+    restore = services.backups.restore(principal.account_id, backup_id)
     return BackupRestoreStarted(
-        message=RESTORE_MESSAGE.format(after=after, server_id=backup.server.id, final=final),
-        backup=RestoreBackupRef(id=backup.id, name=backup.name, created_at=backup.created_at),
-        server=RestoreServerRef(id=backup.server.id, name=backup.server.name, status="restoring"),
+        message=restore_message(
+            restore,
+            "backup",
+            "its disks are overwritten with the backup's data from the backup storage",
+            "this takes about as long as reading the disk",
+        ),
+        backup=RestoreBackupRef(
+            id=restore.source_id, name=restore.source_name, created_at=restore.source_created_at
+        ),
+        server=restore_server_ref(restore),
     )
 
 

@@ -8,13 +8,17 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from vpsd.api.deps import DIGITS_ONLY, PageDep, PrincipalDep, ServicesDep, principal_of
 from vpsd.api.pagination import page_links
-from vpsd.api.presenters import snapshot_json, snapshot_out
+from vpsd.api.presenters import (
+    restore_message,
+    restore_server_ref,
+    snapshot_json,
+    snapshot_out,
+)
 from vpsd.api.responses import FastJSONResponse, responses
 from vpsd.api.routing import ApiRoute
 from vpsd.schemas import (
     MAX_ID,
     Page,
-    RestoreServerRef,
     RestoreSnapshotRef,
     RestoreStarted,
     SnapshotCreate,
@@ -30,11 +34,6 @@ CREATE_MESSAGE = (
     "Snapshot is being created. qcow2 snapshots are copy-on-write, so this usually takes "
     "well under a second whatever the server's size; poll GET /api/v1/snapshots/{id}/ "
     "until its status is completed."
-)
-RESTORE_MESSAGE = (
-    "Server is being restored from snapshot. It is stopped at once, its disks are reverted "
-    "to the snapshot, and it {after}; this usually takes a few seconds. Poll "
-    "GET /api/v1/servers/{server_id}/ until its status is {final}."
 )
 
 
@@ -108,17 +107,18 @@ def restore_snapshot(
     snapshot_id: SnapshotId, principal: PrincipalDep, services: ServicesDep
 ) -> RestoreStarted:
     """Overwrite the server's disks with the snapshot; the server is stopped first."""
-    snapshot, prior = services.snapshots.restore(principal.account_id, snapshot_id)
-    server = snapshot.server
-    after, final = (
-        ("is started again", "running") if prior == "running" else ("stays stopped", "stopped")
-    )
+    restore = services.snapshots.restore(principal.account_id, snapshot_id)
     return RestoreStarted(
-        message=RESTORE_MESSAGE.format(after=after, server_id=server.id, final=final),
-        snapshot=RestoreSnapshotRef(
-            id=snapshot.id, name=snapshot.name, created_at=snapshot.created_at
+        message=restore_message(
+            restore,
+            "snapshot",
+            "its disks are reverted to the snapshot",
+            "this usually takes a few seconds",
         ),
-        server=RestoreServerRef(id=server.id, name=server.name, status="restoring"),
+        snapshot=RestoreSnapshotRef(
+            id=restore.source_id, name=restore.source_name, created_at=restore.source_created_at
+        ),
+        server=restore_server_ref(restore),
     )
 
 
