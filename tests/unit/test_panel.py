@@ -533,11 +533,11 @@ def post_targets(things: Things) -> dict[str, list[tuple[str, dict[str, str]]]]:
         ],
         "/servers/{server_id}/snapshots": [(f"/servers/{server}/snapshots", {"name": "forged"})],
         "/servers/{server_id}/backups": [(f"/servers/{server}/backups", {"name": "forged"})],
-        "/snapshots/{copy_id}/{action}": [
+        "/snapshots/{point_id}/{action}": [
             (f"/snapshots/{things.snapshot_id}/restore", {}),
             (f"/snapshots/{things.snapshot_id}/delete", {}),
         ],
-        "/backups/{copy_id}/{action}": [
+        "/backups/{point_id}/{action}": [
             (f"/backups/{things.backup_id}/restore", {}),
             (f"/backups/{things.backup_id}/delete", {}),
         ],

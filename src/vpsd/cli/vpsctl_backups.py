@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from vpsd.cli.vpsctl_common import OutputOption, UsageProblem, open_client
-from vpsd.cli.vpsctl_copies import CopyKind, add_commands
 from vpsd.cli.vpsctl_output import (
     WEEKDAYS,
     OutputFormat,
@@ -18,6 +17,7 @@ from vpsd.cli.vpsctl_output import (
     policy_details,
     print_json,
 )
+from vpsd.cli.vpsctl_recovery_points import RecoveryPointKind, add_commands
 from vpsd.client import BackupPolicyOut
 from vpsd.schemas import MAX_BACKUPS_KEPT
 
@@ -28,9 +28,9 @@ app = typer.Typer(
 )
 add_commands(
     app,
-    CopyKind(
+    RecoveryPointKind(
         noun="backup",
-        copies=lambda client: client.backups,
+        points=lambda client: client.backups,
         table=backups_table,
         details=backup_details,
         list_note=", manual and automatic, with their size and what they stored",

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from vpsd.cli.vpsctl_copies import CopyKind, add_commands
 from vpsd.cli.vpsctl_output import snapshot_details, snapshots_table
+from vpsd.cli.vpsctl_recovery_points import RecoveryPointKind, add_commands
 
 app = typer.Typer(help="Take, inspect, restore and delete snapshots.", no_args_is_help=True)
 add_commands(
     app,
-    CopyKind(
+    RecoveryPointKind(
         noun="snapshot",
-        copies=lambda client: client.snapshots,
+        points=lambda client: client.snapshots,
         table=snapshots_table,
         details=snapshot_details,
         list_note=", with their consistency",

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 JsonObject = dict[str, Any]
 ItemT = TypeVar("ItemT", bound=BaseModel)
-CopyT = TypeVar("CopyT", bound=SnapshotOut | BackupOut)
+PointT = TypeVar("PointT", bound=SnapshotOut | BackupOut)
 CreatedT = TypeVar("CreatedT", bound=BaseModel)
 RestoredT = TypeVar("RestoredT", bound=BaseModel)
 DEFAULT_CONSOLE_BYTES = 64 * 1024
@@ -91,7 +91,7 @@ class _Collection(_Objects[ItemT]):
         return self._list_page(page, page_size)
 
 
-class ServerCopiesApi(_Objects[CopyT], Generic[CopyT, CreatedT, RestoredT]):
+class RecoveryPointsApi(_Objects[PointT], Generic[PointT, CreatedT, RestoredT]):
     """Snapshots and backups alike: copies of a server's disks, listed (all or one server's),
     created ``in_progress``, awaited until ``completed``, restored onto their server, deleted.
     """
@@ -101,7 +101,7 @@ class ServerCopiesApi(_Objects[CopyT], Generic[CopyT, CreatedT, RestoredT]):
     created_model: type[CreatedT]
     restored_model: type[RestoredT]
 
-    def list(self, server_id: int | None = None) -> builtins.list[CopyT]:
+    def list(self, server_id: int | None = None) -> builtins.list[PointT]:
         """The account's objects (only ``server_id``'s if given), newest first, all pages."""
         return self._list(_server_filter(server_id))
 
@@ -111,7 +111,7 @@ class ServerCopiesApi(_Objects[CopyT], Generic[CopyT, CreatedT, RestoredT]):
 
     def list_page(
         self, server_id: int | None = None, page: int = 1, page_size: int = 100
-    ) -> Page[CopyT]:
+    ) -> Page[PointT]:
         """One page of the list, with ``count`` and the ``next``/``previous`` links."""
         return self._list_page(page, page_size, _server_filter(server_id))
 
@@ -144,15 +144,15 @@ class ServerCopiesApi(_Objects[CopyT], Generic[CopyT, CreatedT, RestoredT]):
         object_id: int,
         *,
         timeout: float = 300.0,
-        on_progress: Callable[[CopyT], None] | None = None,
-    ) -> CopyT:
+        on_progress: Callable[[PointT], None] | None = None,
+    ) -> PointT:
         """Poll until it is ``completed`` and return it.
 
         Raises ``OperationFailed`` (with ``status_reason``) if it ``failed``, ``WaitTimeout``
         after ``timeout`` seconds, ``NotFoundError`` if it was deleted meanwhile.
         """
 
-        def settled(copy: CopyT) -> bool:
+        def settled(copy: PointT) -> bool:
             if copy.status == "failed":
                 raise OperationFailed(
                     f"{self.noun} {copy.id} ({copy.name})", copy.status_reason, copy
@@ -333,7 +333,7 @@ class ServersApi(_Collection[ServerOut]):
         return body
 
 
-class SnapshotsApi(ServerCopiesApi[SnapshotOut, SnapshotCreated, RestoreStarted]):
+class SnapshotsApi(RecoveryPointsApi[SnapshotOut, SnapshotCreated, RestoreStarted]):
     """``/api/v1/snapshots/``: point-in-time copies kept beside the server (5 per server)."""
 
     path = "snapshots/"
@@ -344,7 +344,7 @@ class SnapshotsApi(ServerCopiesApi[SnapshotOut, SnapshotCreated, RestoreStarted]
     restored_model = RestoreStarted
 
 
-class BackupsApi(ServerCopiesApi[BackupOut, BackupCreated, BackupRestoreStarted]):
+class BackupsApi(RecoveryPointsApi[BackupOut, BackupCreated, BackupRestoreStarted]):
     """``/api/v1/backups/``: copies on the backup storage, apart from the host (10 manual per
     server, plus the automatic ones of its backup policy)."""
 

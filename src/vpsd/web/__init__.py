@@ -12,7 +12,7 @@ from importlib.resources import files
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from vpsd.web import account, auth, copies, servers
+from vpsd.web import account, auth, recovery_points, servers
 
 STATIC_URL = "/static/panel"
 
@@ -25,4 +25,4 @@ def install_panel(app: FastAPI) -> None:
     app.include_router(auth.router)
     app.include_router(servers.router)
     app.include_router(account.router)
-    app.include_router(copies.router)
+    app.include_router(recovery_points.router)

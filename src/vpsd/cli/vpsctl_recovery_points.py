@@ -1,7 +1,7 @@
 """The commands ``vpsctl snapshots`` and ``vpsctl backups`` share: list, show, create, restore,
-delete. Both are copies of a server's disks with the same life (``in_progress``, then
-``completed`` or ``failed``; restored onto their server; deleted), so one implementation
-serves both groups, worded for each.
+delete. Both are recovery points, copies of a server's disks with the same life
+(``in_progress``, then ``completed`` or ``failed``; restored onto their server; deleted), so
+one implementation serves both groups, worded for each.
 
 No ``from __future__ import annotations`` here: typer reads the commands' annotations, which
 name this module's local aliases, at definition time.
@@ -25,18 +25,18 @@ from vpsd.cli.vpsctl_common import (
 )
 from vpsd.cli.vpsctl_output import OutputFormat, note, print_json, server_details
 from vpsd.client import Client, ServerOut
-from vpsd.client.resources import ServerCopiesApi
+from vpsd.client.resources import RecoveryPointsApi
 
-Copies = ServerCopiesApi[Any, Any, Any]
+RecoveryPoints = RecoveryPointsApi[Any, Any, Any]
 
 
 @dataclass(frozen=True)
-class CopyKind:
-    """How one kind of copy is reached and shown."""
+class RecoveryPointKind:
+    """How one kind of point is reached and shown."""
 
     noun: str
     """``snapshot`` or ``backup``."""
-    copies: Callable[[Client], Copies]
+    points: Callable[[Client], RecoveryPoints]
     """Its SDK collection: ``lambda client: client.snapshots``."""
     table: Callable[[Iterable[Any]], None]
     details: Callable[[Any], None]
@@ -46,7 +46,7 @@ class CopyKind:
     """``create``'s help: what it takes and its limit."""
 
 
-def add_commands(app: typer.Typer, kind: CopyKind) -> None:
+def add_commands(app: typer.Typer, kind: RecoveryPointKind) -> None:
     """Register ``list``, ``show``, ``create``, ``restore`` and ``delete`` for ``kind``."""
     noun = kind.noun
     id_arg = Annotated[
@@ -56,36 +56,36 @@ def add_commands(app: typer.Typer, kind: CopyKind) -> None:
         "--server", "-s", min=1, metavar="SERVER_ID", help="only this server's"
     )
 
-    def show(output: OutputFormat, body: dict[str, Any], copies: Copies) -> None:
+    def show(output: OutputFormat, body: dict[str, Any], points: RecoveryPoints) -> None:
         if output is OutputFormat.json:
             print_json(body)
         else:
-            kind.details(copies.model.model_validate(body))
+            kind.details(points.model.model_validate(body))
 
     @app.command(
         "list",
         help=f"List your {noun}s (of one server with --server), newest first{kind.list_note}.",
     )
-    def list_copies(
+    def list_points(
         ctx: typer.Context,
         server: Annotated[int | None, server_option] = None,
         output: OutputOption = OutputFormat.table,
     ) -> None:
         with open_client(ctx) as client:
-            copies = kind.copies(client)
-            body = copies.list_json(server)
+            points = kind.points(client)
+            body = points.list_json(server)
             if output is OutputFormat.json:
                 print_json(body)
             else:
-                kind.table(copies.model.model_validate(item) for item in body["results"])
+                kind.table(points.model.model_validate(item) for item in body["results"])
 
     @app.command("show", help=f"Show one {noun}; a failed one says why.")
-    def show_copy(
-        ctx: typer.Context, copy_id: id_arg, output: OutputOption = OutputFormat.table
+    def show_point(
+        ctx: typer.Context, point_id: id_arg, output: OutputOption = OutputFormat.table
     ) -> None:
         with open_client(ctx) as client:
-            copies = kind.copies(client)
-            show(output, copies.get_json(copy_id), copies)
+            points = kind.points(client)
+            show(output, points.get_json(point_id), points)
 
     @app.command(
         "create",
@@ -108,20 +108,20 @@ def add_commands(app: typer.Typer, kind: CopyKind) -> None:
         output: OutputOption = OutputFormat.table,
     ) -> None:
         with open_client(ctx) as client:
-            copies = kind.copies(client)
-            body = copies.create_json(server, name, description)
-            copy_id = int(body["id"])
+            points = kind.points(client)
+            body = points.create_json(server, name, description)
+            point_id = int(body["id"])
             if wait:
                 run_wait(
-                    f"{noun} {copy_id}",
-                    lambda progress: copies.wait_completed(
-                        copy_id, timeout=timeout, on_progress=progress
+                    f"{noun} {point_id}",
+                    lambda progress: points.wait_completed(
+                        point_id, timeout=timeout, on_progress=progress
                     ),
                 )
-                body = copies.get_json(copy_id)
+                body = points.get_json(point_id)
             elif output is OutputFormat.table:
                 note(str(body.get("message", "")))
-            show(output, body, copies)
+            show(output, body, points)
 
     @app.command(
         "restore",
@@ -130,22 +130,22 @@ def add_commands(app: typer.Typer, kind: CopyKind) -> None:
     )
     def restore(
         ctx: typer.Context,
-        copy_id: id_arg,
+        point_id: id_arg,
         yes: YesOption = False,
         wait: WaitOption = False,
         timeout: TimeoutOption = DEFAULT_WAIT_TIMEOUT,
         output: OutputOption = OutputFormat.table,
     ) -> None:
         with open_client(ctx) as client:
-            copies = kind.copies(client)
-            copy = copies.get(copy_id)  # 404 before asking anything
+            points = kind.points(client)
+            point = points.get(point_id)  # 404 before asking anything
             confirm(
-                f"Restore server {copy.server.id} ({copy.server.name}) from {noun} "
-                f"{copy.id} ({copy.name})? All data written since is lost",
-                f"restore server {copy.server.id} from {noun} {copy.id}",
+                f"Restore server {point.server.id} ({point.server.name}) from {noun} "
+                f"{point.id} ({point.name})? All data written since is lost",
+                f"restore server {point.server.id} from {noun} {point.id}",
                 yes,
             )
-            body = copies.restore_json(copy_id)
+            body = points.restore_json(point_id)
             if wait:
                 wait_restored(client, int(body["server"]["id"]), timeout, output)
             elif output is OutputFormat.json:
@@ -154,18 +154,18 @@ def add_commands(app: typer.Typer, kind: CopyKind) -> None:
                 note(str(body.get("message", "")))
 
     @app.command("delete", help=f"Permanently delete a {noun}. This cannot be undone.")
-    def delete(ctx: typer.Context, copy_id: id_arg, yes: YesOption = False) -> None:
+    def delete(ctx: typer.Context, point_id: id_arg, yes: YesOption = False) -> None:
         with open_client(ctx) as client:
-            copies = kind.copies(client)
-            copy = copies.get(copy_id)  # 404 before asking anything
+            points = kind.points(client)
+            point = points.get(point_id)  # 404 before asking anything
             confirm(
-                f"Delete {noun} {copy.id} ({copy.name}) of server "
-                f"{copy.server.id} ({copy.server.name})?",
-                f"delete {noun} {copy.id}",
+                f"Delete {noun} {point.id} ({point.name}) of server "
+                f"{point.server.id} ({point.server.name})?",
+                f"delete {noun} {point.id}",
                 yes,
             )
-            copies.delete(copy_id)
-            note(f"{noun} {copy_id} deleted")
+            points.delete(point_id)
+            note(f"{noun} {point_id} deleted")
 
 
 def wait_restored(client: Client, server_id: int, timeout: float, output: OutputFormat) -> None:

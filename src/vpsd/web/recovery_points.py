@@ -27,11 +27,11 @@ from vpsd.web.session import PanelUser, PanelUserDep, services_of
 router = APIRouter(include_in_schema=False, route_class=PanelRoute)
 Kind = Literal["snapshots", "backups"]
 Action = Literal["restore", "delete"]
-CopyId = Annotated[int, Path(ge=1, le=MAX_ID)]
+PointId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 @dataclass(frozen=True, slots=True)
-class Copy:
+class RecoveryPoint:
     """What a restore or delete page needs of a snapshot or a backup."""
 
     id: int
@@ -41,29 +41,29 @@ class Copy:
 
 
 @dataclass(frozen=True, slots=True)
-class CopyKind:
-    """How the panel words and does things to one kind of copy."""
+class RecoveryPointKind:
+    """How the panel words and does things to one kind of recovery point."""
 
     noun: str
-    find: Callable[[Services, int, int], Awaitable[Copy]]
+    find: Callable[[Services, int, int], Awaitable[RecoveryPoint]]
     restore: Callable[[Services, int, int], object]
     delete: Callable[[Services, int, int], object]
     restore_consequences: tuple[str, ...]
     delete_consequences: tuple[str, ...]
 
 
-async def _find_snapshot(services: Services, account_id: int, snapshot_id: int) -> Copy:
+async def _find_snapshot(services: Services, account_id: int, snapshot_id: int) -> RecoveryPoint:
     found = await services.snapshots.get(account_id, snapshot_id)
-    return Copy(found.id, found.name, found.server_id, found.server_name)
+    return RecoveryPoint(found.id, found.name, found.server_id, found.server_name)
 
 
-async def _find_backup(services: Services, account_id: int, backup_id: int) -> Copy:
+async def _find_backup(services: Services, account_id: int, backup_id: int) -> RecoveryPoint:
     found = await run_in_threadpool(services.backups.get, account_id, backup_id)
-    return Copy(found.id, found.name, found.server.id, found.server.name)
+    return RecoveryPoint(found.id, found.name, found.server.id, found.server.name)
 
 
-KINDS: dict[str, CopyKind] = {
-    "snapshots": CopyKind(
+KINDS: dict[str, RecoveryPointKind] = {
+    "snapshots": RecoveryPointKind(
         noun="snapshot",
         find=_find_snapshot,
         restore=lambda s, account, i: s.snapshots.restore(account, i),
@@ -79,7 +79,7 @@ KINDS: dict[str, CopyKind] = {
             "The server itself is not touched.",
         ),
     ),
-    "backups": CopyKind(
+    "backups": RecoveryPointKind(
         noun="backup",
         find=_find_backup,
         restore=lambda s, account, i: s.backups.restore(account, i),
@@ -146,15 +146,15 @@ async def take(request: Request, user: PanelUser, server_id: int, kind: Kind) ->
     return done(request, f"/servers/{server_id}", f"Taking {noun} {created.name}.")
 
 
-async def _copy(request: Request, user: PanelUser, kind: str, copy_id: int) -> Copy:
-    return await KINDS[kind].find(services_of(request), user.account_id, copy_id)
+async def _find_point(request: Request, user: PanelUser, kind: str, point_id: int) -> RecoveryPoint:
+    return await KINDS[kind].find(services_of(request), user.account_id, point_id)
 
 
 async def confirm_action(
-    request: Request, user: PanelUser, kind: Kind, copy_id: int, action: Action
+    request: Request, user: PanelUser, kind: Kind, point_id: int, action: Action
 ) -> Response:
     """Ask before restoring or deleting a snapshot or a backup."""
-    found = await _copy(request, user, kind, copy_id)
+    found = await _find_point(request, user, kind, point_id)
     what = KINDS[kind]
     if action == "restore":
         title = f"Restore {found.server_name} from {what.noun} {found.name}?"
@@ -167,22 +167,22 @@ async def confirm_action(
         user,
         title=title,
         consequences=list(consequences),
-        action=f"/{kind}/{copy_id}/{action}",
+        action=f"/{kind}/{point_id}/{action}",
         button=f"{action.capitalize()} {what.noun}" if action == "delete" else "Restore server",
         back=f"/servers/{found.server_id}",
     )
 
 
 async def act(
-    request: Request, user: PanelUser, kind: Kind, copy_id: int, action: Action
+    request: Request, user: PanelUser, kind: Kind, point_id: int, action: Action
 ) -> Response:
     """Restore or delete a snapshot or a backup; refused, the server's page says why."""
-    found = await _copy(request, user, kind, copy_id)
+    found = await _find_point(request, user, kind, point_id)
     what = KINDS[kind]
     services = services_of(request)
     try:
         work = what.restore if action == "restore" else what.delete
-        await run_in_threadpool(work, services, user.account_id, copy_id)
+        await run_in_threadpool(work, services, user.account_id, point_id)
     except DomainError as error:
         return await render_server_page(
             request, user, found.server_id, STATUS_OF_ERROR, {what.noun: FormErrors.of(error)}
@@ -204,19 +204,19 @@ def _add_routes(kind: Kind) -> None:
         """Take a snapshot or a backup of the server."""
         return await take(request, user, server_id, kind)
 
-    @router.get(f"/{kind}/{{copy_id}}/{{action}}")
+    @router.get(f"/{kind}/{{point_id}}/{{action}}")
     async def confirm_one(
-        request: Request, user: PanelUserDep, copy_id: CopyId, action: Action
+        request: Request, user: PanelUserDep, point_id: PointId, action: Action
     ) -> Response:
         """Ask before restoring or deleting one."""
-        return await confirm_action(request, user, kind, copy_id, action)
+        return await confirm_action(request, user, kind, point_id, action)
 
-    @router.post(f"/{kind}/{{copy_id}}/{{action}}")
+    @router.post(f"/{kind}/{{point_id}}/{{action}}")
     async def act_on_one(
-        request: Request, user: PanelUserDep, copy_id: CopyId, action: Action
+        request: Request, user: PanelUserDep, point_id: PointId, action: Action
     ) -> Response:
         """Restore or delete one."""
-        return await act(request, user, kind, copy_id, action)
+        return await act(request, user, kind, point_id, action)
 
 
 _add_routes("snapshots")
