@@ -253,6 +253,8 @@ def test_console_is_plain_text_and_bounded(alice: ApiClient, bob: ApiClient) -> 
     response = alice.get(f"/servers/{sid}/console/")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
+    # What the guest wrote is never sniffed as HTML by a browser (issue 22, item 8).
+    assert response.headers["x-content-type-options"] == "nosniff"
     assert f"server {sid} booted" in response.text
     tail = alice.get(f"/servers/{sid}/console/", params={"bytes": 6}).text
     assert len(tail) == 6 and response.text.endswith(tail)

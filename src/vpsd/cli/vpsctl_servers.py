@@ -30,6 +30,7 @@ from vpsd.cli.vpsctl_output import (
 )
 from vpsd.client import Client, ServerOut
 from vpsd.client.resources import DEFAULT_CONSOLE_BYTES
+from vpsd.console_text import for_terminal, plain
 from vpsd.schemas import BLANK_IMAGE, ServerStatusName
 
 app = typer.Typer(help="Create, inspect, power and delete servers.", no_args_is_help=True)
@@ -221,11 +222,20 @@ def console(
         ),
     ] = DEFAULT_CONSOLE_BYTES,
 ) -> None:
-    """Print the end of the server's serial console (boot messages, login prompt) as is."""
+    """Print the end of the server's serial console (boot messages, login prompt).
+
+    Colours are kept on a terminal (unless NO_COLOR is set); every other control sequence
+    the guest wrote (titles, clipboard, screen clears) is dropped.
+    """
     with open_client(ctx) as client:
         text = client.servers.console(server_id, max_bytes)
-    sys.stdout.write(text)
+    sys.stdout.write(for_terminal(text) if _colour_terminal() else plain(text))
     sys.stdout.flush()
+
+
+def _colour_terminal() -> bool:
+    """Whether stdout is a terminal that should get colours (https://no-color.org)."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
 def ssh_command(server: ServerOut, extra: list[str]) -> list[str]:
