@@ -191,13 +191,13 @@ def test_console_drops_the_guests_control_sequences(
 
 def test_ssh_print_shows_the_command(run: Run, alice: ApiClient, execs: list[list[str]]) -> None:
     deb = debian_server(alice)
-    host, port = deb["ssh"]["host"], deb["ssh"]["port"]
+    host, port, alias = deb["ssh"]["host"], deb["ssh"]["port"], f"vpsd-vpsd.test-server-{deb['id']}"
     printed = run("servers", "ssh", str(deb["id"]), "--print")
     assert printed.code == 0, printed.err
-    assert printed.out == f"ssh -p {port} root@{host}\n"
+    assert printed.out == f"ssh -p {port} -o HostKeyAlias={alias} root@{host}\n"
 
     extra = run("servers", "ssh", str(deb["id"]), "--print", "--", "-i", "my key", "uptime")
-    assert extra.out == f"ssh -p {port} root@{host} -i 'my key' uptime\n"
+    assert extra.out == f"ssh -p {port} -o HostKeyAlias={alias} root@{host} -i 'my key' uptime\n"
     assert execs == []
 
 
@@ -206,7 +206,37 @@ def test_ssh_execs_ssh(run: Run, alice: ApiClient, execs: list[list[str]]) -> No
     host, port = deb["ssh"]["host"], deb["ssh"]["port"]
     result = run("servers", "ssh", str(deb["id"]), "--", "-v")
     assert result.code == 0, result.err
-    assert execs == [["ssh", "-p", str(port), f"root@{host}", "-v"]]
+    alias = f"HostKeyAlias=vpsd-vpsd.test-server-{deb['id']}"
+    assert execs == [["ssh", "-p", str(port), "-o", alias, f"root@{host}", "-v"]]
+
+
+def test_a_new_server_on_a_freed_port_gets_a_host_key_name_of_its_own(
+    run: Run, alice: ApiClient
+) -> None:
+    """Issue 22, item 13: ssh keyed the host key by host and port, so a new server given a
+    deleted one's port met the old key (REMOTE HOST IDENTIFICATION HAS CHANGED)."""
+    first = debian_server(alice, "deb-1")
+    before = run("servers", "ssh", str(first["id"]), "--print").out
+    assert alice.delete(f"/servers/{first['id']}/").status_code == 204
+    alice.wait_server(first["id"], None)
+    second = debian_server(alice, "deb-2")
+    assert second["ssh"] == first["ssh"]  # the port was freed and given again
+    after = run("servers", "ssh", str(second["id"]), "--print").out
+    assert after != before
+    assert f"HostKeyAlias=vpsd-vpsd.test-server-{second['id']} " in after
+
+
+@pytest.mark.parametrize(
+    ("url", "alias"),
+    [
+        ("http://127.0.0.1:8000", "vpsd-127.0.0.1-8000-server-7"),
+        ("https://vpsd.example.com", "vpsd-vpsd.example.com-server-7"),
+        ("https://VPSD.example.com:8443/", "vpsd-vpsd.example.com-8443-server-7"),
+        ("http://[::1]:8000", "vpsd---1-8000-server-7"),
+    ],
+)
+def test_host_key_alias_names_the_api_and_the_server(url: str, alias: str) -> None:
+    assert vpsctl_servers.host_key_alias(url, 7) == alias
 
 
 def test_ssh_into_a_blank_server_fails_clearly(
