@@ -29,6 +29,22 @@ def snapshot_tag(database_url: str, snapshot_id: int) -> str:
     return tag
 
 
+def store_key_text(database_url: str, key_id: int, text: str) -> None:
+    """Put ``text`` in SSH key ``key_id``'s row as is: a key saved by an earlier vpsd, under
+    rules that have since changed (the API would refuse it now)."""
+    from sqlalchemy import update
+
+    from vpsd.db.models import SshKey
+    from vpsd.db.session import Database
+
+    database = Database(database_url)
+    try:
+        with database.write() as session:
+            session.execute(update(SshKey).where(SshKey.id == key_id).values(public_key=text))
+    finally:
+        database.dispose()
+
+
 def write_fake_image(
     images_dir: Path, slug: str = "debian-12", version: str = "000000000000", **manifest: Any
 ) -> Path:

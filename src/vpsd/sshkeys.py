@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import itertools
+import logging
 import re
 import struct
 import unicodedata
@@ -22,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 from vpsd.schemas import MAX_PUBLIC_KEY_LENGTH
+
+log = logging.getLogger(__name__)
 
 MIN_RSA_BITS = 2048
 ACCEPTED_TYPES = (
@@ -80,7 +83,7 @@ def parse_public_key(text: str) -> PublicKey:
     not exactly one accepted key: a private key, several keys or lines, ``authorized_keys``
     options, an unsupported type (``ssh-dss``, RSA under 2048 bits, security keys,
     certificates), bad base64, a type that does not match the key data, or control
-    characters in the comment.
+    characters or backslashes in the comment.
     """
     if len(text) > MAX_PUBLIC_KEY_LENGTH:
         raise InvalidPublicKey(
@@ -106,6 +109,46 @@ def parse_public_key(text: str) -> PublicKey:
     bits = _validate_blob(key_type, blob)
     data = base64.b64encode(blob).decode("ascii")
     return PublicKey(key_type, data, comment, fingerprint(blob), bits)
+
+
+def installable_line(stored: str) -> str | None:
+    """The ``authorized_keys`` line to install for a stored key: rebuilt from its parts
+    (``type base64 [comment]``), so nothing but the key and its comment reaches a guest.
+
+    A key saved before a rule that now refuses its comment (a backslash, say) is installed
+    without the comment, so its server still boots and its owner still logs in. None when
+    even the type and key data are not an accepted key (nothing vpsd ever stored).
+    """
+    try:
+        return parse_public_key(stored).line
+    except InvalidPublicKey:
+        pass
+    fields = _FIELD_SEPARATOR.split(stored.strip(), maxsplit=2)
+    try:
+        return parse_public_key(" ".join(fields[:2])).line
+    except InvalidPublicKey:
+        return None
+
+
+def guest_keys(stored: str | None, server_id: int) -> tuple[str, ...]:
+    """The lines to install for root on server ``server_id``, from its stored keys (one per
+    line), each through ``installable_line``; what is changed or left out is logged."""
+    keys = []
+    for number, line in enumerate(filter(None, (stored or "").splitlines()), start=1):
+        installed = installable_line(line)
+        if installed is None:
+            log.warning("server %d: stored ssh key %d is no key; not installed", server_id, number)
+            continue
+        if installed != line.strip():
+            key = parse_public_key(installed)
+            log.warning(
+                "server %d: ssh key %s installed as its type and key data alone (its stored "
+                "comment is refused today)",
+                server_id,
+                key.fingerprint,
+            )
+        keys.append(installed)
+    return tuple(keys)
 
 
 def _shown(token: str) -> str:
@@ -182,6 +225,13 @@ def _comment(raw: str) -> str | None:
     if any(unicodedata.category(char) in _FORBIDDEN_CATEGORIES for char in comment):
         raise InvalidPublicKey(
             "the comment contains control or invisible characters; use printable text"
+        )
+    if "\\" in comment:
+        # A shell's echo, a printf format, a config parser: each may read \n or \0055 in
+        # it as an escape, turning one key line into two on the server.
+        raise InvalidPublicKey(
+            "the comment contains a backslash (\\), which a server's tools may read as an "
+            "escape such as a line break; write the comment without it"
         )
     return comment or None
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers import ApiClient, write_fake_image
+from tests.helpers import ApiClient, store_key_text, write_fake_image
 from tests.unit.conftest import account_token
 from vpsd.backups.fake import FakeBackupStore
 from vpsd.config import Settings
@@ -96,6 +96,23 @@ def test_a_server_from_an_image_gets_keys_identity_and_an_ssh_port(
     assert spec.guest is not None and spec.guest.hostname == "web-1"
     assert spec.guest.authorized_keys == (public_keys[0], public_keys[1])
     assert spec.ssh is not None and spec.ssh.port == server["ssh"]["port"]
+
+
+def test_a_key_stored_before_the_comment_rule_boots_without_its_comment(
+    alice: ApiClient, fake_driver: FakeDriver, settings: Settings, public_keys: list[str]
+) -> None:
+    """Issue 22, item 2: a key saved while backslashes were allowed must neither reach the
+    guest with its comment (dash's echo made it two lines) nor stop the server booting."""
+    kept, legacy = _key(alice, public_keys[0], "kept"), _key(alice, public_keys[1], "legacy")
+    key_type, data, _ = public_keys[1].split()
+    smuggling = f'{key_type} {data} a\\n command="/usr/bin/id" ssh\\0055ed25519 {data} evil'
+    store_key_text(settings.effective_database_url, legacy, smuggling)
+    response = _create(alice, image="debian-12", ssh_keys=[kept, legacy])
+    assert response.status_code == 201, response.text
+    alice.wait_server(response.json()["id"], "running")
+    spec = fake_driver.spec(response.json()["id"])
+    assert spec.guest is not None
+    assert spec.guest.authorized_keys == (public_keys[0], f"{key_type} {data}")
 
 
 def test_default_image_applies_when_none_is_given(
@@ -254,6 +271,8 @@ def test_console_is_plain_text_and_bounded(alice: ApiClient, bob: ApiClient) -> 
     response = alice.get(f"/servers/{sid}/console/")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
+    # What the guest wrote is never sniffed as HTML by a browser (issue 22, item 8).
+    assert response.headers["x-content-type-options"] == "nosniff"
     assert f"server {sid} booted" in response.text
     tail = alice.get(f"/servers/{sid}/console/", params={"bytes": 6}).text
     assert len(tail) == 6 and response.text.endswith(tail)

@@ -957,6 +957,28 @@ def test_what_users_and_guests_write_is_shown_as_text(
         assert XSS not in page.text and "&lt;script&gt;alert(1)" in page.text, url
 
 
+def test_the_console_shows_colours_as_classes_and_drops_other_escapes(
+    client: TestClient, database: Database, alice: ApiClient, fake_driver: FakeDriver
+) -> None:
+    """Issue 22, item 16: the panel showed a guest's colour codes raw."""
+    server_id = alice.create_server("web-1")["id"]
+    fake_driver.write_console(
+        server_id,
+        b"\x1b]0;title\x07\x1b[2J[\x1b[0;32m  OK  \x1b[0m] Started \x1b[1mssh\x1b[0m.\r\n",
+    )
+    panel = signed_in(client, database, "alice")
+    console = panel.get(f"/servers/{server_id}/console", headers={"HX-Request": "true"})
+    assert console.status_code == 200
+    assert "\x1b" not in console.text and "title" not in console.text
+    assert (
+        '[<span class="con-fg-2">  OK  </span>] Started <span class="con-bold">ssh</span>.\n'
+        in console.text
+    )
+    # The classes have rules in the panel's stylesheet (the CSP forbids inline styles).
+    css = panel.get("/static/panel/panel.css").text
+    assert ".con-fg-2 {" in css and ".con-bold {" in css
+
+
 # -- forms -----------------------------------------------------------------------------------
 
 

@@ -126,6 +126,16 @@ def test_mismatched_type_and_control_characters(alice: ApiClient) -> None:
     assert alice.get("/ssh_keys/").json()["count"] == 0
 
 
+def test_a_comment_that_smuggles_a_second_key_is_refused_in_words(alice: ApiClient) -> None:
+    """Issue 22, item 2: the backslashes are typed literally; a guest's ``echo`` made the
+    comment a second line holding another key with a forced command."""
+    carrier, smuggled = new_key("").split()[1], new_key("").split()[1]
+    smuggling = f'ssh-ed25519 {carrier} a\\n command="/usr/bin/id" ssh\\0055ed25519 {smuggled} evil'
+    message = field_error(alice.post("/ssh_keys/", json={"name": "x", "public_key": smuggling}))
+    assert "backslash" in message and carrier not in message
+    assert alice.get("/ssh_keys/").json()["count"] == 0
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from vpsd.sshkeys import InvalidPublicKey, fingerprint, parse_public_key
+from vpsd.sshkeys import (
+    InvalidPublicKey,
+    fingerprint,
+    guest_keys,
+    installable_line,
+    parse_public_key,
+)
 
 requires_ssh_keygen = pytest.mark.skipif(
     shutil.which("ssh-keygen") is None, reason="ssh-keygen is not installed"
@@ -171,6 +177,9 @@ def test_fingerprint_is_sha256_unpadded_base64() -> None:
         (f"{ED25519} evil\u202etxt", "control or invisible"),
         (f"{ED25519} a\tb", "control"),
         (f"{ED25519} a\ud800", "control"),
+        (f"{ED25519} a\\n command=x", "backslash"),
+        (f"{ED25519} me\\", "backslash"),
+        (f"{ED25519} a\\0055b", "backslash"),
         ("x" * 20_000, "too long"),
     ],
 )
@@ -184,3 +193,41 @@ def test_rejections_say_why(text: str, expected: str | None) -> None:
 def test_messages_never_echo_the_key_data() -> None:
     for text in (f"ssh-rsa {ED25519.split()[1]}", f"{ED25519}\n{ED25519}", ED25519 + "AAAA"):
         assert ED25519.split()[1] not in rejected(text)
+
+
+# -- keys stored before a rule that refuses them ---------------------------------------------
+
+SMUGGLING = f'{ED25519} a\\n command="/usr/bin/id" ssh\\0055ed25519 {ED25519.split()[1]} evil'
+
+
+@pytest.mark.parametrize(
+    ("stored", "installed"),
+    [
+        (f"{ED25519} me@laptop", f"{ED25519} me@laptop"),
+        (ED25519, ED25519),
+        (f"  {ED25519}\t me  ", f"{ED25519} me"),
+        # A comment refused today: installed without it, never with it.
+        (SMUGGLING, ED25519),
+        (f"{ED25519} a\x1b]52;c;x\x07", ED25519),
+        # Not a key at all (vpsd never stored one): nothing.
+        ("ssh-ed25519 AAAA", None),
+        (f'command="x" {ED25519}', None),
+        ("", None),
+    ],
+)
+def test_a_stored_key_is_installed_rebuilt_from_its_parts(
+    stored: str, installed: str | None
+) -> None:
+    assert installable_line(stored) == installed
+
+
+def test_guest_keys_rebuild_each_line_and_log_what_they_change(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stored = f"{ED25519} ok\n\n{SMUGGLING}\nssh-ed25519 AAAA\n"
+    assert guest_keys(stored, 7) == (f"{ED25519} ok", ED25519)
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert f"server 7: ssh key {parse_public_key(ED25519).fingerprint} installed" in logged
+    assert "server 7: stored ssh key 3 is no key; not installed" in logged
+    assert "evil" not in logged and "AAAA" not in logged  # never the key text
+    assert guest_keys(None, 7) == () and guest_keys("", 7) == ()

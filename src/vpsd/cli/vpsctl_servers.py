@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 
@@ -30,12 +32,15 @@ from vpsd.cli.vpsctl_output import (
 )
 from vpsd.client import Client, ServerOut
 from vpsd.client.resources import DEFAULT_CONSOLE_BYTES
+from vpsd.console_text import for_terminal, plain
 from vpsd.schemas import BLANK_IMAGE, ServerStatusName
 
 app = typer.Typer(help="Create, inspect, power and delete servers.", no_args_is_help=True)
 ServerIdArg = Annotated[int, typer.Argument(min=1, metavar="SERVER_ID", help="the server's id")]
 MAX_CONSOLE_BYTES = 1024 * 1024
 SSH_USER = "root"
+_NOT_IN_ALIAS = re.compile(r"[^A-Za-z0-9.-]")
+"""Characters a HostKeyAlias does not take from the API's host (an IPv6 address's colons)."""
 
 
 def _show(
@@ -221,15 +226,40 @@ def console(
         ),
     ] = DEFAULT_CONSOLE_BYTES,
 ) -> None:
-    """Print the end of the server's serial console (boot messages, login prompt) as is."""
+    """Print the end of the server's serial console (boot messages, login prompt).
+
+    Colours are kept on a terminal (unless NO_COLOR is set); every other control sequence
+    the guest wrote (titles, clipboard, screen clears) is dropped.
+    """
     with open_client(ctx) as client:
         text = client.servers.console(server_id, max_bytes)
-    sys.stdout.write(text)
+    sys.stdout.write(for_terminal(text) if _colour_terminal() else plain(text))
     sys.stdout.flush()
 
 
-def ssh_command(server: ServerOut, extra: list[str]) -> list[str]:
-    """``ssh -p PORT root@HOST [EXTRA...]`` for a server; UsageProblem if it has no SSH."""
+def _colour_terminal() -> bool:
+    """Whether stdout is a terminal that should get colours (https://no-color.org)."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def host_key_alias(api_url: str, server_id: int) -> str:
+    """The name ssh records a server's host key under: ``vpsd-HOST[-PORT]-server-ID``, HOST
+    and PORT those of the API's URL.
+
+    One name per server, not per SSH ``host:port``: a port freed by a deleted server and
+    given to a new one would otherwise meet the old key (REMOTE HOST IDENTIFICATION HAS
+    CHANGED), while a server whose own key changes is still caught.
+    """
+    url = urlsplit(api_url)
+    where = url.hostname or "api"
+    if url.port is not None:
+        where += f"-{url.port}"
+    return f"vpsd-{_NOT_IN_ALIAS.sub('-', where)}-server-{server_id}"
+
+
+def ssh_command(server: ServerOut, extra: list[str], api_url: str) -> list[str]:
+    """``ssh -p PORT -o HostKeyAlias=... root@HOST [EXTRA...]`` for a server of the API at
+    ``api_url``; UsageProblem if it has no SSH."""
     if server.ssh is None:
         reason = (
             f"it is {BLANK_IMAGE} (an empty disk, no guest); servers created with --image have one"
@@ -237,7 +267,11 @@ def ssh_command(server: ServerOut, extra: list[str]) -> list[str]:
             else "the API shows no SSH endpoint for it"
         )
         raise UsageProblem(f"server {server.id} ({server.name}) has no SSH endpoint: {reason}")
-    return ["ssh", "-p", str(server.ssh.port), f"{SSH_USER}@{server.ssh.host}", *extra]
+    alias = host_key_alias(api_url, server.id)
+    return [
+        "ssh", "-p", str(server.ssh.port), "-o", f"HostKeyAlias={alias}",
+        f"{SSH_USER}@{server.ssh.host}", *extra,
+    ]  # fmt: skip
 
 
 @app.command("ssh")
@@ -256,13 +290,14 @@ def ssh(
         bool, typer.Option("--print", help="only print the ssh command, do not run it")
     ] = False,
 ) -> None:
-    """Log in to the server as root: runs 'ssh -p PORT root@HOST' with your own ssh.
+    """Log in to the server as root: runs 'ssh -p PORT root@HOST' with your own ssh, its host
+    key recorded under a name of its own (HostKeyAlias=vpsd-HOST-server-ID).
 
     Arguments after '--' go to ssh: vpsctl servers ssh 7 -- -i ~/.ssh/id_ed25519 uptime
     """
     with open_client(ctx) as client:
         server = client.servers.get(server_id)
-    command = ssh_command(server, ssh_args or [])
+    command = ssh_command(server, ssh_args or [], client.base_url)
     if print_only:
         print(shlex.join(command))
         return

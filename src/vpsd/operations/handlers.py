@@ -47,6 +47,7 @@ from vpsd.operations.job import (
 )
 from vpsd.operations.leases import LeaseLost
 from vpsd.operations.payloads import CreateServer, SnapshotSource, expect
+from vpsd.sshkeys import guest_keys
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -203,7 +204,7 @@ def vm_spec(server: Server, settings: Settings) -> VmSpec:
     if server.image is None:
         return VmSpec(server.id, server.memory_mb, server.vcpus, server.disk_gb)
     image = server.image
-    keys = tuple(filter(None, (server.authorized_keys or "").splitlines()))
+    keys = guest_keys(server.authorized_keys, server.id)
     return VmSpec(
         server.id,
         server.memory_mb,

@@ -7,10 +7,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import RedirectResponse, Response
+from markupsafe import Markup
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
+from vpsd.console_text import to_html
 from vpsd.schemas import MAX_ID, ServerCreate
 from vpsd.services.common import PageRequest
 from vpsd.services.errors import DomainError
@@ -181,9 +183,12 @@ async def server_live(request: Request, user: PanelUserDep, server_id: ServerId)
 
 @router.get("/servers/{server_id}/console")
 def server_console(request: Request, user: PanelUserDep, server_id: ServerId) -> Response:
-    """The console's last bytes, polled by the server's page."""
+    """The console's last bytes, polled by the server's page: its colours as classes, every
+    other control sequence the guest wrote dropped."""
     tail = services_of(request).servers.console(user.account_id, server_id, CONSOLE_BYTES)
-    return page(request, "_console.html", user, console=tail.decode(errors="replace"))
+    # to_html escapes the guest's text itself; its markup is only vpsd's own spans.
+    console = Markup(to_html(tail.decode(errors="replace")))  # noqa: S704
+    return page(request, "_console.html", user, console=console)
 
 
 @router.post("/servers/{server_id}/power/{action}")

@@ -18,6 +18,7 @@ from vpsd.schemas import MAX_ID, BackupPolicy, BackupPolicyOut, Page, ServerCrea
 router = APIRouter(prefix="/servers", tags=["servers"], route_class=ApiRoute)
 DEFAULT_CONSOLE_BYTES = 64 * 1024
 MAX_CONSOLE_BYTES = 1024 * 1024
+NO_SNIFF = {"X-Content-Type-Options": "nosniff"}
 ServerId = Annotated[int, Path(ge=1, le=MAX_ID, description="the server's id"), DIGITS_ONLY]
 
 
@@ -89,9 +90,11 @@ def server_console(
     ] = DEFAULT_CONSOLE_BYTES,
 ) -> PlainTextResponse:
     """The last bytes of the server's serial console (boot messages, login prompt), so you
-    can see why a guest does not boot."""
+    can see why a guest does not boot. As the guest wrote them, escape sequences included:
+    vpsctl and the panel show them safely (``vpsd.console_text``)."""
     tail = services.servers.console(principal.account_id, server_id, max_bytes)
-    return PlainTextResponse(tail.decode(errors="replace"))
+    # The guest chose these bytes: a browser must never take them for HTML or a script.
+    return PlainTextResponse(tail.decode(errors="replace"), headers=NO_SNIFF)
 
 
 @router.delete(

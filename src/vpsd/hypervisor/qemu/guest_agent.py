@@ -6,6 +6,11 @@ channel, so every session starts with ``guest-sync-delimited``: a 0xFF byte is s
 reset the agent's parser, and everything before the agent's own 0xFF-prefixed answer with
 our random id is discarded. Until the guest opens its port, reads simply block: every call
 has a timeout, and a guest that does not answer is reported as ``GuestAgentUnavailable``.
+
+Every byte on the channel comes from the guest, which may be hostile: an answer is at most
+``MAX_REPLY_BYTES`` and the stale bytes skipped while syncing at most ``MAX_STALE_BYTES``.
+Beyond either, the session is closed at once with a ``GuestAgentError``, so a guest that
+floods costs a bounded amount of memory and no waiting; each byte is looked at once.
 """
 
 from __future__ import annotations
@@ -16,11 +21,17 @@ import socket
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from vpsd.hypervisor.base import DriverError
 
 SYNC_BYTE = b"\xff"
+MIB = 1024 * 1024
+MAX_REPLY_BYTES = MIB
+"""The longest answer taken from an agent (vpsd's largest, an 8 KiB file read, is ~11 KiB)."""
+MAX_STALE_BYTES = 4 * MIB
+"""The most skipped while syncing: a few answers an earlier client left unread."""
+_RECEIVE_BYTES = 65536
 
 
 class GuestAgentError(DriverError):
@@ -41,7 +52,11 @@ class GuestAgent:
         self._path = socket_path
         self._timeout = timeout
         self._sock: socket.socket | None = None
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._scanned = 0
+        """How much of ``_buffer`` is known to hold no newline."""
+        self._received = 0
+        """Bytes received in this session."""
 
     def __enter__(self) -> GuestAgent:
         self.connect()
@@ -94,35 +109,45 @@ class GuestAgent:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._buffer.clear()
+        self._scanned = 0
 
     def _sync(self) -> None:
         token = secrets.randbelow(2**31)
         request = {"execute": "guest-sync-delimited", "arguments": {"id": token}}
         self._send(SYNC_BYTE + json.dumps(request).encode() + b"\n")
         deadline = time.monotonic() + self._timeout
+        before = self._received
         while True:
+            if self._received - before > MAX_STALE_BYTES:
+                self._cut_off(f"sent more than {MAX_STALE_BYTES // MIB} MiB before syncing")
             # Everything up to the agent's 0xFF is a stale answer to an earlier client.
             marker = self._buffer.find(SYNC_BYTE)
             if marker >= 0:
-                self._buffer = self._buffer[marker + 1 :]
+                self._discard(marker + 1)
                 reply = self._read_reply(deadline, "guest-sync-delimited")
                 if reply.get("return") == token:
                     return
                 continue
-            self._buffer = b""
+            self._discard(len(self._buffer))
             self._receive(deadline, "guest-sync-delimited")
 
     def _send(self, data: bytes) -> None:
-        assert self._sock is not None, "not connected"
+        if self._sock is None:
+            raise GuestAgentUnavailable("the session with the guest agent was closed")
         try:
             self._sock.sendall(data)
         except OSError as exc:
             raise GuestAgentUnavailable(f"guest agent at {self._path}: {exc}") from exc
 
     def _read_reply(self, deadline: float, command: str) -> dict[str, Any]:
-        while b"\n" not in self._buffer:
+        while (end := self._buffer.find(b"\n", self._scanned)) < 0:
+            self._scanned = len(self._buffer)
+            if self._scanned > MAX_REPLY_BYTES:
+                self._cut_off(f"sent more than {MAX_REPLY_BYTES // MIB} MiB in answer to {command}")
             self._receive(deadline, command)
-        line, _, self._buffer = self._buffer.partition(b"\n")
+        line = bytes(self._buffer[:end])
+        self._discard(end + 1)
         try:
             reply = json.loads(line.strip(SYNC_BYTE + b" \r"))
         except ValueError as exc:
@@ -131,14 +156,25 @@ class GuestAgent:
             raise GuestAgentError(f"guest agent sent an unexpected answer to {command}")
         return reply
 
+    def _discard(self, count: int) -> None:
+        """Drop the first ``count`` bytes of the buffer (they have been read)."""
+        del self._buffer[:count]
+        self._scanned = max(0, self._scanned - count)
+
+    def _cut_off(self, what: str) -> NoReturn:
+        """Close a session the agent flooded: its channel is out of step for good."""
+        self.close()
+        raise GuestAgentError(f"the guest agent {what}; the session was closed")
+
     def _receive(self, deadline: float, command: str) -> None:
-        assert self._sock is not None, "not connected"
+        if self._sock is None:
+            raise GuestAgentUnavailable(f"the session with the guest agent was closed ({command})")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise GuestAgentUnavailable(f"the guest agent did not answer {command} in time")
         self._sock.settimeout(remaining)
         try:
-            chunk = self._sock.recv(65536)
+            chunk = self._sock.recv(_RECEIVE_BYTES)
         except TimeoutError as exc:
             raise GuestAgentUnavailable(
                 f"the guest agent did not answer {command} in time"
@@ -148,3 +184,4 @@ class GuestAgent:
         if not chunk:
             raise GuestAgentUnavailable(f"guest agent at {self._path} closed the connection")
         self._buffer += chunk
+        self._received += len(chunk)
