@@ -966,6 +966,7 @@ def test_the_console_shows_colours_as_classes_and_drops_other_escapes(
         server_id,
         b"\x1b]0;title\x07\x1b[2J[\x1b[0;32m  OK  \x1b[0m] Started \x1b[1mssh\x1b[0m.\r\n",
     )
+    alice.wait_console(server_id, "Started")  # once its host's agent has mirrored it
     panel = signed_in(client, database, "alice")
     console = panel.get(f"/servers/{server_id}/console", headers={"HX-Request": "true"})
     assert console.status_code == 200

@@ -176,6 +176,7 @@ def test_console_drops_the_guests_control_sequences(
     """Issue 22, item 8: a guest's escapes reached the user's terminal raw."""
     server = alice.create_server("web-1")
     fake_driver.write_console(server["id"], HOSTILE_CONSOLE)
+    alice.wait_console(server["id"], "login")  # once its host's agent has mirrored it
     monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
     monkeypatch.delenv("NO_COLOR", raising=False)
     result = run("servers", "console", str(server["id"]), "--bytes", str(len(HOSTILE_CONSOLE)))
