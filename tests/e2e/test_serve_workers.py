@@ -34,8 +34,14 @@ def test_workers_slower_to_start_than_the_health_check_still_start(tmp_path: Pat
     (slow / "sitecustomize.py").write_text(SLOW_START.format(seconds=8))
     with serving(driver="fake", args=("--workers", "2"), env={"PYTHONPATH": str(slow)}) as live:
         assert live.process is not None
-        assert len(worker_pids(live.process)) == 2
+        started = worker_pids(live.process)
+        wait_for(
+            lambda: live.log().count("Application startup complete") == 2,
+            60,
+            what="both workers' startup",
+        )
         assert httpx.get(f"{live.base_url}/healthz", timeout=10).status_code == 200
+        assert worker_pids(live.process) == started and len(started) == 2  # none replaced
         log = live.log()
         assert "was killed" not in log and "died" not in log, log
 
