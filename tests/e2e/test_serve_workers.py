@@ -1,18 +1,22 @@
 """``vpsd serve --workers N``'s supervisor (issue 22, item 10): a worker slow to start is
-given the time, and every worker's exit is logged with its cause."""
+given the time, every worker's exit is logged with its cause, and workers that cannot start
+their application stop ``vpsd serve`` with exit code 3."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests import qemu_helpers as qh
 from tests.cluster import worker_pids
 from tests.helpers import wait_for
-from tests.live_server import serving
+from tests.live_server import VPSD, LiveServer, serving
 
 pytestmark = [pytest.mark.e2e]
 
@@ -22,6 +26,13 @@ import time
 
 if "--multiprocessing-fork" in sys.argv:  # a worker spawned by `vpsd serve --workers`
     time.sleep({seconds})
+"""
+
+BROKEN_APPLICATION = """\
+import sys
+
+if "--multiprocessing-fork" in sys.argv:  # a worker spawned by `vpsd serve --workers`
+    sys.modules["vpsd.api.app"] = None  # cannot import its application
 """
 
 
@@ -67,3 +78,24 @@ def test_every_worker_exit_is_logged_with_its_cause() -> None:
         assert live.process.returncode == 0, log
         for pid in (kept, replacement):
             assert f"API worker {pid} stopped (" in log, log
+
+
+def test_workers_that_cannot_start_stop_vpsd_serve_with_code_3(tmp_path: Path) -> None:
+    """Workers whose application cannot load stop the parent (another would fail alike),
+    which says why and exits 3, as one process does; it exited 0 before."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "sitecustomize.py").write_text(BROKEN_APPLICATION)
+    root = qh.short_tmpdir()
+    try:
+        env = {**LiveServer(root, driver="fake").env, "PYTHONPATH": str(broken)}
+        done = subprocess.run(
+            [VPSD, "serve", "--port", "0", "--workers", "2"],
+            env=env, capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    output = done.stdout + done.stderr
+    assert done.returncode == 3, output
+    assert "exited unexpectedly (exit code 3: its application could not start" in output
+    assert "stopping: the API workers cannot start" in output
