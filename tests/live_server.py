@@ -167,13 +167,18 @@ class LiveServer:
 def serving(
     database_url: str | None = None,
     prepare: Callable[[Path], object] | None = None,
+    args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
     **settings: str,
 ) -> Iterator[LiveServer]:
-    """A started ``LiveServer`` in a fresh short data dir (``settings`` as ``VPSD_*``;
-    ``prepare`` is given the data dir before the start); afterwards it is stopped, every VM
-    it started is killed and the data dir removed, even when the block failed."""
+    """A started ``LiveServer`` in a fresh short data dir (``settings`` as ``VPSD_*``, more
+    ``vpsd serve`` options in ``args``, other environment variables in ``env``; ``prepare``
+    is given the data dir before the start); afterwards it is stopped, every VM it started
+    is killed and the data dir removed, even when the block failed."""
     root = qh.short_tmpdir()
     server = LiveServer(root, database_url=database_url, **settings)
+    server.args = args
+    server.env.update(env or {})
     try:
         if prepare is not None:
             prepare(root)

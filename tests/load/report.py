@@ -33,6 +33,10 @@ class Figures:
     rss_end: int
     operations: Counter[tuple[str, str]]
     accel: str
+    generator_cpu: float
+    """CPU seconds the load generator (the test's process) spent during the load."""
+    service_cpu: float
+    """CPU seconds the watched ``vpsd serve`` process spent during the load."""
 
 
 def accel_of(data_dir: Path) -> str:
@@ -47,6 +51,12 @@ def accel_of(data_dir: Path) -> str:
             if f"accel={accel}" in text or f"-accel {accel}" in text:
                 return accel
     return "unknown"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds the process has spent so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -80,6 +90,9 @@ def render(f: Figures) -> str:
         + ", ".join(f"{n}" for _, n in sorted(f.max_live.items())),
         f"- RSS of `vpsd serve` (MiB): before {f.rss_before / 1024:.0f}, after warm-up "
         f"{f.rss_warm / 1024:.0f}, peak {f.rss_peak / 1024:.0f}, end {f.rss_end / 1024:.0f}",
+        f"- CPU during the load: the load generator {f.generator_cpu:.0f} s "
+        f"({f.generator_cpu / max(f.elapsed, 1e-9):.0%} of a core), `vpsd serve` "
+        f"{f.service_cpu:.0f} s ({f.service_cpu / max(f.elapsed, 1e-9):.0%})",
         "",
         "| kind | requests | statuses | p50 ms | p99 ms |",
         "|---|---:|---|---:|---:|",
@@ -98,8 +111,22 @@ def render(f: Figures) -> str:
     return "\n".join(lines)
 
 
+FINDINGS = "## Findings"
+
+
+def findings() -> str:
+    """The doc's hand-written ``## Findings`` section, up to the next section: kept when a
+    run rewrites the figures (empty when there is none)."""
+    text = DOC.read_text() if DOC.exists() else ""
+    start = text.find(f"\n{FINDINGS}\n")
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + 1)
+    return text[start + 1 : end + 1 if end >= 0 else len(text)].rstrip() + "\n\n"
+
+
 def write(f: Figures) -> None:
-    """Replace ``docs/load-test.md`` with this run's figures."""
+    """Replace ``docs/load-test.md`` with this run's figures, keeping its findings."""
     command = (
         f"VPSD_LOAD_CLIENTS={f.clients} VPSD_LOAD_SECONDS={f.seconds:.0f} "
         f"VPSD_LOAD_SERVERS={f.servers} VPSD_LOAD_REPORT=1 "
@@ -109,29 +136,30 @@ def write(f: Figures) -> None:
         f"""# Load test
 
 `tests/load/test_load.py` runs `vpsd serve` (SQLite, real QEMU VMs) and drives it over
-loopback with concurrent `httpx.AsyncClient` clients, each sending back-to-back random
-requests: list snapshots (all, or of one server), get a snapshot, create, restore and delete
-snapshots. A poller checks every server's live snapshot count four times a second and
-samples the service's RSS from `/proc/<pid>/status`. The test then waits until everything
-settles and asserts: no 5xx, the 5-snapshot limit never exceeded, every 201/200/204 matched
-by exactly one operation that ended, every snapshot completed, every server running again,
-and RSS at the end below twice the RSS after warm-up.
+loopback with concurrent clients, each an `httpx.AsyncClient` of its own with one connection,
+each sending back-to-back random requests: list snapshots (all, or of one server), get a
+snapshot, create, restore and delete snapshots. A poller checks every server's live snapshot
+count four times a second and samples the service's RSS from `/proc/<pid>/status`. The test
+then waits until everything settles and asserts: no 5xx and no failed connection, the
+5-snapshot limit never exceeded, every 201/200/204 matched by exactly one operation that
+ended, every snapshot completed, every server running again, and RSS at the end below twice
+the RSS after warm-up.
 
 Statuses other than 2xx are expected: 400 for a restore while the server is busy or a
 create over the limit, 404 for a get, restore or delete of a snapshot another client
 already deleted.
 
-## Last recorded run ({datetime.now(UTC):%Y-%m-%d})
+{findings()}## Last recorded run ({datetime.now(UTC):%Y-%m-%d})
 
 Machine: {machine()}.
 
 {render(f)}
 
-Latencies are mostly the load generator's own queueing: its 200 asyncio clients run in one
-Python process on the same two cores as the service and its VMs, and `top` during a run shows
-that process at ~75% CPU against ~45% for `vpsd serve` (restores also boot VMs). So the
-throughput here is the generator's ceiling, not the service's; `bench/` is where speed is
-measured. This test asserts correctness under load.
+The load generator's clients run as coroutines of one Python process on the same two cores
+as the service and its VMs (the CPU line says how they shared them; restores also boot VMs),
+so latencies include the generator's own queueing and the throughput is what this machine
+gives both, not the service's ceiling; `bench/` is where speed is measured. This test asserts
+correctness under load.
 
 ## Reproduce
 

@@ -135,11 +135,13 @@ def serve(
     if workers > 1:
         assert claimed.socket is not None  # serve always listens
         try:
-            worker_processes.serve_workers(
+            served = worker_processes.serve_workers(
                 settings, claimed.socket, workers, cap, log_level, enabled_access_log
             )
         finally:
             claimed.release()
+        if not served:
+            raise typer.Exit(3)
         return
     application = create_app(settings)
     config = uvicorn.Config(

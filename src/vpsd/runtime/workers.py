@@ -1,5 +1,5 @@
 """``vpsd serve --workers N``: N API processes on one listening socket, under uvicorn's
-supervisor (which replaces a worker that dies).
+supervisor (``supervisor.Supervisor``: it replaces a worker that dies, and logs why).
 
 The workers are stateless (``vpsd.runtime.app.create_worker_app``): the parent has migrated the
 database and holds the data dir's locks. With a broker, no process here runs operations:
@@ -41,13 +41,14 @@ def serve_workers(
     connection_cap: int,
     log_level: str,
     access_log: bool,
-) -> None:
+) -> bool:
     """Serve on ``sock`` with ``workers`` processes until SIGTERM or SIGINT; run this host's
-    agent here meanwhile when no broker is set. Call ``prepare_metrics_dir`` first."""
+    agent here meanwhile when no broker is set. Call ``prepare_metrics_dir`` first. False
+    when the workers' application could not start (their log says why)."""
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
     from vpsd.runtime import assembly  # here: prometheus_client after prepare_metrics_dir
+    from vpsd.runtime.supervisor import HEALTH_CHECK_SECONDS, Supervisor
 
     # The workers' settings come from the environment: the data dir may have been an option.
     os.environ["VPSD_DATA_DIR"] = str(settings.data_dir)
@@ -70,10 +71,13 @@ def serve_workers(
         log_level=log_level.lower(),
         access_log=access_log,
         timeout_keep_alive=settings.keep_alive_seconds,
+        timeout_worker_healthcheck=HEALTH_CHECK_SECONDS,
     )
+    supervisor = Supervisor(config, sockets=[sock])
     try:
-        Multiprocess(config, sockets=[sock]).run()
+        supervisor.run()
     finally:
         if agent is not None:
             log.info("stopping this host's agent; operations under way end first")
             agent.stop()
+    return not supervisor.failed_start
