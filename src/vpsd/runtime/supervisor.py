@@ -54,6 +54,11 @@ own, so a busy event loop does not delay it, but a starved machine can, by secon
 a worker that is only slow resets every connection it holds."""
 
 
+EXIT_GRACE_SECONDS = 2.0
+"""How long a worker that stopped answering may take to be seen exited (its pipe closes a
+moment before the process is gone) before it is deemed hung and killed."""
+
+
 def exit_cause(exitcode: int | None) -> str:
     """A worker's exit in words, from ``multiprocessing``'s exit code (``-N``: signal N):
     ``exit code 1``, ``signal SIGKILL``. (uvicorn's workers end by SIGTERM once they have
@@ -123,6 +128,8 @@ class Supervisor(Multiprocess):
             timeout = self.config.timeout_worker_healthcheck
             if self._answers(process, timeout):
                 return None
+            # A worker whose exit cut the wait short may not be reaped yet: let it finish.
+            process.process.join(EXIT_GRACE_SECONDS)
             if not process.process.is_alive():
                 return "exited unexpectedly"
             return f"did not answer the health check within {timeout} s and was killed"
