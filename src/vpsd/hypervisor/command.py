@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import ctypes
 import json
 import os
@@ -41,6 +42,62 @@ class CommandError(DriverError):
         self.command = list(args)
         self.returncode = returncode
         self.stderr = stderr
+
+
+class Cancelled(DriverError):
+    """The work was called off (``CancelScope.cancel``); ``str(error)`` says why, in words
+    fit for the user."""
+
+
+class CancelScope:
+    """The programs ``streaming`` starts in a thread while this scope is current there
+    (``cancellable``): ``cancel`` kills them all, and any started later fails at once."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        """Why the work was called off; None while it was not."""
+        self._running: set[subprocess.Popen[bytes]] = set()
+        self._lock = threading.Lock()
+
+    def cancel(self, reason: str) -> None:
+        """Call the work off: kill its programs (with what they started) now."""
+        with self._lock:
+            if self.reason is None:
+                self.reason = reason
+            running = list(self._running)
+        for process in running:
+            _kill_group(process)
+
+    def check(self) -> None:
+        """Raise ``Cancelled`` if the work was called off."""
+        if self.reason is not None:
+            raise Cancelled(self.reason)
+
+    def _started(self, process: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._running.add(process)
+            cancelled = self.reason is not None
+        if cancelled:  # called off between the check and the start
+            _kill_group(process)
+
+    def _ended(self, process: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._running.discard(process)
+
+
+_current_scope: contextvars.ContextVar[CancelScope | None] = contextvars.ContextVar(
+    "vpsd_cancel_scope", default=None
+)
+
+
+@contextmanager
+def cancellable(scope: CancelScope) -> Iterator[CancelScope]:
+    """Make ``scope`` current in this thread for the body of the ``with``."""
+    token = _current_scope.set(scope)
+    try:
+        yield scope
+    finally:
+        _current_scope.reset(token)
 
 
 def _name(args: list[str]) -> str:
@@ -206,6 +263,7 @@ def streaming(
     stdin: int | IO[bytes] | None = None,
     stdout: int | IO[bytes] | None = None,
     env: Mapping[str, str] | None = None,
+    kill_on: Callable[[str], bool] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run a program that streams data through pipes (``subprocess.PIPE``) or file objects,
     for the body of the ``with``; then wait for it to end.
@@ -214,11 +272,16 @@ def streaming(
     ``timeout`` seconds after it started (it is killed then). When the body raises, the
     program is killed, with whatever it started (its process group). Unlike ``run``'s
     commands, it dies with vpsd (``PR_SET_PDEATHSIG``: Linux sends it SIGKILL when the thread
-    that started it ends).
+    that started it ends). A line of its stderr for which ``kill_on`` is true kills it at
+    once (an error it would only retry). Within a ``CancelScope`` that is cancelled, it is
+    killed and ``Cancelled`` raised.
     """
     if not args:
         raise ValueError("streaming() needs a command")
     name = _name(args)
+    scope = _current_scope.get()
+    if scope is not None:
+        scope.check()
     try:
         process = subprocess.Popen(
             args,
@@ -242,8 +305,10 @@ def streaming(
     timer = threading.Timer(timeout, expire)
     timer.daemon = True
     timer.start()
+    if scope is not None:
+        scope._started(process)
     stderr_lines: list[bytes] = []
-    reader = threading.Thread(target=_drain, args=(process, stderr_lines), daemon=True)
+    reader = threading.Thread(target=_drain, args=(process, stderr_lines, kill_on), daemon=True)
     reader.start()
     try:
         yield process
@@ -262,9 +327,13 @@ def streaming(
             returncode = process.wait()
         finally:
             timer.cancel()
+            if scope is not None:
+                scope._ended(process)
         # A child the program started (nbdcopy's qemu-nbd) may hold stderr open after it.
         reader.join(timeout=10.0)
     stderr = b"".join(stderr_lines).decode(errors="replace")
+    if returncode != 0 and scope is not None and scope.reason is not None:
+        raise Cancelled(scope.reason)
     if timed_out.is_set():
         raise CommandError(args, None, stderr, f"{name} timed out after {timeout:g}s")
     if returncode != 0:
@@ -279,8 +348,13 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
     process.kill()
 
 
-def _drain(process: subprocess.Popen[bytes], into: list[bytes]) -> None:
+def _drain(
+    process: subprocess.Popen[bytes], into: list[bytes], kill_on: Callable[[str], bool] | None
+) -> None:
     assert process.stderr is not None
     with process.stderr:
         for line in process.stderr:
             into.append(line)
+            if kill_on is not None and kill_on(line.decode(errors="replace")):
+                _kill_group(process)
+                kill_on = None  # once is enough; the rest is still collected
