@@ -7,7 +7,15 @@ import shutil
 import pytest
 
 from tests.contract.driver_probes import DiskProbe
-from vpsd.hypervisor.base import Driver, DriverError, PowerState, RunState, StopResult, VmSpec
+from vpsd.hypervisor.base import (
+    Driver,
+    DriverError,
+    IncompleteDisks,
+    PowerState,
+    RunState,
+    StopResult,
+    VmSpec,
+)
 
 SPEC = VmSpec(server_id=7, memory_mb=128, vcpus=1, disk_gb=1)
 SID = SPEC.server_id
@@ -217,3 +225,71 @@ def test_clone_a_snapshot_into_a_new_server(driver: Driver, disk: DiskProbe) -> 
     assert driver.snapshot_tags(10) == set()
     with pytest.raises(DriverError):
         driver.snapshot_clone(SID, "no-such-snapshot", VmSpec(11, 128, 1, 1))
+
+
+def _stopped_with_a_snapshot(driver: Driver, disk: DiskProbe) -> None:
+    """A stopped server whose disk holds 0xAB, kept in its snapshot ``kept`` too."""
+    driver.create_disks(SPEC)
+    disk.write(SID, 0xAB)
+    driver.snapshot_create(SID, "kept")
+
+
+def _rewrite(driver: Driver, pattern: int, *, cut: bool = False) -> None:
+    """Write the first MiB of the stopped server's disk0 with ``pattern`` through
+    ``disk_writer``, without finishing the rewrite; ``cut``: the stream fails after it."""
+    [info] = driver.disks(SID)
+    if not cut:
+        with driver.disk_writer(SPEC, "disk0", info.size_bytes) as sink:
+            sink.write(bytes([pattern]) * MIB)
+        return
+    with pytest.raises(RuntimeError), driver.disk_writer(SPEC, "disk0", info.size_bytes) as sink:
+        sink.write(bytes([pattern]) * MIB)
+        raise RuntimeError("the backup storage went away")
+
+
+def test_an_unfinished_rewrite_is_never_booted_and_can_be_put_back(
+    driver: Driver, disk: DiskProbe
+) -> None:
+    """Issue 22, item 5: a restore killed half-way left a mix of old and new bytes, which
+    ``start`` booted with no warning."""
+    _stopped_with_a_snapshot(driver, disk)
+    _rewrite(driver, 0xCD, cut=True)
+    _rewrite(driver, 0xCD)  # a rerun after the cut: the state kept is still the first one
+    assert disk.has(SID, 0xCD)
+    assert driver.incomplete_disks(SID) == ["disk0"]
+    with pytest.raises(IncompleteDisks):
+        driver.start(SPEC)
+    assert driver.info(SID).power_state is PowerState.STOPPED
+
+    driver.finish_rewrite(SID, keep=False)
+    driver.finish_rewrite(SID, keep=False)  # idempotent
+    assert driver.incomplete_disks(SID) == []
+    assert disk.has(SID, 0xAB)
+    assert driver.snapshot_tags(SID) == {"kept"}
+    driver.start(SPEC)
+    assert driver.info(SID).power_state is PowerState.RUNNING
+
+
+def test_a_finished_rewrite_keeps_the_new_bytes_and_the_snapshots(
+    driver: Driver, disk: DiskProbe
+) -> None:
+    _stopped_with_a_snapshot(driver, disk)
+    _rewrite(driver, 0xCD)
+    driver.finish_rewrite(SID, keep=True)
+    assert driver.incomplete_disks(SID) == []
+    assert disk.has(SID, 0xCD)
+    assert driver.snapshot_tags(SID) == {"kept"}
+    driver.finish_rewrite(SID, keep=False)  # nothing left to put back
+    assert disk.has(SID, 0xCD)
+
+
+def test_a_snapshot_restore_makes_an_unfinished_rewrite_whole(
+    driver: Driver, disk: DiskProbe
+) -> None:
+    _stopped_with_a_snapshot(driver, disk)
+    _rewrite(driver, 0xCD, cut=True)
+    driver.snapshot_restore(SID, "kept")
+    assert driver.incomplete_disks(SID) == []
+    assert disk.has(SID, 0xAB)
+    driver.start(SPEC)
+    assert driver.info(SID).power_state is PowerState.RUNNING
