@@ -21,10 +21,12 @@ from vpsd.config import Settings
 from vpsd.db.session import Database
 from vpsd.hypervisor.base import Driver
 from vpsd.operations import leases
+from vpsd.operations.backup_storage import BackupStorageWatch
 from vpsd.operations.context import OperationContext
 from vpsd.operations.heartbeat import HostHeartbeat
 from vpsd.operations.monitor import VmMonitor, reconcile_power_states
 from vpsd.operations.periodic import Periodic
+from vpsd.operations.preemption import PreemptionSweep
 from vpsd.operations.recovery import recover, take_back_expired
 from vpsd.operations.runner import InProcessRunner
 from vpsd.operations.scheduler import BackupScheduler
@@ -65,6 +67,10 @@ class HostAgent:
             "vpsd-leases", "taking back operations whose lease expired", self._take_back,
             settings.host_heartbeat_seconds,
         )  # fmt: skip
+        self.preemption = PreemptionSweep(db, self.ctx.cancellations)
+        self.storage_watch = BackupStorageWatch(
+            db, backups, settings.host_name, settings.backup_storage_check_seconds
+        )
 
     def recover(self) -> None:
         """Register this host, then settle what a crash or restart left of its servers'
@@ -74,21 +80,26 @@ class HostAgent:
         reconcile_power_states(self.ctx)
 
     def start(self) -> None:
-        """Run operations, watch VMs, take due backups and heartbeat, in background threads."""
+        """Run operations, watch VMs, take due backups, heartbeat, cancel backups a stop
+        preempts and look at the backup storage, in background threads."""
         self.runner.start()
         self.runner.notify()
         self.monitor.start()
         self.scheduler.start()
         self.heartbeat.start()
         self.lease_sweeper.start()
+        self.preemption.start()
+        self.storage_watch.start()
         log.info("host %s: agent running", self.settings.host_name)
 
     def stop(self) -> None:
         """Stop every thread; operations under way run to their end first."""
+        self.storage_watch.stop()
         self.lease_sweeper.stop()
         self.scheduler.stop()
         self.monitor.stop()
         self.runner.stop()
+        self.preemption.stop()
         # Last: while operations end, the host is alive and their leases are renewed.
         self.heartbeat.stop()
 

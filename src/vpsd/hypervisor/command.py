@@ -100,6 +100,14 @@ def cancellable(scope: CancelScope) -> Iterator[CancelScope]:
         _current_scope.reset(token)
 
 
+def raise_if_cancelled() -> None:
+    """Raise ``Cancelled`` if the current thread's ``CancelScope`` was cancelled (work done
+    in-process, which no kill reaches, checks here between its steps)."""
+    scope = _current_scope.get()
+    if scope is not None:
+        scope.check()
+
+
 def _name(args: list[str]) -> str:
     """``qemu-img snapshot`` style short name: the program plus its sub-command, if any."""
     program = Path(args[0]).name
