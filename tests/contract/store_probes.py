@@ -24,7 +24,8 @@ class StoreProbe(Protocol):
         """Put the repository that vanished back where it was."""
 
     def there(self) -> bool:
-        """Whether anything is at the repository's place."""
+        """Whether a repository is at its place (restic: its config file; a restic cut off
+        in the middle of storing may have made folders for its data there)."""
 
     def stored_bytes(self) -> int:
         """What the repository takes (for restic: the bytes of its files)."""
@@ -70,7 +71,7 @@ class ResticProbe:
         self.aside.rename(self.repository)
 
     def there(self) -> bool:
-        return self.repository.exists()
+        return (self.repository / "config").exists()
 
     def stored_bytes(self) -> int:
         return sum(path.stat().st_size for path in self.repository.rglob("*") if path.is_file())

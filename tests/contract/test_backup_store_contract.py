@@ -159,6 +159,36 @@ def test_a_vanished_repository_is_never_made_again(
     assert load(store, snapshot) == b"before" * 1000
 
 
+class VanishingMidway(io.BytesIO):
+    """A disk stream during whose reading the repository goes away."""
+
+    def __init__(self, data: bytes, repository: StoreProbe) -> None:
+        super().__init__(data)
+        self.repository = repository
+        self.gone = False
+
+    def read(self, size: int | None = -1) -> bytes:
+        chunk = super().read(size)
+        if not self.gone and self.tell() >= len(self.getbuffer()) // 4:
+            self.gone = True
+            self.repository.vanish()
+        return chunk
+
+
+def test_a_repository_vanishing_mid_save_fails_it_at_once(
+    store: BackupStore, repository: StoreProbe
+) -> None:
+    """restic retried the repository's files for a minute or more once they were gone."""
+    save(store, b"first")
+    started = time.monotonic()
+    with pytest.raises(StorageMissing):
+        store.save(VanishingMidway(os.urandom(48 * MIB), repository), "disk0.raw", TAGS)
+    took = time.monotonic() - started
+    print(f"a save whose repository vanished failed in {took:.1f} s")
+    assert took < 30
+    assert not repository.there()
+
+
 def test_init_makes_a_new_empty_repository_when_told(
     store: BackupStore, repository: StoreProbe
 ) -> None:

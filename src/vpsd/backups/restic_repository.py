@@ -6,9 +6,10 @@ never had a repository) and there is none. A repository that is gone once vpsd h
 which would take new backups while every earlier one could no longer be restored. The
 operator makes one explicitly with ``vpsd backups init`` (``RepositoryGate.init``).
 
-restic retries a failed write to the repository for about a minute and a half (a read-only
-filesystem, a permission refused), holding the backup ``in_progress``; ``run`` kills it at
-the first such error instead (``gives_up``), and the error is classified at once.
+restic retries a failed access to the repository for a minute or more (a read-only
+filesystem, a permission refused, a repository gone in the middle of a command), holding
+the backup ``in_progress`` and whatever waits behind it; ``run`` kills it at the first retry
+no retry can fix instead (``gives_up``), and the error is classified at once.
 """
 
 from __future__ import annotations
@@ -40,31 +41,39 @@ COMMAND_TIMEOUT = 600.0
 """Seconds a restic command that moves no disk data (list, forget, prune...) may take."""
 _REMOTE = ("sftp:", "s3:", "rest:", "b2:", "azure:", "gs:", "swift:", "rclone:")
 _CONFIG_UNREADABLE = "unable to open config file"
+_CONFIG_LOAD = "load(<config/"
+"""How restic names the config file in a retry line (its ``Load`` of it failed)."""
 _NOT_THERE = ("no such file or directory", "file does not exist", "does not exist", "not found")
-"""restic's words (by backend: local, sftp, s3, rest) for a config file that is not there,
-as opposed to one it could not reach or was refused."""
+"""restic's words (by backend: local, sftp, s3, rest) for a file that is not there, as
+opposed to one it could not reach or was refused."""
+_RETRYING = "returned error, retrying after"
 _GIVES_UP = (
     "read-only file system",
     "permission denied",
     "no space left on device",
     "disk quota exceeded",
+    *_NOT_THERE,
 )
-"""Errors restic would retry for a minute and a half that no retry can fix."""
+"""Errors that, when restic retries them, no retry can fix (a repository whose files are
+gone mid-command is one that vanished: its volume was unmounted)."""
 
 Probe = Literal["ok", "missing"]
 
 
 def is_missing(stderr: str) -> bool:
     """Whether restic's error output says the repository is not there (its config file is
-    absent), rather than unreachable or refused."""
+    absent, or its files went away in the middle of a command), rather than unreachable or
+    refused."""
     lowered = stderr.lower()
-    return _CONFIG_UNREADABLE in lowered and any(words in lowered for words in _NOT_THERE)
+    about = _CONFIG_UNREADABLE in lowered or _CONFIG_LOAD in lowered or _RETRYING in lowered
+    return about and any(words in lowered for words in _NOT_THERE)
 
 
 def gives_up(stderr_line: str) -> bool:
-    """Whether a line restic printed reports an error no retry can fix."""
+    """Whether a line restic printed says it retries an error no retry can fix (a mere
+    warning, an unwritable cache say, is no reason to stop it)."""
     lowered = stderr_line.lower()
-    return any(words in lowered for words in _GIVES_UP)
+    return _RETRYING in lowered and any(words in lowered for words in _GIVES_UP)
 
 
 def classify(error: command.CommandError) -> BackupStoreError:

@@ -92,6 +92,7 @@ def _backup_create(ctx: OperationContext, job: Job) -> Result:
             saved = _store_disks(ctx, job, backup)
     except BaseException:
         with suppress(DriverError):
+            ctx.backups.unlock_stale()  # a restic killed (cancelled, say) left its lock
             _forget_stored(ctx, backup.uuid)
         raise
     finally:
@@ -222,6 +223,8 @@ def _backup_restore(ctx: OperationContext, job: Job) -> Result:
         _write_disks(ctx, job, backup)
     except DriverError as error:
         ctx.driver.finish_rewrite(job.server_id, keep=False)
+        with suppress(DriverError):
+            ctx.backups.unlock_stale()  # a restic that died mid-stream left its lock
         raise _noting(job, error, "its disks were put back as they were") from error
     ctx.driver.finish_rewrite(job.server_id, keep=True)
     return return_to_prior_power(ctx, job)
