@@ -254,13 +254,15 @@ def _decode(data: bytes | str | None) -> str:
 
 
 _PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+"""Looked up here, once: between fork and exec the child must not dlopen, whose lock another
+thread of vpsd may have held when it forked (the child would hang before it ran restic)."""
 
 
 def _die_with_parent() -> None:  # pragma: no cover (runs in the child, between fork and exec)
     # A stream left running by a killed vpsd would go on reading a snapshot that the rerun of
     # its operation deletes, or writing a disk that another run writes: it must die with us.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 @contextmanager
