@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     max_manual_backups_per_server: int = Field(default=10, ge=0)
     backup_scheduler_interval: float = Field(default=60.0, gt=0)
     """Seconds between looks for automatic backups that are due."""
+    backup_storage_check_seconds: float = Field(default=60.0, gt=0)
+    """Seconds between looks at the backup repository (``restic cat config``: about half a
+    second of CPU); what each agent found shows on the backups and in ``/metrics``."""
 
     max_body_bytes: int = 64 * 1024
     runner_threads: int = 16

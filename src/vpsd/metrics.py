@@ -8,7 +8,8 @@ an agent without an API):
 - ``observe_operation``, called by whoever runs operations: ``vpsd_operations_total`` and
   ``vpsd_operation_duration_seconds`` by kind and outcome.
 - ``DatabaseCollector``, read at scrape time with a few aggregate queries: operations queued
-  and running per host, hosts' heartbeat age and whether they are up, servers by state.
+  and running per host, hosts' heartbeat age and whether they are up, servers by state,
+  whether each host's agent found its backup storage usable.
 
 Multiprocess: when ``PROMETHEUS_MULTIPROC_DIR`` is set before this module is first imported
 (the parent of the API's worker processes sets it, and empties the directory, before
@@ -42,8 +43,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vpsd.backups.base import StorageHealth, StorageState
 from vpsd.config import Settings, get_settings
-from vpsd.db.models import Host, HostState, Operation, OperationStatus, Server, ServerStatus
+from vpsd.db.models import (
+    BackupStorageCheck,
+    Host,
+    HostState,
+    Operation,
+    OperationStatus,
+    Server,
+    ServerStatus,
+)
 from vpsd.db.session import Database
 from vpsd.services.hosts import shown_state
 
@@ -132,7 +142,7 @@ def serve_metrics(address: str, port: int, db: Database, settings: Settings | No
 
 
 class DatabaseCollector:
-    """Gauges read from the database at each scrape, with three queries:
+    """Gauges read from the database at each scrape, with four queries:
 
     - ``vpsd_operations_queued{host}``, ``vpsd_operations_running{host}``: operations
       ``pending`` and ``running``, by their server's host (every host, 0 when none);
@@ -141,6 +151,8 @@ class DatabaseCollector:
       ``VPSD_HOST_DOWN_AFTER_SECONDS``), 0 when ``down``;
     - ``vpsd_servers{state}``: servers by status, deleted ones left out (every status, 0
       when none);
+    - ``vpsd_backup_storage_up{host}``: 1 when the host's agent last found its backup
+      storage usable, 0 when missing or unavailable (hosts that never looked: absent);
     - ``vpsd_database_up``: 1, or 0 when the queries failed (the gauges above are then
       absent from that scrape; the other metrics are still served).
     """
@@ -156,27 +168,32 @@ class DatabaseCollector:
     def collect(self) -> Iterator[Metric]:
         """Read the database now and yield the gauges."""
         try:
-            hosts, operations, servers = self._read()
+            hosts, operations, servers, storage = self._read()
         except SQLAlchemyError as error:
             log.warning("metrics could not read the database: %s", error)
             yield _gauge("vpsd_database_up", "1 when this scrape read the database", 0)
             return
         now = datetime.now(UTC)
-        queued, running, age, up, by_state = self._families()
+        queued, running, age, up, by_state, storage_up = self._families()
         for host in hosts:
             queued.add_metric([host.name], operations.get((host.id, OperationStatus.PENDING), 0))
             running.add_metric([host.name], operations.get((host.id, OperationStatus.RUNNING), 0))
             age.add_metric([host.name], (now - host.last_heartbeat_at).total_seconds())
             shown = shown_state(host, self.settings, now)
             up.add_metric([host.name], 0 if shown == HostState.DOWN else 1)
+            if host.id in storage:
+                usable = StorageHealth(StorageState(storage[host.id])).usable
+                storage_up.add_metric([host.name], 1 if usable else 0)
         counts = {status.value: 0 for status in ServerStatus if status != ServerStatus.DELETED}
         counts.update(servers)
         for state, count in counts.items():
             by_state.add_metric([state], count)
-        yield from (queued, running, age, up, by_state)
+        yield from (queued, running, age, up, by_state, storage_up)
         yield _gauge("vpsd_database_up", "1 when this scrape read the database", 1)
 
-    def _read(self) -> tuple[list[Host], dict[tuple[int, str], int], dict[str, int]]:
+    def _read(
+        self,
+    ) -> tuple[list[Host], dict[tuple[int, str], int], dict[str, int], dict[int, str]]:
         active = (OperationStatus.PENDING, OperationStatus.RUNNING)
         with self.db.read() as session:
             hosts = list(session.scalars(select(Host).order_by(Host.name)))
@@ -198,7 +215,13 @@ class DatabaseCollector:
                     .group_by(Server.status)
                 )
             }
-        return hosts, operations, servers
+            storage = {
+                int(host_id): str(state)
+                for host_id, state in session.execute(
+                    select(BackupStorageCheck.host_id, BackupStorageCheck.state)
+                )
+            }
+        return hosts, operations, servers, storage
 
     @staticmethod
     def _families() -> list[GaugeMetricFamily]:
@@ -219,6 +242,12 @@ class DatabaseCollector:
                 "host",
             ),
             family("vpsd_servers", "Servers by state, deleted ones left out", "state"),
+            family(
+                "vpsd_backup_storage_up",
+                "1 when the host's agent last found its backup storage usable, 0 when it is "
+                "missing or cannot be used",
+                "host",
+            ),
         ]
 
 

@@ -1,20 +1,28 @@
-"""Fixtures for the driver contract suite: one ``driver`` per implementation, plus a
-``disk`` probe that writes and checks byte patterns on a server's disk the way each driver
-allows (in memory for the fake, qemu-io for QEMU)."""
+"""Fixtures for the contract suites: one ``driver`` per implementation, plus a ``disk``
+probe that writes and checks byte patterns on a server's disk the way each driver allows
+(in memory for the fake, qemu-io for QEMU); one backup ``store`` per implementation, plus a
+``repository`` probe (move it away, bring it back, make it read-only, measure it)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests import qemu_helpers as qh
 from tests.contract.driver_probes import DiskProbe, FakeProbe, QemuProbe
+from tests.contract.store_probes import FakeStoreProbe, ResticProbe, StoreProbe
+from vpsd.backups.base import BackupStore
+from vpsd.backups.fake import FakeBackupStore
+from vpsd.backups.restic import ResticStore
 from vpsd.hypervisor.base import Driver
 from vpsd.hypervisor.fake import FakeDriver
 from vpsd.hypervisor.qemu import QemuDriver
+
+requires_restic = pytest.mark.skipif(shutil.which("restic") is None, reason="needs restic")
 
 
 @pytest.fixture(
@@ -45,3 +53,23 @@ def disk(driver: Driver) -> DiskProbe:
         return FakeProbe(driver)
     assert isinstance(driver, QemuDriver)
     return QemuProbe(driver)
+
+
+@pytest.fixture(params=["fake", pytest.param("restic", marks=requires_restic)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> BackupStore:
+    """Each backup store in turn: the fake in memory, restic on a local folder (its
+    password file beside it; neither exists before first use)."""
+    if request.param == "fake":
+        return FakeBackupStore()
+    return ResticStore(
+        str(tmp_path / "repository"), tmp_path / "backup-password", tmp_path / "restic-cache"
+    )
+
+
+@pytest.fixture
+def repository(store: BackupStore) -> StoreProbe:
+    """What an operator can do to ``store``'s repository."""
+    if isinstance(store, FakeBackupStore):
+        return FakeStoreProbe(store)
+    assert isinstance(store, ResticStore)
+    return ResticProbe(Path(store.repository))

@@ -7,7 +7,15 @@ import shutil
 import pytest
 
 from tests.contract.driver_probes import DiskProbe
-from vpsd.hypervisor.base import Driver, DriverError, PowerState, RunState, StopResult, VmSpec
+from vpsd.core.errors import HostError
+from vpsd.hypervisor.base import (
+    Driver,
+    IncompleteDisks,
+    PowerState,
+    RunState,
+    StopResult,
+    VmSpec,
+)
 
 SPEC = VmSpec(server_id=7, memory_mb=128, vcpus=1, disk_gb=1)
 SID = SPEC.server_id
@@ -74,7 +82,7 @@ def test_snapshot_running_vm_and_restore(driver: Driver, disk: DiskProbe) -> Non
     assert driver.info(SID).power_state is PowerState.RUNNING
 
     disk.write(SID, 0xEE)  # the guest keeps writing after the snapshot
-    with pytest.raises(DriverError):
+    with pytest.raises(HostError):
         driver.snapshot_restore(SID, "live")
     assert driver.info(SID).power_state is PowerState.RUNNING
     assert disk.has(SID, 0xEE)
@@ -109,7 +117,7 @@ def test_restore_older_keeps_newer_usable(driver: Driver, disk: DiskProbe) -> No
 def test_restore_unknown_tag_fails(driver: Driver, disk: DiskProbe) -> None:
     driver.create_disks(SPEC)
     disk.write(SID, 0x44)
-    with pytest.raises(DriverError):
+    with pytest.raises(HostError):
         driver.snapshot_restore(SID, "never-taken")
     assert disk.has(SID, 0x44)
 
@@ -133,7 +141,7 @@ def test_delete_is_idempotent(driver: Driver, disk: DiskProbe, running: bool) ->
 
 
 def test_snapshot_without_disks_fails(driver: Driver) -> None:
-    with pytest.raises(DriverError):
+    with pytest.raises(HostError):
         driver.snapshot_create(SID, "nothing")
     driver.snapshot_delete(SID, "nothing")  # nothing to delete is fine
     assert driver.snapshot_tags(SID) == set()
@@ -184,7 +192,7 @@ def test_a_snapshot_streams_out_and_back_in(driver: Driver, disk: DiskProbe) -> 
     assert disk.has(8, 0xAB)
     assert driver.snapshot_tags(8) == set()
     # A running VM's disk is not written under it.
-    with pytest.raises(DriverError), driver.disk_writer(SPEC, "disk0", info.size_bytes):
+    with pytest.raises(HostError), driver.disk_writer(SPEC, "disk0", info.size_bytes):
         pass
     driver.kill(SID)
     with (
@@ -215,5 +223,73 @@ def test_clone_a_snapshot_into_a_new_server(driver: Driver, disk: DiskProbe) -> 
     assert disk.has(10, 0x11)
     assert disk.has(SID, 0x22)
     assert driver.snapshot_tags(10) == set()
-    with pytest.raises(DriverError):
+    with pytest.raises(HostError):
         driver.snapshot_clone(SID, "no-such-snapshot", VmSpec(11, 128, 1, 1))
+
+
+def _stopped_with_a_snapshot(driver: Driver, disk: DiskProbe) -> None:
+    """A stopped server whose disk holds 0xAB, kept in its snapshot ``kept`` too."""
+    driver.create_disks(SPEC)
+    disk.write(SID, 0xAB)
+    driver.snapshot_create(SID, "kept")
+
+
+def _rewrite(driver: Driver, pattern: int, *, cut: bool = False) -> None:
+    """Write the first MiB of the stopped server's disk0 with ``pattern`` through
+    ``disk_writer``, without finishing the rewrite; ``cut``: the stream fails after it."""
+    [info] = driver.disks(SID)
+    if not cut:
+        with driver.disk_writer(SPEC, "disk0", info.size_bytes) as sink:
+            sink.write(bytes([pattern]) * MIB)
+        return
+    with pytest.raises(RuntimeError), driver.disk_writer(SPEC, "disk0", info.size_bytes) as sink:
+        sink.write(bytes([pattern]) * MIB)
+        raise RuntimeError("the backup storage went away")
+
+
+def test_an_unfinished_rewrite_is_never_booted_and_can_be_put_back(
+    driver: Driver, disk: DiskProbe
+) -> None:
+    """Issue 22, item 5: a restore killed half-way left a mix of old and new bytes, which
+    ``start`` booted with no warning."""
+    _stopped_with_a_snapshot(driver, disk)
+    _rewrite(driver, 0xCD, cut=True)
+    _rewrite(driver, 0xCD)  # a rerun after the cut: the state kept is still the first one
+    assert disk.has(SID, 0xCD)
+    assert driver.incomplete_disks(SID) == ["disk0"]
+    with pytest.raises(IncompleteDisks):
+        driver.start(SPEC)
+    assert driver.info(SID).power_state is PowerState.STOPPED
+
+    driver.finish_rewrite(SID, keep=False)
+    driver.finish_rewrite(SID, keep=False)  # idempotent
+    assert driver.incomplete_disks(SID) == []
+    assert disk.has(SID, 0xAB)
+    assert driver.snapshot_tags(SID) == {"kept"}
+    driver.start(SPEC)
+    assert driver.info(SID).power_state is PowerState.RUNNING
+
+
+def test_a_finished_rewrite_keeps_the_new_bytes_and_the_snapshots(
+    driver: Driver, disk: DiskProbe
+) -> None:
+    _stopped_with_a_snapshot(driver, disk)
+    _rewrite(driver, 0xCD)
+    driver.finish_rewrite(SID, keep=True)
+    assert driver.incomplete_disks(SID) == []
+    assert disk.has(SID, 0xCD)
+    assert driver.snapshot_tags(SID) == {"kept"}
+    driver.finish_rewrite(SID, keep=False)  # nothing left to put back
+    assert disk.has(SID, 0xCD)
+
+
+def test_a_snapshot_restore_makes_an_unfinished_rewrite_whole(
+    driver: Driver, disk: DiskProbe
+) -> None:
+    _stopped_with_a_snapshot(driver, disk)
+    _rewrite(driver, 0xCD, cut=True)
+    driver.snapshot_restore(SID, "kept")
+    assert driver.incomplete_disks(SID) == []
+    assert disk.has(SID, 0xAB)
+    driver.start(SPEC)
+    assert driver.info(SID).power_state is PowerState.RUNNING

@@ -158,11 +158,13 @@ def fault_root() -> Iterator[Path]:
         yield root
 
 
-def _start(data_dir: Path, db_file: Path | None = None, log_path: Path | None = None) -> LiveServer:
+def _start(
+    data_dir: Path, db_file: Path | None = None, log_path: Path | None = None, **settings: str
+) -> LiveServer:
     url = f"sqlite:///{db_file}" if db_file is not None else None
     # The fault tests put disks on a filesystem of a few MiB: admission control would refuse
     # every 1 GiB (thin) disk on it, before any fault is injected.
-    live = LiveServer(data_dir, database_url=url, disk_overcommit="64")
+    live = LiveServer(data_dir, database_url=url, disk_overcommit="64", **settings)
     if log_path is not None:
         live.log_path = log_path
     live.start()
@@ -170,11 +172,12 @@ def _start(data_dir: Path, db_file: Path | None = None, log_path: Path | None = 
 
 
 @pytest.fixture(scope="module")
-def shared_faults() -> Iterator[Faults]:
-    """A live vpsd shared by a module's tests, its data dir and database in a scratch dir;
-    a test may SIGKILL it as long as it restarts it."""
+def shared_faults(request: pytest.FixtureRequest) -> Iterator[Faults]:
+    """A live vpsd shared by a module's tests, its data dir and database in a scratch dir,
+    with the module's ``LIVE_SETTINGS`` (``VPSD_*`` settings, lower case) if it has any; a
+    test may SIGKILL it as long as it restarts it."""
     with _scratch_root() as root:
-        live = _start(root / "data")
+        live = _start(root / "data", **getattr(request.module, "LIVE_SETTINGS", {}))
         try:
             yield Faults(live, root / "data" / "vpsd.db")
         finally:

@@ -31,7 +31,7 @@ from vpsd.config import Settings
 from vpsd.db.session import Database
 from vpsd.hypervisor.base import LivenessUnknown, PowerState, VmSpec
 from vpsd.hypervisor.qemu import QemuDriver
-from vpsd.operations import handlers
+from vpsd.operations import handlers, reasons
 from vpsd.runtime.app import create_app
 from vpsd.services.tokens import create_token
 
@@ -185,6 +185,6 @@ def test_a_boot_qemu_refuses_shows_no_host_details(
     sid = response.json()["id"]
     qemu_service.wait_server(sid, "error")
     server: dict[str, Any] = qemu_service.get(f"/servers/{sid}/").json()
-    assert server["status_reason"] == handlers.BOOT_FAILED
+    assert server["status_reason"] == reasons.BOOT_FAILED
     qemu_log = (settings.servers_dir / str(sid) / "qemu.log").read_text()
     assert "memory" in qemu_log.lower()  # the operator has QEMU's own words

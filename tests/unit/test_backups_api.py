@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import IO
 
+import pytest
 from sqlalchemy import select
 
 from tests.helpers import ApiClient, snapshot_tag, wait_for
 from vpsd.agent.recovery import recover
 from vpsd.backups import same_filesystem_warning
+from vpsd.backups.base import BackupStoreError
 from vpsd.backups.fake import FakeBackupStore
 from vpsd.config import Settings
 from vpsd.db.models import Backup, BackupStatus, BackupType, Server
@@ -220,18 +223,36 @@ def test_a_failing_store_fails_the_backup_and_leaves_the_server_alone(
     assert alice.post(f"/backups/{backup['id']}/restore/").status_code == 400
 
 
-def test_a_failed_restore_puts_the_server_in_error(
-    alice: ApiClient, fake_driver: FakeDriver, fake_store: FakeBackupStore
+def test_a_restore_cut_short_puts_the_disk_back_and_says_so(
+    alice: ApiClient,
+    fake_driver: FakeDriver,
+    fake_store: FakeBackupStore,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Issue 22, item 5: a restore whose stream was cut left the disk partly overwritten,
+    and the server in ``error``."""
     sid = alice.create_server()["id"]
+    fake_driver.write(sid, b"A" * 4096)
     backup = alice.create_backup(sid)
-    fake_store.fail_next("load", "the backup storage cannot be reached")
+    fake_driver.write(sid, b"B" * 4096)
+
+    def cut_short(snapshot: str, filename: str, sink: IO[bytes]) -> None:
+        with sink:
+            sink.write(b"A" * 1024)
+        raise BackupStoreError("the backup storage cannot be reached")
+
+    monkeypatch.setattr(fake_store, "load", cut_short)
     assert alice.post(f"/backups/{backup['id']}/restore/").status_code == 200
-    alice.wait_server(sid, "error")
+    alice.wait_server(sid, "stopped")  # it was running: the restore stopped it
     reason = alice.get(f"/servers/{sid}/").json()["status_reason"]
     assert reason == (
-        f"restore from backup {backup['id']} failed: the backup storage cannot be reached"
+        f"restore from backup {backup['id']} failed: the backup storage cannot be reached; "
+        "its disks were put back as they were"
     )
+    assert fake_driver.read(sid) == b"B" * 4096
+    assert fake_driver.incomplete_disks(sid) == []
+    assert alice.post(f"/servers/{sid}/start/").status_code == 200
+    alice.wait_server(sid, "running")
 
 
 def test_delete_forgets_the_data(

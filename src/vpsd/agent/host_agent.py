@@ -15,10 +15,12 @@ import logging
 from typing import TYPE_CHECKING
 
 from vpsd.agent.automatic_backups import AutomaticBackups
+from vpsd.agent.backup_storage import BackupStorageWatch
 from vpsd.agent.heartbeat import HostHeartbeat
 from vpsd.agent.images import install_images
 from vpsd.agent.monitor import VmMonitor, reconcile_power_states
 from vpsd.agent.periodic import Periodic
+from vpsd.agent.preemption import PreemptionSweep
 from vpsd.agent.recovery import recover, take_back_expired
 from vpsd.agent.runner import InProcessRunner
 from vpsd.backups.base import BackupStore
@@ -52,6 +54,10 @@ class HostAgent:
             db, self.runner, settings.host_name, settings.backup_scheduler_interval
         )
         self.heartbeat = HostHeartbeat(db, settings, self.ctx.claimant)
+        self.preemption = PreemptionSweep(db, self.ctx.cancellations)
+        self.storage_watch = BackupStorageWatch(
+            db, backups, settings.host_name, settings.backup_storage_check_seconds
+        )
         self.lease_sweeper = Periodic(
             "vpsd-leases", "taking back operations whose lease expired", self._take_back,
             settings.host_heartbeat_seconds,
@@ -66,21 +72,26 @@ class HostAgent:
         reconcile_power_states(self.ctx)
 
     def start(self) -> None:
-        """Run operations, watch VMs, take due backups and heartbeat, in background threads."""
+        """Run operations, watch VMs, take due backups, heartbeat, cancel backups a stop
+        preempts and look at the backup storage, in background threads."""
         self.runner.start()
         self.runner.notify()
         self.monitor.start()
         self.automatic_backups.start()
         self.heartbeat.start()
         self.lease_sweeper.start()
+        self.preemption.start()
+        self.storage_watch.start()
         log.info("host %s: agent running", self.settings.host_name)
 
     def stop(self) -> None:
         """Stop every thread; operations under way run to their end first."""
+        self.storage_watch.stop()
         self.lease_sweeper.stop()
         self.automatic_backups.stop()
         self.monitor.stop()
         self.runner.stop()
+        self.preemption.stop()
         # Last: while operations end, the host is alive and their leases are renewed.
         self.heartbeat.stop()
 

@@ -3,12 +3,19 @@
 Like a hypervisor driver, a store knows nothing of the database: services hand it streams
 of disk bytes and tags, and it hands back ids. Every method is safe to call again after a
 crash (a repeated ``save`` makes a second copy; callers find and forget leftovers by tag).
+
+A store fails closed: it makes a repository by itself only on first use, when it never had
+one. Once it had one, a repository that is gone (an unmounted volume, a folder moved away)
+makes every call raise ``StorageMissing``, never a new, empty repository in its place that
+would take new backups while the old ones could not be restored; ``init`` makes a new one
+when the operator says so (``vpsd backups init``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import IO, Protocol
 
 from vpsd.core.errors import HostError
@@ -23,9 +30,51 @@ class BackupStoreError(HostError):
         self.detail = detail
 
 
+MISSING = "the backup storage is missing (the operator's log has the details)"
+READ_ONLY = "the backup storage is read-only (the operator's log has the details)"
+NOT_PERMITTED = (
+    "the backup storage refused access: permission denied (the operator's log has the details)"
+)
+FULL = "the backup storage is full (the operator's log has the details)"
+
+
+class StorageMissing(BackupStoreError):
+    """The repository this store used is gone; ``detail`` says where it was looked for."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(MISSING, detail)
+
+
+class StorageState(StrEnum):
+    """What a look at the repository found (``BackupStore.health``)."""
+
+    OK = "ok"
+    """It opens."""
+    NEW = "new"
+    """There is none, and the store never had one: it is made on first use."""
+    MISSING = "missing"
+    """The store had one and it is gone: nothing works until it is back (or ``init``)."""
+    UNAVAILABLE = "unavailable"
+    """It cannot be used now: unreachable, refused, or its password is lost."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageHealth:
+    """The repository's state, and the storage's own words on it for the operator's log."""
+
+    state: StorageState
+    detail: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        """Whether backups can be taken and restored now."""
+        return self.state in (StorageState.OK, StorageState.NEW)
+
+
 @dataclass(frozen=True, slots=True)
 class SavedDisk:
-    """One disk stored: the store's id for it, its length, and the new data it added."""
+    """One disk stored: the store's id for it, its length, and the bytes the repository grew
+    by to hold it (new data only, as stored: deduplicated and compressed)."""
 
     snapshot: str
     size_bytes: int
@@ -62,4 +111,17 @@ class BackupStore(Protocol):
 
     def unlock_stale(self) -> None:
         """Release locks left by a store client that died (e.g. with a killed vpsd)."""
+        ...
+
+    def absent(self, snapshots: list[str]) -> list[str]:
+        """Those of ``snapshots`` the repository does not hold (they cannot be loaded)."""
+        ...
+
+    def health(self) -> StorageHealth:
+        """Look at the repository now (never makes one); never raises."""
+        ...
+
+    def init(self) -> bool:
+        """Make the repository if there is none (the operator's explicit wish, even if the
+        store had one before); True when it made one, False when one was there."""
         ...

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import subprocess
 import threading
 import time
@@ -22,24 +21,28 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from vpsd.backups import restic_repository
 from vpsd.backups.base import BackupStoreError, Progress, SavedDisk, Tags
+from vpsd.backups.restic_repository import (
+    COMMAND_TIMEOUT,
+    RepositoryGate,
+    gives_up,
+    storage_errors,
+)
 from vpsd.core import commands
 
 log = logging.getLogger(__name__)
 
 RESTIC = "restic"
-COMMAND_TIMEOUT = 600.0
-"""Seconds a restic command that moves no disk data (list, forget, prune...) may take."""
 LOCK_WAIT = 120.0
 """Seconds a command waits for a repository lock held by another restic (on another host,
 or a prune) before failing; restic 0.14 itself does not wait."""
 _PASSED_THROUGH = re.compile(r"(AWS|B2|AZURE|GOOGLE|OS|ST)_[A-Z0-9_]+|HOME|USER|SSH_AUTH_SOCK")
 """Environment a repository's backend reads (S3 and other credentials, ssh's config)."""
-_MISSING = ("Is there a repository at the following location?", "unable to open config file")
 _T = TypeVar("_T")
 
 
-class ResticStore:
+class ResticStore(RepositoryGate):
     """A restic repository; see the module's docstring. Thread-safe.
 
     Within this process, commands that need the repository to themselves (``forget`` and
@@ -75,19 +78,22 @@ class ResticStore:
         """``restic backup --stdin``; the stream is handed to restic (closed here). Progress
         comes from restic's JSON status lines (one a second)."""
         self.ensure_ready()
+        # -vv: the file's line says what the repository grew by (compressed), which the
+        # summary's data_added (before compression) does not.
         args = self._args(
-            "backup", "--stdin", "--stdin-filename", filename, "--json", *_tag_args(tags)
+            "backup", "--stdin", "--stdin-filename", filename, "--json", "-vv", *_tag_args(tags)
         )
         fd = _pipe_end(stream)
         with (
             self._access.shared(),
-            _storage_errors(),
+            storage_errors(),
             commands.streaming(
                 args,
                 stdin=subprocess.PIPE if fd is None else fd,
                 stdout=subprocess.PIPE,
                 env=self._env(),
                 timeout=self.stream_timeout,
+                kill_on=gives_up,
             ) as process,
         ):
             feeder = _feed(stream, process)
@@ -107,20 +113,21 @@ class ResticStore:
         return SavedDisk(
             full[0] if len(full) == 1 else short_id,
             int(summary["total_bytes_processed"]),
-            int(summary["data_added"]),
+            int(summary.get("data_size_in_repo", summary["data_added"])),
         )
 
     def load(self, snapshot: str, filename: str, sink: IO[bytes]) -> None:
         """``restic dump`` into ``sink`` (closed here)."""
         self.ensure_ready()
         args = self._args("dump", snapshot, f"/{filename}")
-        with self._access.shared(), _storage_errors():
+        with self._access.shared(), storage_errors():
             fd = _pipe_end(sink)
             with commands.streaming(
                 args,
                 stdout=subprocess.PIPE if fd is None else fd,
                 env=self._env(),
                 timeout=self.stream_timeout,
+                kill_on=gives_up,
             ) as process:
                 if fd is None:
                     assert process.stdout is not None
@@ -133,8 +140,8 @@ class ResticStore:
     def find(self, tags: Tags) -> list[str]:
         """``restic snapshots --tag k=v,...``: full ids, oldest first."""
         self.ensure_ready()
-        result = self._run("snapshots", "--json", "--tag", _tag_list(tags))
-        return [str(item["id"]) for item in json.loads(result.stdout or "[]")]
+        listed = self._run("snapshots", "--json", "--tag", _tag_list(tags))
+        return [str(item["id"]) for item in json.loads(listed or "[]")]
 
     def forget(self, snapshots: list[str]) -> None:
         """``restic forget --prune``; no-op for an empty list."""
@@ -149,6 +156,15 @@ class ResticStore:
         self.ensure_ready()
         self._run("unlock")
 
+    def absent(self, snapshots: list[str]) -> list[str]:
+        """``restic snapshots ID...``: the ids it does not list (ids may be prefixes)."""
+        if not snapshots:
+            return []
+        self.ensure_ready()
+        listed = self._run("snapshots", "--json", *snapshots)
+        found = [str(item["id"]) for item in json.loads(listed or "[]")]
+        return [wanted for wanted in snapshots if not any(s.startswith(wanted) for s in found)]
+
     # -- beyond the contract ---------------------------------------------------------------
 
     def check(self) -> None:
@@ -156,68 +172,19 @@ class ResticStore:
         self.ensure_ready()
         self._run("check", exclusive=True)
 
-    def ensure_ready(self) -> None:
-        """Create the repository (and its password file, 0600) on first use.
-
-        Refuses to create a new password for a repository that exists: backups made under
-        the lost one could never be read again, and the operator must know.
-        """
-        if self._ready:
-            return
-        with self._ready_lock:
-            if self._ready:
-                return
-            if not self.password_file.exists():
-                if self._probe(password=secrets.token_hex(16)) != "missing":
-                    raise BackupStoreError(
-                        "the backup storage is not usable (the operator's log has the details)",
-                        f"the repository {self.repository} exists but its password file "
-                        f"{self.password_file} is missing: restore the file",
-                    )
-                _write_secret(self.password_file, secrets.token_urlsafe(32))
-                self._init()
-            elif self._probe() == "missing":
-                self._init()
-            self._ready = True
-
     # -- internals -----------------------------------------------------------------------------
 
-    def _probe(self, password: str | None = None) -> str:
-        """``ok`` when the repository opens, ``missing`` when there is none; raises otherwise
-        (unreachable storage, a wrong password...)."""
-        env = self._env()
-        if password is not None:
-            env.pop("RESTIC_PASSWORD_FILE")
-            env["RESTIC_PASSWORD"] = password
-        try:
-            commands.run(self._args("cat", "config"), timeout=COMMAND_TIMEOUT, env=env)
-        except commands.CommandError as error:
-            if any(marker in error.stderr for marker in _MISSING):
-                return "missing"
-            if password is not None and "wrong password" in error.stderr:
-                return "ok"
-            raise _classify(error) from error
-        return "ok"
-
-    def _init(self) -> None:
-        if not self.repository.startswith(("sftp:", "s3:", "rest:", "b2:", "azure:", "gs:")):
-            Path(self.repository).parent.mkdir(parents=True, exist_ok=True)
-        self._run("init")
-        log.warning(
-            "created the backup repository %s; its password is in %s: keep a copy of that file "
-            "apart from this host, or the backups cannot be read without it",
-            self.repository,
-            self.password_file,
-        )
-
-    def _run(self, *args: str, exclusive: bool = False) -> subprocess.CompletedProcess[str]:
+    def _run(self, *args: str, exclusive: bool = False) -> str:
+        """A restic command that streams no disk data; its stdout."""
         access = self._access.exclusive if exclusive else self._access.shared
 
-        def attempt() -> subprocess.CompletedProcess[str]:
+        def attempt() -> str:
             with access():
-                return commands.run(self._args(*args), timeout=COMMAND_TIMEOUT, env=self._env())
+                return restic_repository.run(
+                    self._args(*args), env=self._env(), timeout=COMMAND_TIMEOUT
+                )
 
-        with _storage_errors():
+        with storage_errors():
             return _waiting_for_lock(attempt)
 
     def _args(self, *args: str) -> list[str]:
@@ -244,9 +211,12 @@ def _tag_args(tags: Tags) -> list[str]:
 
 
 def _read_output(output: IO[bytes], on_progress: Progress | None) -> dict[str, Any] | None:
-    """restic backup's summary (None if it printed none), passing the bytes of its status
-    lines to ``on_progress``."""
+    """restic backup's summary (None if it printed none), with ``data_size_in_repo`` from
+    its line on the file (``-vv``: the new data as stored, compressed), passing the bytes of
+    its status lines to ``on_progress``."""
     summary: dict[str, Any] | None = None
+    in_repo = 0
+    seen_file = False
     last = b""
     for line in output:
         last = line
@@ -257,8 +227,13 @@ def _read_output(output: IO[bytes], on_progress: Progress | None) -> dict[str, A
         kind = message.get("message_type")
         if kind == "status" and on_progress is not None:
             on_progress(int(message.get("bytes_done", 0)))
+        elif kind == "verbose_status" and "data_size_in_repo" in message:
+            seen_file = True
+            in_repo += int(message["data_size_in_repo"])
         elif kind == "summary":
             summary = message
+    if summary is not None and seen_file:
+        summary["data_size_in_repo"] = in_repo
     if summary is None:
         log.warning("restic backup printed no summary; its last line: %r", last[-500:])
     return summary
@@ -291,51 +266,6 @@ def _feed(stream: IO[bytes], process: subprocess.Popen[bytes]) -> threading.Thre
     thread = threading.Thread(target=copy, daemon=True)
     thread.start()
     return thread
-
-
-def _write_secret(path: Path, secret: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(secret)
-        file.flush()
-        os.fsync(file.fileno())
-    partial.replace(path)
-
-
-@contextmanager
-def _storage_errors() -> Iterator[None]:
-    try:
-        yield
-    except commands.CommandError as error:
-        raise _classify(error) from error
-
-
-def _classify(error: commands.CommandError) -> BackupStoreError:
-    """What the tenant is told; the storage's own words are the operator's."""
-    text = f"{error} {error.stderr}".lower()
-    if "no space left" in text or "disk quota exceeded" in text:
-        reason = "the backup storage is full"
-    elif "already locked" in text:
-        reason = "the backup storage is busy with another operation; try again later"
-    elif any(
-        marker in text
-        for marker in (
-            "unable to open repository",
-            "connection refused",
-            "connection reset",
-            "ssh:",
-            "dial tcp",
-            "no such host",
-            "timed out",
-            "unable to start the sftp session",
-        )
-    ):
-        reason = "the backup storage cannot be reached"
-    else:
-        reason = "the backup storage failed"
-    return BackupStoreError(f"{reason} (the operator's log has the details)", str(error))
 
 
 def _waiting_for_lock(call: Callable[[], _T]) -> _T:

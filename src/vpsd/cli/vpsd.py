@@ -30,10 +30,12 @@ account_app = typer.Typer(
 )
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 image_app = typer.Typer(help="Build, list and delete guest images.", no_args_is_help=True)
+backups_app = typer.Typer(help="The backup repository.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(account_app, name="account")
 app.add_typer(db_app, name="db")
 app.add_typer(image_app, name="image")
+app.add_typer(backups_app, name="backups")
 err = Console(stderr=True, soft_wrap=True)
 
 DataDirOption = Annotated[
@@ -413,6 +415,54 @@ def db_check(data_dir: DataDirOption = None) -> None:
     """Fail if the models have changes no migration describes (run in CI)."""
     migrate.check(_database(_settings(data_dir)))
     err.print("models and migrations agree")
+
+
+@backups_app.command("init")
+def backups_init(data_dir: DataDirOption = None) -> None:
+    """Make the backup repository (VPSD_BACKUP_REPOSITORY) if there is none.
+
+    vpsd makes one by itself only on first use. Once it has used one, a repository that is
+    gone (an unmounted volume, a moved folder) fails every backup and restore ("the backup
+    storage is missing") until it is back, or until this command makes a new, empty one
+    under the same password: the backups in the old one cannot be restored from it.
+    """
+    from rich.markup import escape
+    from sqlalchemy import func, select
+
+    from vpsd.backups import make_backup_store
+    from vpsd.backups.base import BackupStoreError, StorageState
+    from vpsd.db.models import Backup, BackupStatus
+
+    settings = _settings(data_dir)
+    logs.configure("warning")
+    store = make_backup_store(settings)
+    before = store.health()
+    try:
+        made = store.init()
+    except BackupStoreError as error:
+        err.print(f"[red]error:[/red] {escape(error.detail or str(error))}")
+        raise typer.Exit(1) from None
+    repository = settings.effective_backup_repository
+    if not made:
+        err.print(f"the backup repository {repository} is there already: nothing was made")
+        return
+    err.print(f"made a new, empty backup repository at {repository}")
+    if before.state is StorageState.MISSING:
+        database = _database(settings)
+        try:
+            with database.read() as session:
+                recorded = session.scalar(
+                    select(func.count())
+                    .select_from(Backup)
+                    .where(Backup.status == BackupStatus.COMPLETED)
+                )
+        finally:
+            database.dispose()
+        err.print(
+            f"[yellow]warning:[/yellow] it replaces one that is gone: the {recorded} completed "
+            "backups vpsd recorded are not in it, and fail to restore until the old repository "
+            "is back in its place"
+        )
 
 
 @image_app.command("build")

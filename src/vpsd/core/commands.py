@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from vpsd.core.cancellation import Cancelled, current_scope, kill_group
 from vpsd.core.errors import HostError
 
 # Commands run with a fixed, C locale so error messages are stable English text, while
@@ -163,13 +164,15 @@ def _decode(data: bytes | str | None) -> str:
 
 
 _PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+"""Looked up here, once: between fork and exec the child must not dlopen, whose lock another
+thread of vpsd may have held when it forked (the child would hang before it ran restic)."""
 
 
 def _die_with_parent() -> None:  # pragma: no cover (runs in the child, between fork and exec)
     # A stream left running by a killed vpsd would go on reading a snapshot that the rerun of
     # its operation deletes, or writing a disk that another run writes: it must die with us.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 @contextmanager
@@ -180,6 +183,7 @@ def streaming(
     stdin: int | IO[bytes] | None = None,
     stdout: int | IO[bytes] | None = None,
     env: Mapping[str, str] | None = None,
+    kill_on: Callable[[str], bool] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run a program that streams data through pipes (``subprocess.PIPE``) or file objects,
     for the body of the ``with``; then wait for it to end.
@@ -188,9 +192,14 @@ def streaming(
     ``timeout`` seconds after it started (it is killed then). When the body raises, the
     program is killed, with whatever it started (its process group). Unlike ``run``'s
     commands, it dies with vpsd (``PR_SET_PDEATHSIG``: Linux sends it SIGKILL when the thread
-    that started it ends).
+    that started it ends). A line of its stderr for which ``kill_on`` is true kills it at
+    once (an error it would only retry). Within a ``CancelScope`` that is cancelled
+    (``vpsd.core.cancellation``), it is killed and ``Cancelled`` raised.
     """
     name = _name(args)
+    scope = current_scope()
+    if scope is not None:
+        scope.check()
     stderr_lines: list[bytes] = []
     with _watched(
         args,
@@ -200,12 +209,14 @@ def streaming(
         stderr=subprocess.PIPE,
         env=env,
     ) as (process, timed_out):
-        reader = threading.Thread(target=_drain, args=(process, stderr_lines), daemon=True)
+        if scope is not None:
+            scope.started(process)
+        reader = threading.Thread(target=_drain, args=(process, stderr_lines, kill_on), daemon=True)
         reader.start()
         try:
             yield process
         except BaseException:
-            _kill_group(process)  # before waiting for it below
+            kill_group(process)  # before waiting for it below
             raise
         finally:
             for pipe in (process.stdin, process.stdout):
@@ -215,10 +226,16 @@ def streaming(
                     # must not be masked by a BrokenPipeError.
                     with contextlib.suppress(BrokenPipeError):
                         pipe.close()
-            returncode = process.wait()
+            try:
+                returncode = process.wait()
+            finally:
+                if scope is not None:
+                    scope.ended(process)
             # A child the program started (nbdcopy's qemu-nbd) may hold stderr open after it.
             reader.join(timeout=10.0)
     stderr = b"".join(stderr_lines).decode(errors="replace")
+    if returncode != 0 and scope is not None and scope.reason is not None:
+        raise Cancelled(scope.reason)
     if timed_out.is_set():
         raise CommandError(args, None, stderr, f"{name} timed out after {timeout:g}s")
     if returncode != 0:
@@ -264,7 +281,7 @@ def _watched(
 
     def expire() -> None:
         timed_out.set()
-        _kill_group(process)
+        kill_group(process)
 
     timer = threading.Timer(timeout, expire)
     timer.daemon = True
@@ -272,24 +289,22 @@ def _watched(
     try:
         yield process, timed_out
     except BaseException:
-        _kill_group(process)
+        kill_group(process)
         raise
     finally:
         timer.cancel()
         if process.poll() is None:
-            _kill_group(process)
+            kill_group(process)
             process.wait()
 
 
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the program and what it started (its own session: ``start_new_session``)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.kill()
-
-
-def _drain(process: subprocess.Popen[bytes], into: list[bytes]) -> None:
+def _drain(
+    process: subprocess.Popen[bytes], into: list[bytes], kill_on: Callable[[str], bool] | None
+) -> None:
     assert process.stderr is not None
     with process.stderr:
         for line in process.stderr:
             into.append(line)
+            if kill_on is not None and kill_on(line.decode(errors="replace")):
+                kill_group(process)
+                kill_on = None  # once is enough; the rest is still collected

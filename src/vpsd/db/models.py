@@ -393,6 +393,23 @@ class Backup(Base):
         return f"vpsd-backup-{self.uuid.replace('-', '')}"
 
 
+class BackupStorageCheck(Base):
+    """What a host's agent found when it last looked at its backup repository
+    (``BackupStore.health``): API processes, wherever they run, show it on the backups of
+    that host's servers, and ``/metrics`` as ``vpsd_backup_storage_up``."""
+
+    __tablename__ = "backup_storage_checks"
+
+    host_id: Mapped[int] = mapped_column(
+        ForeignKey("hosts.id", ondelete="CASCADE"), primary_key=True
+    )
+    state: Mapped[str] = mapped_column(String(16))
+    """A ``vpsd.backups.base.StorageState``: ok, new, missing or unavailable."""
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    since: Mapped[datetime] = mapped_column(UTCDateTime())
+    """When it turned to ``state``."""
+
+
 class BackupPolicy(Base):
     """When a server's automatic backups are taken, and how many are kept."""
 

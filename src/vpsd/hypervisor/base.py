@@ -21,6 +21,17 @@ class DriverError(HostError):
     (QEMU's own words, paths, pids) is for the operator's log only (``HostError``)."""
 
 
+class IncompleteDisks(DriverError):
+    """``start`` refuses a server whose disks a ``disk_writer`` rewrite left unfinished:
+    their bytes may be a mix of old and new."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this server's disk is incomplete: a restore into it did not finish; restore a "
+            "backup or a snapshot into it, or delete the server"
+        )
+
+
 class LivenessUnknown(DriverError):
     """Whether the VM's process is alive could not be read (e.g. ``/proc`` unreadable for
     lack of file descriptors: EMFILE, ENFILE; or EACCES).
@@ -157,7 +168,10 @@ class Driver(Protocol):
         ...
 
     def start(self, spec: VmSpec) -> None:
-        """Boot the VM if it is not running; return once QEMU reports it running."""
+        """Boot the VM if it is not running; return once QEMU reports it running.
+
+        Raises ``IncompleteDisks`` for a stopped VM with an incomplete disk
+        (``incomplete_disks``): it never boots a mix of old and new bytes."""
         ...
 
     def stop(self, server_id: int, timeout: float) -> StopResult:
@@ -236,10 +250,27 @@ class Driver(Protocol):
         self, spec: VmSpec, disk: str, size_bytes: int
     ) -> AbstractContextManager[IO[bytes]]:
         """A stream whose raw bytes become ``disk``'s content from its start; the VM must be
-        stopped, and an existing disk be ``size_bytes`` long. A missing disk is created on its
-        own (no image below it), of ``size_bytes`` or ``spec.disk_gb`` GiB if larger, and
-        appears only once the stream has ended well. Leaving the context raises
-        ``DriverError`` when the write failed."""
+        stopped, and an existing disk be ``size_bytes`` long. Leaving the context raises
+        ``DriverError`` when the write failed.
+
+        An existing disk is written in place (its internal snapshots stay) after its state
+        is kept to fall back to: from then on it is incomplete (``incomplete_disks``; a
+        later write, a rerun's, keeps the first state) until ``finish_rewrite`` keeps the
+        new bytes or puts the old ones back, whether the write ended well, failed, or vpsd
+        died during it. A missing disk is created on its own (no image below it), of
+        ``size_bytes`` or ``spec.disk_gb`` GiB if larger, and appears only once the stream
+        has ended well."""
+        ...
+
+    def finish_rewrite(self, server_id: int, *, keep: bool) -> None:
+        """End the rewrite of the stopped server's disks by ``disk_writer``: drop the state
+        each kept to fall back to, after putting it back unless ``keep``. A no-op for disks
+        with none."""
+        ...
+
+    def incomplete_disks(self, server_id: int) -> list[str]:
+        """The server's disks a ``disk_writer`` rewrite left unfinished (``finish_rewrite``
+        not called): their bytes may be a mix, and ``start`` refuses them."""
         ...
 
     def snapshot_clone(self, source_server_id: int, tag: str, spec: VmSpec) -> None:

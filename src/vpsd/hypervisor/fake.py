@@ -26,6 +26,7 @@ from vpsd.hypervisor.base import (
     Consistency,
     DiskInfo,
     DriverError,
+    IncompleteDisks,
     LivenessUnknown,
     PowerState,
     RunState,
@@ -52,6 +53,8 @@ _METHODS = frozenset(
         "disks",
         "snapshot_reader",
         "disk_writer",
+        "finish_rewrite",
+        "incomplete_disks",
         "snapshot_clone",
         "console_tail",
         "trim_console",
@@ -72,6 +75,8 @@ class _FakeVm:
     shut_down_cleanly: bool = False
     run_state: RunState = RunState.RUNNING
     """What the CPUs of the running VM do (meaningless while it is off)."""
+    fallback: bytes | None = None
+    """The disk before a ``disk_writer`` rewrite that ``finish_rewrite`` has not ended."""
 
 
 class _Sink(io.BytesIO):
@@ -201,6 +206,8 @@ class FakeDriver:
         with self._lock:
             self._check_liveness(spec.server_id)
             vm = self._vms.setdefault(spec.server_id, _FakeVm(spec))
+            if vm.pid is None and vm.fallback is not None:
+                raise IncompleteDisks
             vm.spec = spec
             if vm.pid is None:
                 vm.pid = next(self._pids)
@@ -293,6 +300,7 @@ class FakeDriver:
             if tag not in vm.snapshots:
                 raise DriverError(f"snapshot {tag!r} not found on disk0.qcow2")
             vm.disk = vm.snapshots[tag]
+            vm.fallback = None  # whole again: the snapshot's state
             vm.shut_down_cleanly = False  # the disk holds the snapshot's state now
 
     def snapshot_delete(self, server_id: int, tag: str) -> None:
@@ -330,18 +338,50 @@ class FakeDriver:
 
     @contextmanager
     def disk_writer(self, spec: VmSpec, disk: str, size_bytes: int) -> Iterator[IO[bytes]]:
-        """Collect the bytes; they become the disk's once the stream ends well."""
+        """Collect the bytes. An existing disk keeps its bytes to fall back to and takes
+        what was written, whole or cut short (over its start), as the real one does; a new
+        one appears only once the stream ended well."""
         self._enter("disk_writer", spec.server_id)
         with self._lock:
             vm = self._vms.get(spec.server_id)
             if vm is not None and vm.pid is not None:
                 raise DriverError(f"server {spec.server_id} is running; stop it first")
+            if vm is not None and vm.fallback is None:
+                vm.fallback = vm.disk
         sink = _Sink()
-        yield sink
+        try:
+            yield sink
+        except BaseException:
+            with self._lock:
+                if vm is not None:
+                    written = sink.data if sink.closed else sink.getvalue()
+                    vm.disk = written + vm.disk[len(written) :]
+                    vm.shut_down_cleanly = False
+            raise
         with self._lock:
             vm = self._vms.setdefault(spec.server_id, _FakeVm(spec))
             vm.disk = sink.data if sink.closed else sink.getvalue()
             vm.shut_down_cleanly = False
+
+    def finish_rewrite(self, server_id: int, *, keep: bool) -> None:
+        """Drop the bytes kept to fall back to, after putting them back unless ``keep``."""
+        self._enter("finish_rewrite", server_id)
+        with self._lock:
+            vm = self._vms.get(server_id)
+            if vm is None or vm.fallback is None:
+                return
+            if vm.pid is not None:
+                raise DriverError(f"server {server_id} is running; stop it first")
+            if not keep:
+                vm.disk = vm.fallback
+            vm.fallback = None
+
+    def incomplete_disks(self, server_id: int) -> list[str]:
+        """``disk0`` while a rewrite of it is not finished."""
+        self._enter("incomplete_disks", server_id)
+        with self._lock:
+            vm = self._vms.get(server_id)
+            return ["disk0"] if vm is not None and vm.fallback is not None else []
 
     def snapshot_clone(self, source_server_id: int, tag: str, spec: VmSpec) -> None:
         """Give the new server the bytes of the source's ``tag`` (unless it has a disk)."""

@@ -5,7 +5,13 @@ A backup reads a point in time from a temporary internal snapshot (taken as snap
 filesystems frozen when the guest agent answers), streams each disk to the backup store,
 and deletes the snapshot. A rerun after a crash forgets what the interrupted attempt
 stored (found by the backup's uuid) and starts over; recovery deletes temporary snapshots
-no operation will.
+no operation will. A stop or reboot of the server queued behind a backup cancels it
+(``preemption``).
+
+A restore first checks that the store still holds the backup (before the server is
+stopped), then rewrites the disks in place, each keeping its state to fall back to until
+all are written (``Driver.finish_rewrite``): a failed or interrupted restore puts them back
+as they were, and never leaves a mix that could be booted.
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ from typing import Any
 from sqlalchemy import delete, update
 
 from vpsd.backups.base import BackupStoreError, SavedDisk
+from vpsd.core import cancellation
 from vpsd.core.errors import HostError
 from vpsd.db.base import utcnow
 from vpsd.db.models import Backup, BackupStatus, OperationKind, ServerStatus
-from vpsd.hypervisor.base import DriverError
+from vpsd.hypervisor.base import DriverError, PowerState
 from vpsd.operations.context import OperationContext
 from vpsd.operations.job import (
     FailureHandler,
@@ -33,6 +40,7 @@ from vpsd.operations.job import (
     return_to_prior_power,
     set_server,
 )
+from vpsd.operations.reasons import tenant_reason
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -81,9 +89,11 @@ def _backup_create(ctx: OperationContext, job: Job) -> Result:
         ctx.driver.snapshot_delete(job.server_id, backup.snapshot_tag)
     taken = ctx.driver.snapshot_create(job.server_id, backup.snapshot_tag, fresh=True)
     try:
-        saved = _store_disks(ctx, job, backup)
+        with ctx.cancellations.scope(job.id):
+            saved = _store_disks(ctx, job, backup)
     except BaseException:
         with suppress(HostError):
+            ctx.backups.unlock_stale()  # a restic killed (cancelled, say) left its lock
             _forget_stored(ctx, backup.uuid)
         raise
     finally:
@@ -114,6 +124,7 @@ def _store_disks(ctx: OperationContext, job: Job, backup: _Backup) -> list[tuple
         tags = {"backup": backup.uuid, "disk": disk.name, "server": str(job.server_id)}
         with ctx.driver.snapshot_reader(job.server_id, backup.snapshot_tag, disk.name) as stream:
             stored = ctx.backups.save(stream, _filename(disk.name), tags, progress.update)
+        cancellation.raise_if_cancelled()
         progress.disk_done(disk.size_bytes)
         if stored.size_bytes != disk.size_bytes:
             raise BackupStoreError(
@@ -173,6 +184,20 @@ def _backup_create_failed(ctx: OperationContext, job: Job, reason: str) -> Resul
 # --- restore ---------------------------------------------------------------------------------
 
 
+NOT_STORED = "this backup is no longer in the backup storage (the operator's log has the details)"
+
+
+def _check_stored(ctx: OperationContext, backup: _Backup) -> None:
+    """Raise ``BackupStoreError`` when the store cannot load every disk of ``backup``."""
+    absent = ctx.backups.absent([str(disk["snapshot"]) for disk in backup.disks])
+    if absent:
+        raise BackupStoreError(
+            NOT_STORED,
+            f"backup {backup.id} ({backup.uuid}): stored disks {', '.join(absent)} are not in "
+            "the repository",
+        )
+
+
 def _write_disks(ctx: OperationContext, job: Job, backup: _Backup) -> None:
     """Stream every disk of ``backup`` from the store onto the job's server's disks."""
     for disk in backup.disks:
@@ -190,20 +215,50 @@ def _completed(ctx: OperationContext, job: Job) -> _Backup:
 
 def _backup_restore(ctx: OperationContext, job: Job) -> Result:
     backup = _completed(ctx, job)
+    try:
+        _check_stored(ctx, backup)  # before the hard stop: a backup not there changes nothing
+    except HostError as error:
+        raise _noting(job, error, "the server was not changed") from error
     ctx.driver.kill(job.server_id)  # a hard stop, as for a snapshot: the disks are replaced
-    _write_disks(ctx, job, backup)
+    try:
+        _write_disks(ctx, job, backup)
+    except HostError as error:
+        ctx.driver.finish_rewrite(job.server_id, keep=False)
+        with suppress(HostError):
+            ctx.backups.unlock_stale()  # a restic that died mid-stream left its lock
+        raise _noting(job, error, "its disks were put back as they were") from error
+    ctx.driver.finish_rewrite(job.server_id, keep=True)
     return return_to_prior_power(ctx, job)
 
 
+def _noting(job: Job, error: HostError, note: str) -> DriverError:
+    """``error`` in the tenant's words, with what became of the server."""
+    noted = DriverError(f"{tenant_reason(job.kind, error)}; {note}")
+    noted.detail = "; ".join(filter(None, (str(error), error.detail)))
+    return noted
+
+
 def _backup_restore_failed(ctx: OperationContext, job: Job, reason: str) -> Result:
-    return [
-        set_server(job, ServerStatus.ERROR, f"restore from backup {job.backup_id} failed: {reason}")
-    ]
+    """The server as the driver finds it: disks an interrupted run left half-written are put
+    back first; ``error`` only when that fails (its disks are then incomplete, and ``start``
+    refuses them), or the VM's state cannot be read."""
+    failed = f"restore from backup {job.backup_id} failed: {reason}"
+    try:
+        ctx.driver.finish_rewrite(job.server_id, keep=False)
+        running = ctx.driver.info(job.server_id).power_state is PowerState.RUNNING
+    except HostError as error:
+        log.warning(
+            "server %s: after a failed restore: %s (%s)", job.server_id, error, error.detail
+        )
+        return [set_server(job, ServerStatus.ERROR, failed)]
+    return [set_server(job, ServerStatus.RUNNING if running else ServerStatus.STOPPED, failed)]
 
 
 def restore_new_disks(ctx: OperationContext, job: Job) -> None:
     """Make a new server's disks from the backup its create operation names."""
-    _write_disks(ctx, job, _completed(ctx, job))
+    backup = _completed(ctx, job)
+    _check_stored(ctx, backup)
+    _write_disks(ctx, job, backup)
 
 
 # --- forget ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from vpsd.backups.base import BackupStore
 from vpsd.config import Settings
 from vpsd.db.session import Database
 from vpsd.hypervisor.base import Driver
+from vpsd.operations.preemption import Cancellations
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,3 +23,5 @@ class OperationContext:
     backups: BackupStore
     claimant: str = field(default_factory=lambda: f"{socket.gethostname()}#{os.getpid()}")
     """Whose lease this process's claims carry (``leases.new_claimant``; agents set it)."""
+    cancellations: Cancellations = field(default_factory=Cancellations)
+    """The operations running here that another request may call off (``preemption``)."""

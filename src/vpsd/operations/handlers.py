@@ -26,7 +26,6 @@ from vpsd.db.models import (
     SnapshotStatus,
 )
 from vpsd.hypervisor.base import (
-    BootFailed,
     DriverError,
     GuestConfig,
     LivenessUnknown,
@@ -47,6 +46,7 @@ from vpsd.operations.job import (
 )
 from vpsd.operations.leases import LeaseLost
 from vpsd.operations.payloads import CreateServer, SnapshotSource, expect
+from vpsd.operations.reasons import tenant_reason
 from vpsd.sshkeys import guest_keys
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,6 @@ MIB = 1024 * 1024
 LIVENESS_RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
 """Seconds between the runs of an operation whose VM's liveness could not be read: the
 handlers are idempotent, so the operation is simply run again, and fails only after these."""
-BOOT_FAILED = (
-    "the VM could not be started on this host; try again later, or with a smaller size "
-    "(the operator's log has the details)"
-)
 
 
 def _server_failed(ctx: OperationContext, job: Job, reason: str) -> Result:
@@ -285,7 +281,7 @@ def execute(ctx: OperationContext, operation_id: int) -> None:
     try:
         result = _run_while_liveness_unknown(ctx, job, run)
     except HostError as error:
-        reason = _tenant_reason(job, error)
+        reason = tenant_reason(job.kind, error)
         log.warning(
             "operation %s (%s) failed: %s%s",
             job.id,
@@ -318,30 +314,6 @@ def _run_while_liveness_unknown(ctx: OperationContext, job: Job, run: Handler) -
             )  # fmt: skip
             time.sleep(delay)
     return run(ctx, job)
-
-
-def _tenant_reason(job: Job, error: HostError) -> str:
-    """What the server's owner is told: never QEMU's own words on a failed boot, nor the
-    error's ``detail``; those are for the log only."""
-    if isinstance(error, BootFailed):
-        return BOOT_FAILED
-    if isinstance(error, LivenessUnknown) and job.kind in SERVER_KINDS:
-        return f"{error}; start the server again to find out, or delete it"
-    return str(error)
-
-
-SERVER_KINDS = frozenset(
-    {
-        OperationKind.SERVER_CREATE,
-        OperationKind.SERVER_START,
-        OperationKind.SERVER_STOP,
-        OperationKind.SERVER_REBOOT,
-        OperationKind.SERVER_DELETE,
-        OperationKind.SNAPSHOT_RESTORE,
-        OperationKind.BACKUP_RESTORE,
-    }
-)
-"""Kinds whose failure puts the server in ``error``."""
 
 
 def abandon(ctx: OperationContext, operation_id: int, reason: str) -> None:

@@ -13,6 +13,7 @@ from vpsd.config import Settings
 from vpsd.db.models import (
     Backup,
     BackupStatus,
+    BackupStorageCheck,
     BackupType,
     Operation,
     OperationKind,
@@ -31,6 +32,15 @@ from vpsd.services.states import ServerAction
 VISIBLE = (BackupStatus.IN_PROGRESS, BackupStatus.COMPLETED, BackupStatus.FAILED)
 COUNTED = (BackupStatus.IN_PROGRESS, BackupStatus.COMPLETED)
 """Manual backups in these states count toward the per-server limit."""
+STORAGE_REASONS: dict[str, str] = {
+    "missing": ("the backup storage is missing: this backup cannot be restored until it is back"),
+    "unavailable": (
+        "the backup storage cannot be used right now: this backup cannot be restored until it can"
+    ),
+}
+"""A completed backup's ``status_reason`` while its server's host finds its backup storage
+in that state (``BackupStorageCheck.state``, as its agent recorded the store's
+``StorageState``: services read the record, never the store)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,20 +62,28 @@ class BackupView:
     progress: int | None
 
 
-def _view_query() -> Select[Backup, int, str]:
-    return select(Backup, Server.id, Server.name).join(Backup.server)
+def _view_query() -> Select[Backup, int, str, str | None]:
+    return (
+        select(Backup, Server.id, Server.name, BackupStorageCheck.state)
+        .join(Backup.server)
+        .outerjoin(BackupStorageCheck, BackupStorageCheck.host_id == Server.host_id)
+    )
 
 
-def _view(row: Row[Backup, int, str]) -> BackupView:
-    backup, server_id, server_name = row
-    return backup_view(backup, ServerName(server_id, server_name))
+def _view(row: Row[Backup, int, str, str | None]) -> BackupView:
+    backup, server_id, server_name, storage = row
+    return backup_view(backup, ServerName(server_id, server_name), storage)
 
 
-def backup_view(backup: Backup, server: ServerName) -> BackupView:
-    """The plain value of a backup row."""
+def backup_view(backup: Backup, server: ServerName, storage: str | None = None) -> BackupView:
+    """The plain value of a backup row; ``storage``, the state its server's host last found
+    its backup storage in, explains a completed backup that cannot be restored now."""
+    reason = backup.status_reason
+    if backup.status == BackupStatus.COMPLETED and storage in STORAGE_REASONS:
+        reason = STORAGE_REASONS[storage]
     return BackupView(
         backup.id, server, backup.name, backup.type, backup.status, backup.size_mb,
-        backup.stored_mb, backup.created_at, backup.description, backup.status_reason,
+        backup.stored_mb, backup.created_at, backup.description, reason,
         backup.consistency, backup.completed_at, backup.progress,
     )  # fmt: skip
 

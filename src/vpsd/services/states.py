@@ -10,7 +10,7 @@
     delete: running | paused | stopped | error ─► deleting ─► deleted (gone from the API)
     start:  stopped | error ─► starting          any failure ─► error (with a reason)
     stop:   paused ─► stopping ─► stopped (forced at once: paused CPUs cannot power down)
-    restore: paused ─► restoring ─► stopped
+    restore: paused | error ─► restoring ─► stopped
 
 The monitor also moves ``running``/``paused`` to ``stopped`` when a VM's process dies outside
 vpsd, ``running`` to ``paused`` when QEMU pauses the VM (a full disk), and ``paused`` back to
@@ -43,8 +43,10 @@ ALLOWED_FROM: dict[ServerAction, frozenset[ServerStatus]] = {
     ServerAction.DELETE: frozenset(
         {ServerStatus.RUNNING, ServerStatus.PAUSED, ServerStatus.STOPPED, ServerStatus.ERROR}
     ),
+    # From error too: restoring is the way out for a server whose disk a failed restore
+    # left incomplete (its start is refused until then).
     ServerAction.RESTORE: frozenset(
-        {ServerStatus.RUNNING, ServerStatus.PAUSED, ServerStatus.STOPPED}
+        {ServerStatus.RUNNING, ServerStatus.PAUSED, ServerStatus.STOPPED, ServerStatus.ERROR}
     ),
     ServerAction.SNAPSHOT: frozenset({ServerStatus.RUNNING, ServerStatus.STOPPED}),
     ServerAction.BACKUP: frozenset({ServerStatus.RUNNING, ServerStatus.STOPPED}),

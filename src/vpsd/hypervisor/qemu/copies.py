@@ -15,6 +15,9 @@ from vpsd.hypervisor.qemu.driver_base import DriverBase
 GIB = 1024**3
 STREAM_TIMEOUT = 6 * 3600.0
 """Seconds a disk may take to stream to or from the backup repository."""
+FALLBACK_TAG = "vpsd-before-rewrite"
+"""The internal snapshot holding a disk's state before ``disk_writer`` wrote it in place,
+until ``finish_rewrite``: while it is there, the disk is incomplete."""
 
 
 class DiskCopies(DriverBase):
@@ -40,18 +43,23 @@ class DiskCopies(DriverBase):
 
     @contextmanager
     def disk_writer(self, spec: VmSpec, disk: str, size_bytes: int) -> Iterator[IO[bytes]]:
-        """Overwrite ``disk`` through NBD, or build a missing one aside and move it in place
-        once complete, so that a cut stream never leaves a disk that looks whole."""
+        """Overwrite ``disk`` through NBD, its state kept first as the internal snapshot
+        ``FALLBACK_TAG`` (copy-on-write: the clusters written meanwhile take space twice
+        until ``finish_rewrite``), or build a missing one aside and move it in place once
+        complete, so that a cut stream never leaves a disk that looks whole."""
         paths = self._paths(spec.server_id)
         path = self._disk_path(spec.server_id, disk)
         with self._lock(spec.server_id):
             if process.alive_pid(paths, spec.server_id) is not None:
                 raise DriverError(f"server {spec.server_id} is running; stop it first")
             paths.clean_shutdown_marker.unlink(missing_ok=True)
+            if path.exists():
+                if img.virtual_size(path) != size_bytes:
+                    # The tail of a larger disk would keep what it holds now.
+                    raise DriverError(f"{disk} is no longer the size it had ({size_bytes} bytes)")
+                if FALLBACK_TAG not in self._stopped_tags(path):  # a rerun keeps the first
+                    img.snapshot_create(path, FALLBACK_TAG, timeout=self.command_timeout)
         if path.exists():
-            if img.virtual_size(path) != size_bytes:
-                # The tail of a larger disk would keep what it holds now.
-                raise DriverError(f"{disk} is no longer the size it had ({size_bytes} bytes)")
             with (
                 _stream_errors("the disk could not be written"),
                 disk_stream.disk_writer(path, timeout=STREAM_TIMEOUT) as stream,
@@ -69,6 +77,28 @@ class DiskCopies(DriverBase):
         ):
             yield stream
         partial.replace(path)
+
+    def finish_rewrite(self, server_id: int, *, keep: bool) -> None:
+        """Delete ``FALLBACK_TAG`` from the disks that have it, after reverting each to it
+        unless ``keep`` (every revert before any delete: a rerun after a crash finishes)."""
+        with self._lock(server_id):
+            paths = self._paths(server_id)
+            pending = [d for d in paths.disks() if FALLBACK_TAG in self._stopped_tags(d)]
+            if not pending:
+                return
+            if process.alive_pid(paths, server_id) is not None:
+                raise DriverError(f"server {server_id} is running; stop it first")
+            if not keep:
+                for path in pending:
+                    img.snapshot_apply(path, FALLBACK_TAG, timeout=self.command_timeout)
+            for path in pending:
+                img.snapshot_delete(path, FALLBACK_TAG, timeout=self.command_timeout)
+
+    def incomplete_disks(self, server_id: int) -> list[str]:
+        """The disks holding ``FALLBACK_TAG`` (read from their snapshot tables)."""
+        with self._lock(server_id):
+            disks = self._paths(server_id).disks()
+            return [path.stem for path in disks if FALLBACK_TAG in self._stopped_tags(path)]
 
     def snapshot_clone(self, source_server_id: int, tag: str, spec: VmSpec) -> None:
         """Copy the source's disks at ``tag`` into ``spec``'s new server (see ``Driver``).

@@ -20,6 +20,7 @@ from vpsd.hypervisor.base import (
     BootFailed,
     Consistency,
     DriverError,
+    IncompleteDisks,
     LivenessUnknown,
     PowerState,
     RunState,
@@ -28,8 +29,8 @@ from vpsd.hypervisor.base import (
     VmInfo,
     VmSpec,
 )
-from vpsd.hypervisor.qemu import console, img, process, qcow2
-from vpsd.hypervisor.qemu.copies import DiskCopies
+from vpsd.hypervisor.qemu import console, img, process
+from vpsd.hypervisor.qemu.copies import FALLBACK_TAG, DiskCopies
 from vpsd.hypervisor.qemu.qmp import QmpError, QmpSession
 from vpsd.hypervisor.qemu.quiesce import quiesced, thaw_left_frozen
 
@@ -90,11 +91,13 @@ class QemuDriver(DiskCopies):
             paths = self._paths(spec.server_id)
             try:
                 if process.alive_pid(paths, spec.server_id) is None:
+                    if self.incomplete_disks(spec.server_id):
+                        raise IncompleteDisks
                     self.create_disks(spec)
                     accel = process.resolve_accel(self.accel)
                     process.launch(spec, paths, paths.disks(), accel, timeout=START_TIMEOUT)
                 self._wait_running(spec.server_id, paths)
-            except (LivenessUnknown, BootFailed):
+            except (LivenessUnknown, BootFailed, IncompleteDisks):
                 raise
             except HostError as exc:
                 raise BootFailed(str(exc)) from exc
@@ -246,6 +249,10 @@ class QemuDriver(DiskCopies):
             for disk in disks:
                 # Not atomic across disks, but idempotent: a retry finishes the job.
                 img.snapshot_apply(disk, tag, timeout=self.command_timeout)
+            # Whole again, at the snapshot: what an unfinished rewrite kept is not needed.
+            for disk, names in zip(disks, tags, strict=True):
+                if FALLBACK_TAG in names:
+                    img.snapshot_delete(disk, FALLBACK_TAG, timeout=self.command_timeout)
 
     def snapshot_delete(self, server_id: int, tag: str) -> None:
         """Delete ``tag`` from every disk that has it; a missing tag is not an error."""
@@ -267,7 +274,7 @@ class QemuDriver(DiskCopies):
                 return set()
             running = process.alive_pid(paths, server_id) is not None
             per_disk = self._tags_per_disk(paths, disks, running)
-            return set.intersection(*(set(names) for names in per_disk))
+            return set.intersection(*(set(names) for names in per_disk)) - {FALLBACK_TAG}
 
     # -- servers the database does not know -------------------------------------------------
 
@@ -357,12 +364,6 @@ class QemuDriver(DiskCopies):
         # QEMU removes these on a clean quit, not after SIGKILL.
         paths.pidfile.unlink(missing_ok=True)
         paths.qmp_socket.unlink(missing_ok=True)
-
-    def _stopped_tags(self, disk: Path) -> list[str]:
-        try:
-            return qcow2.snapshot_names(disk)
-        except (qcow2.Unsupported, OSError, ValueError):
-            return img.snapshot_names(disk, timeout=self.command_timeout)
 
     def _tags_per_disk(
         self, paths: process.ServerPaths, disks: list[Path], running: bool

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from vpsd.hypervisor.base import DriverError
-from vpsd.hypervisor.qemu import process
+from vpsd.hypervisor.qemu import img, process, qcow2
 
 _DISK_NAME = re.compile(r"disk[0-9]{1,3}")
 
@@ -54,6 +54,13 @@ class DriverBase:
         if not _DISK_NAME.fullmatch(disk):
             raise DriverError(f"invalid disk name {disk!r}")
         return self._paths(server_id).folder / f"{disk}.qcow2"
+
+    def _stopped_tags(self, disk: Path) -> list[str]:
+        """The internal snapshot names of a disk no process is changing the table of."""
+        try:
+            return qcow2.snapshot_names(disk)
+        except (qcow2.Unsupported, OSError, ValueError):
+            return img.snapshot_names(disk, timeout=self.command_timeout)
 
     def _require_disks(self, server_id: int, paths: process.ServerPaths) -> list[Path]:
         disks = paths.disks()
