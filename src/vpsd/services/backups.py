@@ -33,7 +33,7 @@ VISIBLE = (BackupStatus.IN_PROGRESS, BackupStatus.COMPLETED, BackupStatus.FAILED
 COUNTED = (BackupStatus.IN_PROGRESS, BackupStatus.COMPLETED)
 """Manual backups in these states count toward the per-server limit."""
 STORAGE_REASONS: dict[str, str] = {
-    "missing": ("the backup storage is missing: this backup cannot be restored until it is back"),
+    "missing": "the backup storage is missing: this backup cannot be restored until it is back",
     "unavailable": (
         "the backup storage cannot be used right now: this backup cannot be restored until it can"
     ),
