@@ -84,6 +84,8 @@ def snapshot_json(snapshot: SnapshotView) -> dict[str, Any]:
         "description": snapshot.description,
         "status_reason": snapshot.status_reason,
         "consistency": snapshot.consistency,
+        "memory": bool(snapshot.memory),
+        "pause_ms": snapshot.pause_ms,
     }
 
 
@@ -99,6 +101,8 @@ def snapshot_out(snapshot: Snapshot) -> SnapshotOut:
         description=snapshot.description,
         status_reason=snapshot.status_reason,
         consistency=snapshot.consistency,
+        memory=snapshot.memory,
+        pause_ms=snapshot.pause_ms,
     )
 
 

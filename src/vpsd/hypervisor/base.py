@@ -36,6 +36,10 @@ class LivenessUnknown(DriverError):
         self.detail = detail
 
 
+class ResumeRefused(DriverError):
+    """A snapshot's saved state cannot be resumed here; nothing was changed."""
+
+
 class BootFailed(DriverError):
     """QEMU could not start the VM.
 
@@ -126,10 +130,34 @@ snapshot was taken; ``crash``: as consistent as after a power cut."""
 
 @dataclass(frozen=True, slots=True)
 class SnapshotResult:
-    """What ``snapshot_create`` took: the guest bytes it captured, and how consistently."""
+    """What ``snapshot_create`` took: the guest bytes it captured, and how consistently;
+    with memory, the saved state's stamp and how long the guest was paused for it."""
 
     captured_bytes: int
     consistency: Consistency
+    saved_state: SavedState | None = None
+    pause_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SavedState:
+    """What a snapshot's saved memory and device state can only be resumed by: the same
+    QEMU build and machine type, and a VM of the same memory and vCPUs. Kept with the
+    snapshot (the driver knows no database) and handed back to ``snapshot_resume``."""
+
+    qemu_version: str
+    machine: str
+    memory_mb: int
+    vcpus: int
+
+    def as_dict(self) -> dict[str, str | int]:
+        """Its fields, for storing as JSON."""
+        return {
+            "qemu_version": self.qemu_version,
+            "machine": self.machine,
+            "memory_mb": self.memory_mb,
+            "vcpus": self.vcpus,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +222,9 @@ class Driver(Protocol):
         """Kill the VM and remove all of its files. No-op when nothing is left."""
         ...
 
-    def snapshot_create(self, server_id: int, tag: str, *, fresh: bool = False) -> SnapshotResult:
+    def snapshot_create(
+        self, server_id: int, tag: str, *, fresh: bool = False, memory: bool = False
+    ) -> SnapshotResult:
         """Take an internal snapshot ``tag`` of all the server's disks, atomically.
 
         Uses one QMP transaction while the VM runs (between the guest agent's filesystem
@@ -203,11 +233,23 @@ class Driver(Protocol):
         nothing is taken again and the result says ``crash``, since how it was taken is
         unknown. ``fresh``: no earlier attempt can have taken ``tag``, so the look for a
         leftover may be skipped. Returns the guest bytes captured and the consistency obtained.
+
+        With ``memory`` (a running VM only: ``DriverError`` otherwise) the VM's memory and
+        device state are saved with the disks, the guest paused meanwhile; the result carries
+        the ``SavedState`` to resume it by and the pause.
         """
         ...
 
     def snapshot_restore(self, server_id: int, tag: str) -> None:
         """Revert every disk of a stopped VM to ``tag``; raises if the VM is running."""
+        ...
+
+    def snapshot_resume(self, spec: VmSpec, tag: str, saved: SavedState) -> None:
+        """Put the VM back exactly as snapshot ``tag`` (taken with memory) left it, running:
+        its disks, memory and devices, the guest's clock set to now. Whatever runs now is
+        killed first. Raises ``ResumeRefused``, having changed nothing, when ``saved`` cannot
+        be resumed here (another QEMU build or machine type, another memory or vCPU count
+        than ``spec``'s, too little free memory on the host)."""
         ...
 
     def snapshot_delete(self, server_id: int, tag: str) -> None:

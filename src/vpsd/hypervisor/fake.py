@@ -28,7 +28,9 @@ from vpsd.hypervisor.base import (
     DriverError,
     LivenessUnknown,
     PowerState,
+    ResumeRefused,
     RunState,
+    SavedState,
     SnapshotResult,
     StopResult,
     VmInfo,
@@ -47,6 +49,7 @@ _METHODS = frozenset(
         "destroy",
         "snapshot_create",
         "snapshot_restore",
+        "snapshot_resume",
         "snapshot_delete",
         "snapshot_tags",
         "disks",
@@ -72,6 +75,10 @@ class _FakeVm:
     shut_down_cleanly: bool = False
     run_state: RunState = RunState.RUNNING
     """What the CPUs of the running VM do (meaningless while it is off)."""
+    memory: bytes = b""
+    """What the running guest holds in memory (lost when it stops)."""
+    saved_states: dict[str, tuple[bytes, SavedState]] = field(default_factory=dict)
+    """Snapshots taken with memory: what the guest held, and the stamp."""
 
 
 class _Sink(io.BytesIO):
@@ -101,6 +108,10 @@ class FakeDriver:
         delays: dict[str, float] | None = None,
     ) -> None:
         self.force_stops = force_stops
+        self.qemu_version = "fake-1"
+        """The "QEMU" saved states are stamped with; change it to see a resume refused."""
+        self.pause_seconds = 0.01
+        """The pause a snapshot with memory reports."""
         self.calls: list[tuple[str, int | None]] = []
         """Every driver call as (method, server_id), in order, for assertions."""
         self._vms: dict[int, _FakeVm] = {}
@@ -141,6 +152,19 @@ class FakeDriver:
         """The server's current disk content."""
         with self._lock:
             return self._vm(server_id).disk
+
+    def write_memory(self, server_id: int, data: bytes) -> None:
+        """Replace what the running guest holds in memory (its processes, its tmpfs)."""
+        with self._lock:
+            vm = self._vm(server_id)
+            if vm.pid is None:
+                raise DriverError(f"server {server_id} is not running")
+            vm.memory = bytes(data)
+
+    def read_memory(self, server_id: int) -> bytes:
+        """What the running guest holds in memory (empty once it stopped)."""
+        with self._lock:
+            return self._vm(server_id).memory
 
     def write_console(self, server_id: int, data: bytes) -> None:
         """Append to the server's console, as its guest writing to the serial port would."""
@@ -218,6 +242,7 @@ class FakeDriver:
             if vm is None or vm.pid is None:
                 return StopResult(forced=False)
             vm.pid = None
+            vm.memory = b""
             if vm.run_state is not RunState.RUNNING:
                 vm.shut_down_cleanly = False
                 return StopResult(forced=True, paused=True)
@@ -232,6 +257,7 @@ class FakeDriver:
             vm = self._vms.get(server_id)
             if vm is not None:
                 vm.pid = None
+                vm.memory = b""
 
     def info(self, server_id: int) -> VmInfo:
         """Running with a fake pid, or stopped."""
@@ -270,18 +296,29 @@ class FakeDriver:
             self._check_liveness(server_id)
             self._vms.pop(server_id, None)
 
-    def snapshot_create(self, server_id: int, tag: str, *, fresh: bool = False) -> SnapshotResult:
-        """Copy the disk under ``tag`` (unless it exists); returns the captured length."""
+    def snapshot_create(
+        self, server_id: int, tag: str, *, fresh: bool = False, memory: bool = False
+    ) -> SnapshotResult:
+        """Copy the disk under ``tag`` (unless it exists), with ``memory`` the guest's memory
+        too; returns the captured length."""
         self._enter("snapshot_create", server_id)
         with self._lock:
             vm = self._vm(server_id)
-            if tag in vm.snapshots:
-                return SnapshotResult(len(vm.snapshots[tag]), "crash")
+            if memory and vm.pid is None:
+                raise DriverError("a snapshot with memory needs a running server")
+            stamp = SavedState(self.qemu_version, "fake", vm.spec.memory_mb, vm.spec.vcpus)
+            if tag in vm.snapshots and (not memory or tag in vm.saved_states):
+                saved = vm.saved_states[tag][1] if memory else None
+                return SnapshotResult(len(vm.snapshots[tag]), "crash", saved)
             vm.snapshots[tag] = vm.disk
             has_guest = vm.spec.image is not None
             quiet = has_guest and (vm.pid is not None or vm.shut_down_cleanly)
             consistency: Consistency = "filesystem" if quiet else "crash"
-            return SnapshotResult(len(vm.disk), consistency)
+            if not memory:
+                return SnapshotResult(len(vm.disk), consistency)
+            vm.saved_states[tag] = (vm.memory, stamp)
+            captured = len(vm.disk) + len(vm.memory)
+            return SnapshotResult(captured, consistency, stamp, self.pause_seconds)
 
     def snapshot_restore(self, server_id: int, tag: str) -> None:
         """Put the bytes of ``tag`` back; raises if running or if ``tag`` is unknown."""
@@ -295,6 +332,27 @@ class FakeDriver:
             vm.disk = vm.snapshots[tag]
             vm.shut_down_cleanly = False  # the disk holds the snapshot's state now
 
+    def snapshot_resume(self, spec: VmSpec, tag: str, saved: SavedState) -> None:
+        """Put the disk and memory of ``tag`` back and run the VM (no boot: the console
+        shows none); ``ResumeRefused`` when ``saved`` is not what this driver would save."""
+        self._enter("snapshot_resume", spec.server_id)
+        with self._lock:
+            vm = self._vm(spec.server_id)
+            if tag not in vm.saved_states:
+                raise DriverError(f"snapshot {tag!r} holds no memory")
+            memory, _ = vm.saved_states[tag]
+            now = SavedState(self.qemu_version, "fake", spec.memory_mb, spec.vcpus)
+            if saved != now:
+                raise ResumeRefused(
+                    f"this snapshot's memory cannot be resumed: it was saved as {saved}, "
+                    f"this host would resume it as {now}"
+                )
+            vm.spec = spec
+            vm.disk, vm.memory = vm.snapshots[tag], memory
+            vm.pid = next(self._pids)
+            vm.run_state = RunState.RUNNING
+            vm.shut_down_cleanly = False
+
     def snapshot_delete(self, server_id: int, tag: str) -> None:
         """Drop ``tag`` if present."""
         self._enter("snapshot_delete", server_id)
@@ -302,6 +360,7 @@ class FakeDriver:
             vm = self._vms.get(server_id)
             if vm is not None:
                 vm.snapshots.pop(tag, None)
+                vm.saved_states.pop(tag, None)
 
     def snapshot_tags(self, server_id: int) -> set[str]:
         """The server's snapshot tags (empty when it has no disks)."""
