@@ -4,7 +4,13 @@ The real QEMU side is in tests/contract (the driver) and tests/guest (a Debian g
 
 from __future__ import annotations
 
+import json
+
+import httpx
+
 from tests.helpers import ApiClient
+from tests.unit.vpsctl_harness import BASE, Run, one_error_line
+from vpsd.client import Client
 from vpsd.hypervisor.fake import FakeDriver
 
 
@@ -107,3 +113,32 @@ def test_a_resume_refused_changes_nothing_and_says_why(
     assert fake_driver.read(sid) == b"now"  # the running VM was left alone
     # The snapshot is still there for a new server made from its disks.
     assert alice.get(f"/snapshots/{snapshot['id']}/").json()["status"] == "completed"
+
+
+def test_vpsctl_and_the_sdk_take_snapshots_with_memory(
+    run: Run,
+    alice: ApiClient,
+    fake_driver: FakeDriver,
+    transport: httpx.MockTransport,
+    sent: list[httpx.Request],
+) -> None:
+    sid = alice.create_server()["id"]
+    taken = run("snapshots", "create", "--server", str(sid), "--name", "live", "--memory", "--wait")
+    assert taken.code == 0, taken.err
+    paused = round(fake_driver.pause_seconds * 1000)
+    assert f"yes (a restore resumes the guest, guest paused {paused} ms)" in taken.out
+    listed = run("snapshots", "list", "--server", str(sid), "-o", "json")
+    assert [s["memory"] for s in json.loads(listed.out)["results"]] == [True]
+    refused = run("backups", "create", "--server", str(sid), "--name", "b", "--memory")
+    assert refused.code == 2 and "has no memory to keep" in one_error_line(refused)
+    with Client(BASE, alice.token, transport=transport, poll_interval=0.05) as api:
+        created = api.snapshots.create(sid, "sdk", memory=True)
+        assert created.memory is True
+        plain = api.snapshots.create(sid, "plain")
+        assert plain.memory is False
+    # Without memory the SDK sends the seed page's body, nothing more.
+    posted = [r for r in sent if r.method == "POST" and r.url.path.endswith("/snapshots/")]
+    assert json.loads(posted[-1].content) == {
+        "server_id": sid,
+        "name": "plain",
+    }
