@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     max_manual_backups_per_server: int = Field(default=10, ge=0)
     backup_scheduler_interval: float = Field(default=60.0, gt=0)
     """Seconds between looks for automatic backups that are due."""
+    change_health_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """Seconds a change's failing health check is tried again before the change is rolled
+    back (its services may still be restarting after the command)."""
 
     max_body_bytes: int = 64 * 1024
     runner_threads: int = 16

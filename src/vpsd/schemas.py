@@ -411,6 +411,77 @@ class BackupPolicyOut(ResponseModel):
     )
 
 
+COMMAND_MAX_LENGTH = 4096
+ChangeStatusName = Literal["in_progress", "succeeded", "rolled_back", "failed"]
+
+
+class HealthCheck(RequestModel):
+    """How a change is judged after its command: exactly one of ``ssh`` (the server's SSH
+    port answers with a banner, reached as a user would), ``tcp_port`` (something in the
+    guest accepts connections on it) or ``command`` (it exits 0 in the guest)."""
+
+    ssh: Literal[True] | None = None
+    tcp_port: Annotated[StrictInt, Field(ge=1, le=65535)] | None = None
+    command: (
+        Annotated[str, Field(min_length=1, max_length=COMMAND_MAX_LENGTH), AfterValidator(_no_nul)]
+        | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> HealthCheck:
+        given = [name for name in ("ssh", "tcp_port", "command") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError('give exactly one of "ssh": true, "tcp_port" or "command"')
+        return self
+
+
+class ChangeCreate(RequestModel):
+    """Body of ``POST /api/v1/changes/``: an update that rolls itself back."""
+
+    server_id: ObjectId
+    command: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=COMMAND_MAX_LENGTH,
+            description="run with /bin/sh -c as root in the guest, through its agent",
+        ),
+        AfterValidator(_no_nul),
+    ]
+    health_check: HealthCheck = Field(default_factory=lambda: HealthCheck(ssh=True))
+    timeout_seconds: Annotated[
+        StrictInt, Field(ge=1, le=86400, description="the command is killed after this")
+    ] = 900
+    keep_snapshot_hours: Annotated[
+        StrictInt,
+        Field(ge=0, le=8760, description="how long the snapshot is kept after a success"),
+    ] = 24
+
+
+class ChangeOut(ResponseModel):
+    """A change: where it is, the command's exit code and the last 64 KiB of its output, the
+    health check's result, and the snapshot it can roll back to."""
+
+    id: int
+    server: ServerRef
+    status: ChangeStatusName
+    phase: Literal["snapshot", "command", "health", "rollback", "done"]
+    status_reason: str | None
+    command: str
+    health_check: dict[str, object]
+    timeout_seconds: int
+    keep_snapshot_hours: int
+    snapshot_id: int | None
+    exit_code: int | None
+    output: str
+    output_length: int = Field(
+        description="characters written in all; output holds the last 65536 of them"
+    )
+    health: dict[str, object] | None
+    created_at: Timestamp
+    finished_at: Timestamp | None
+
+
 ItemT = TypeVar("ItemT", bound=BaseModel)
 
 

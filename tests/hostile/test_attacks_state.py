@@ -318,7 +318,7 @@ def test_snapshot_cannot_be_deleted_while_it_is_restored(
     refused = alice.delete(f"/snapshots/{snapshot['id']}/")
     assert refused.status_code == 400, refused.text
     assert refused.json()["detail"] == (
-        "this snapshot is being restored or copied to a new server; "
+        "this snapshot is being restored, copied to a new server or guarding a change; "
         "delete it when that has finished"
     )
     assert alice.get(f"/snapshots/{snapshot['id']}/").json()["status"] == "completed"

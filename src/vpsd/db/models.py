@@ -79,6 +79,7 @@ class OperationKind(StrEnum):
     BACKUP_CREATE = "backup.create"
     BACKUP_RESTORE = "backup.restore"
     BACKUP_DELETE = "backup.delete"
+    CHANGE_APPLY = "change.apply"
 
 
 class BackupStatus(StrEnum):
@@ -461,3 +462,7 @@ class Operation(Base):
 
 PowerStateName = Literal["running", "stopped"]
 """The power state a restore returns a server to (stored in the operation's payload)."""
+
+
+# Last, so that its table is in ``Base.metadata`` wherever the models are (Alembic's check).
+from vpsd.db.changes import Change as Change  # noqa: E402

@@ -7,6 +7,7 @@ that an operation interrupted by a crash can simply be executed again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -161,6 +162,22 @@ class SavedState:
 
 
 @dataclass(frozen=True, slots=True)
+class ExecResult:
+    """How a command run in a guest ended (``Driver.guest_run``)."""
+
+    exit_code: int | None
+    """Its exit status (128 + N when signal N ended it); None when it never ended: killed
+    at its timeout, or lost (the guest rebooted, its agent restarted)."""
+    timed_out: bool
+    interrupted: bool
+    """Lost: the guest's agent no longer knew the command (a reboot, an agent restart)."""
+    output: bytes
+    """The last bytes of its stdout and stderr together (at most what was asked)."""
+    output_bytes: int
+    """How many bytes it wrote in all."""
+
+
+@dataclass(frozen=True, slots=True)
 class DiskInfo:
     """One of a server's disks: its name (``disk0``, ``disk1``...) and its size in bytes."""
 
@@ -254,6 +271,26 @@ class Driver(Protocol):
 
     def snapshot_delete(self, server_id: int, tag: str) -> None:
         """Delete ``tag`` from every disk that has it (running or stopped VM)."""
+        ...
+
+    def guest_run(
+        self,
+        server_id: int,
+        command: str,
+        timeout: float,
+        *,
+        tail_bytes: int,
+        on_output: Callable[[bytes], None] | None = None,
+    ) -> ExecResult:
+        """Run ``command`` with ``/bin/sh -c`` as root in the running guest, through its
+        agent; hand ``on_output`` its new output as it comes; kill it (and what it started)
+        after ``timeout`` seconds. Holds at most the last ``tail_bytes`` of its output.
+        Raises ``DriverError`` when the guest's agent cannot start it."""
+        ...
+
+    def guest_port_open(self, server_id: int, port: int, timeout: float) -> bool:
+        """Whether something in the running guest accepts TCP connections on its
+        127.0.0.1:``port``; ``DriverError`` when the guest's agent does not answer."""
         ...
 
     def snapshot_tags(self, server_id: int) -> set[str]:

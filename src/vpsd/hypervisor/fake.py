@@ -26,6 +26,7 @@ from vpsd.hypervisor.base import (
     Consistency,
     DiskInfo,
     DriverError,
+    ExecResult,
     LivenessUnknown,
     PowerState,
     ResumeRefused,
@@ -52,6 +53,8 @@ _METHODS = frozenset(
         "snapshot_resume",
         "snapshot_delete",
         "snapshot_tags",
+        "guest_run",
+        "guest_port_open",
         "disks",
         "snapshot_reader",
         "disk_writer",
@@ -79,6 +82,19 @@ class _FakeVm:
     """What the running guest holds in memory (lost when it stops)."""
     saved_states: dict[str, tuple[bytes, SavedState]] = field(default_factory=dict)
     """Snapshots taken with memory: what the guest held, and the stamp."""
+
+
+@dataclass
+class FakeCommand:
+    """What a command run in a fake guest does (``FakeDriver.guest_commands``)."""
+
+    exit_code: int | None = 0
+    output: bytes = b""
+    timed_out: bool = False
+    disk: bytes | None = None
+    """The disk's content after it ran (None: unchanged)."""
+    ports: frozenset[int] | None = None
+    """The guest's open TCP ports after it ran (None: unchanged)."""
 
 
 class _Sink(io.BytesIO):
@@ -112,6 +128,12 @@ class FakeDriver:
         """The "QEMU" saved states are stamped with; change it to see a resume refused."""
         self.pause_seconds = 0.01
         """The pause a snapshot with memory reports."""
+        self.guest_commands: dict[str, FakeCommand] = {}
+        """What each command does when run in a guest; any other exits 0 and says nothing."""
+        self.guest_ports: dict[int, frozenset[int]] = {}
+        """The TCP ports open in each server's guest (none when not set)."""
+        self.guest_runs: list[tuple[int, str]] = []
+        """Every command run in a guest, as (server id, command)."""
         self.calls: list[tuple[str, int | None]] = []
         """Every driver call as (method, server_id), in order, for assertions."""
         self._vms: dict[int, _FakeVm] = {}
@@ -361,6 +383,46 @@ class FakeDriver:
             if vm is not None:
                 vm.snapshots.pop(tag, None)
                 vm.saved_states.pop(tag, None)
+
+    def guest_run(
+        self,
+        server_id: int,
+        command: str,
+        timeout: float,
+        *,
+        tail_bytes: int,
+        on_output: Callable[[bytes], None] | None = None,
+    ) -> ExecResult:
+        """Do what ``guest_commands`` says ``command`` does, in the running guest."""
+        self._enter("guest_run", server_id)
+        with self._lock:
+            vm = self._vm(server_id)
+            if vm.pid is None or vm.spec.image is None:
+                raise DriverError("the guest agent does not answer")
+            self.guest_runs.append((server_id, command))
+            does = self.guest_commands.get(command, FakeCommand())
+            if does.disk is not None:
+                vm.disk = does.disk
+            if does.ports is not None:
+                self.guest_ports[server_id] = does.ports
+        if on_output is not None and does.output:
+            on_output(does.output)
+        return ExecResult(
+            exit_code=None if does.timed_out else does.exit_code,
+            timed_out=does.timed_out,
+            interrupted=False,
+            output=does.output[-tail_bytes:],
+            output_bytes=len(does.output),
+        )
+
+    def guest_port_open(self, server_id: int, port: int, timeout: float) -> bool:
+        """Whether ``guest_ports`` has ``port`` open in the running guest."""
+        self._enter("guest_port_open", server_id)
+        with self._lock:
+            vm = self._vm(server_id)
+            if vm.pid is None or vm.spec.image is None:
+                raise DriverError("the guest agent does not answer")
+            return port in self.guest_ports.get(server_id, frozenset())
 
     def snapshot_tags(self, server_id: int) -> set[str]:
         """The server's snapshot tags (empty when it has no disks)."""

@@ -37,7 +37,7 @@ from vpsd.hypervisor.base import (
 )
 from vpsd.hypervisor.images.store import guest_image
 from vpsd.metrics import observe_operation
-from vpsd.operations import backup_handlers, payloads
+from vpsd.operations import backup_handlers, change_handler, payloads
 from vpsd.operations.context import OperationContext
 from vpsd.operations.job import (
     FailureHandler,
@@ -219,6 +219,7 @@ HANDLERS: dict[OperationKind, tuple[Handler, FailureHandler]] = {
     OperationKind.SNAPSHOT_CREATE: (_snapshot_create, _snapshot_create_failed),
     OperationKind.SNAPSHOT_RESTORE: (_snapshot_restore, _snapshot_restore_failed),
     OperationKind.SNAPSHOT_DELETE: (_snapshot_delete, _snapshot_delete_failed),
+    OperationKind.CHANGE_APPLY: (change_handler.apply_change, change_handler.change_failed),
     **backup_handlers.HANDLERS,
 }
 

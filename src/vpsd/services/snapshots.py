@@ -219,7 +219,11 @@ class SnapshotService:
                     exists().where(
                         Operation.snapshot_id == snapshot.id,  # ix_operations_snapshot_id
                         Operation.kind.in_(
-                            (OperationKind.SNAPSHOT_RESTORE, OperationKind.SERVER_CREATE)
+                            (
+                                OperationKind.SNAPSHOT_RESTORE,
+                                OperationKind.SERVER_CREATE,
+                                OperationKind.CHANGE_APPLY,
+                            )
                         ),
                         Operation.status.in_(ACTIVE_OPERATION),
                     )
@@ -227,8 +231,8 @@ class SnapshotService:
             )
             if in_use:
                 raise InvalidState(
-                    "this snapshot is being restored or copied to a new server; delete it when "
-                    "that has finished"
+                    "this snapshot is being restored, copied to a new server or guarding a "
+                    "change; delete it when that has finished"
                 )
             snapshot.status = SnapshotStatus.DELETING
             enqueue(session, OperationKind.SNAPSHOT_DELETE, server_id, snapshot_id=snapshot.id)

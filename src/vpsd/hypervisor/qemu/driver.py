@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from vpsd.hypervisor.base import (
     BootFailed,
     Consistency,
     DriverError,
+    ExecResult,
     LivenessUnknown,
     PowerState,
     RunState,
@@ -29,7 +31,7 @@ from vpsd.hypervisor.base import (
     VmInfo,
     VmSpec,
 )
-from vpsd.hypervisor.qemu import console, img, process, qcow2, vmstate
+from vpsd.hypervisor.qemu import console, guest_exec, img, process, qcow2, vmstate
 from vpsd.hypervisor.qemu.copies import DiskCopies
 from vpsd.hypervisor.qemu.qmp import QmpError, QmpSession
 from vpsd.hypervisor.qemu.quiesce import quiesced, thaw_left_frozen
@@ -297,6 +299,29 @@ class QemuDriver(DiskCopies):
                 return
             running = process.alive_pid(paths, server_id) is not None
             self._delete(paths, disks, tag, self._tags_per_disk(paths, disks, running), running)
+
+    def guest_run(
+        self,
+        server_id: int,
+        command: str,
+        timeout: float,
+        *,
+        tail_bytes: int,
+        on_output: Callable[[bytes], None] | None = None,
+    ) -> ExecResult:
+        """See ``Driver.guest_run`` and ``guest_exec``. Not under the server's lock: it may
+        run for long, and nothing else the driver does changes the guest's processes."""
+        return guest_exec.run(
+            self._paths(server_id).qga_socket,
+            command,
+            timeout,
+            tail_bytes=tail_bytes,
+            on_output=on_output,
+        )
+
+    def guest_port_open(self, server_id: int, port: int, timeout: float) -> bool:
+        """See ``Driver.guest_port_open``."""
+        return guest_exec.port_open(self._paths(server_id).qga_socket, port, timeout)
 
     def snapshot_tags(self, server_id: int) -> set[str]:
         """Tags present on all of the server's disks (empty when it has no disks)."""
