@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.helpers import ApiClient, NoDispatch, wait_for, write_fake_image
+from tests.unit.vpsctl_harness import Run
 from vpsd.backups.fake import FakeBackupStore
 from vpsd.config import Settings
 from vpsd.db.changes import Change, ChangePhase
@@ -289,3 +290,24 @@ def test_a_change_interrupted_at_each_phase_ends_readable(
         assert fake_driver.read(debian["id"]) == b"before the update"
     assert alice.get(f"/servers/{debian['id']}/").json()["status"] == "running"
     assert alice.get(f"/snapshots/{change_seen['snapshot_id']}/").json()["status"] == "completed"
+
+
+def test_vpsctl_shows_a_changes_output_live_and_its_verdict(
+    run: Run, alice: ApiClient, fake_driver: FakeDriver, debian: dict[str, Any]
+) -> None:
+    sid = debian["id"]
+    fake_driver.guest_ports[sid] = frozenset({80})
+    fake_driver.guest_commands[UPGRADE] = FakeCommand(output=b"\x1b]52;c;evil\x07Unpacking nginx\n")
+    passed = run("servers", "change", str(sid), "--check-port", "80", "--", *UPGRADE.split())
+    assert passed.code == 0, passed.err
+    assert passed.out == "Unpacking nginx\n"  # the guest's escapes never reach the terminal
+    assert "succeeded: the change is kept" in passed.err
+    assert "health check (tcp_port) passed" in passed.err
+    fake_driver.guest_commands["false"] = FakeCommand(exit_code=1)
+    failed = run("servers", "change", str(sid), "--", "false")
+    assert failed.code == 1
+    assert "rolled back: the server is as it was before the change" in failed.err
+    both = run(
+        "servers", "change", str(sid), "--check-port", "80", "--check-command", "x", "--", "true"
+    )
+    assert both.code == 2
