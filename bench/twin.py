@@ -196,7 +196,10 @@ def make_store(database_url: str) -> SqliteStore | PostgresStore:
 
 def snapshot_json(row: Row) -> dict[str, Any]:
     """A row of the snapshot statements as vpsd's ``SnapshotOut``, in its key order."""
-    sid, name, status, size_mb, created, description, reason, consistency, server, sname = row[:10]
+    sid, name, status, size_mb, created, description, reason, consistency, memory, pause_ms = row[
+        :10
+    ]
+    server, sname = row[10:12]
     return {
         "id": sid,
         "server": {"id": server, "name": sname},
@@ -207,6 +210,8 @@ def snapshot_json(row: Row) -> dict[str, Any]:
         "description": description,
         "status_reason": reason,
         "consistency": consistency,
+        "memory": bool(memory),
+        "pause_ms": pause_ms,
     }
 
 

@@ -175,6 +175,9 @@ class Settings(BaseSettings):
     backup_storage_check_seconds: float = Field(default=60.0, gt=0)
     """Seconds between looks at the backup repository (``restic cat config``: about half a
     second of CPU); what each agent found shows on the backups and in ``/metrics``."""
+    change_health_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """Seconds a change's failing health check is tried again before the change is rolled
+    back (its services may still be restarting after the command)."""
 
     max_body_bytes: int = 64 * 1024
     runner_threads: int = 16

@@ -150,8 +150,8 @@ def _no_nul(text: str | None) -> str | None:
     return text
 
 
-class SnapshotCreate(RequestModel):
-    """Body of ``POST /api/v1/snapshots/``."""
+class RecoveryPointCreate(RequestModel):
+    """What a new snapshot and a new backup are both given."""
 
     server_id: ObjectId
     name: Name
@@ -162,8 +162,19 @@ class SnapshotCreate(RequestModel):
     ] = None
 
 
-class BackupCreate(SnapshotCreate):
-    """Body of ``POST /api/v1/backups/``: the same fields as a snapshot's."""
+class SnapshotCreate(RecoveryPointCreate):
+    """Body of ``POST /api/v1/snapshots/``."""
+
+    memory: StrictBool = Field(
+        default=False,
+        description="also save the running server's memory, so that a restore resumes the "
+        "guest where it was (its processes, its tmpfs) instead of booting it; the guest is "
+        "paused while the memory is written (about 0.4 s for 512 MiB)",
+    )
+
+
+class BackupCreate(RecoveryPointCreate):
+    """Body of ``POST /api/v1/backups/``: the same fields as a snapshot's, without memory."""
 
 
 class BackupPolicy(RequestModel):
@@ -296,6 +307,15 @@ class SnapshotOut(ResponseModel):
         description="filesystem: taken with the guest's filesystems frozen (or of a cleanly "
         "shut down guest); crash: as if power were cut; null while in progress",
     )
+    memory: bool = Field(
+        default=False,
+        description="taken with the running server's memory: a restore resumes the guest",
+    )
+    pause_ms: int | None = Field(
+        default=None,
+        description="with memory, how long the guest was paused while it was saved (at "
+        "most); null otherwise and while in progress",
+    )
 
 
 class SnapshotCreated(SnapshotOut):
@@ -389,6 +409,77 @@ class BackupPolicyOut(ResponseModel):
     next_backup_at: Timestamp | None = Field(
         default=None, description="when the next automatic backup is due; null if disabled"
     )
+
+
+COMMAND_MAX_LENGTH = 4096
+ChangeStatusName = Literal["in_progress", "succeeded", "rolled_back", "failed"]
+
+
+class HealthCheck(RequestModel):
+    """How a change is judged after its command: exactly one of ``ssh`` (the server's SSH
+    port answers with a banner, reached as a user would), ``tcp_port`` (something in the
+    guest accepts connections on it) or ``command`` (it exits 0 in the guest)."""
+
+    ssh: Literal[True] | None = None
+    tcp_port: Annotated[StrictInt, Field(ge=1, le=65535)] | None = None
+    command: (
+        Annotated[str, Field(min_length=1, max_length=COMMAND_MAX_LENGTH), AfterValidator(_no_nul)]
+        | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> HealthCheck:
+        given = [name for name in ("ssh", "tcp_port", "command") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError('give exactly one of "ssh": true, "tcp_port" or "command"')
+        return self
+
+
+class ChangeCreate(RequestModel):
+    """Body of ``POST /api/v1/changes/``: an update that rolls itself back."""
+
+    server_id: ObjectId
+    command: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=COMMAND_MAX_LENGTH,
+            description="run with /bin/sh -c as root in the guest, through its agent",
+        ),
+        AfterValidator(_no_nul),
+    ]
+    health_check: HealthCheck = Field(default_factory=lambda: HealthCheck(ssh=True))
+    timeout_seconds: Annotated[
+        StrictInt, Field(ge=1, le=86400, description="the command is killed after this")
+    ] = 900
+    keep_snapshot_hours: Annotated[
+        StrictInt,
+        Field(ge=0, le=8760, description="how long the snapshot is kept after a success"),
+    ] = 24
+
+
+class ChangeOut(ResponseModel):
+    """A change: where it is, the command's exit code and the last 64 KiB of its output, the
+    health check's result, and the snapshot it can roll back to."""
+
+    id: int
+    server: ServerRef
+    status: ChangeStatusName
+    phase: Literal["snapshot", "command", "health", "rollback", "done"]
+    status_reason: str | None
+    command: str
+    health_check: dict[str, object]
+    timeout_seconds: int
+    keep_snapshot_hours: int
+    snapshot_id: int | None
+    exit_code: int | None
+    output: str
+    output_length: int = Field(
+        description="characters written in all; output holds the last 65536 of them"
+    )
+    health: dict[str, object] | None
+    created_at: Timestamp
+    finished_at: Timestamp | None
 
 
 ItemT = TypeVar("ItemT", bound=BaseModel)

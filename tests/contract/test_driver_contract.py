@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import pytest
@@ -10,8 +11,10 @@ from tests.contract.driver_probes import DiskProbe
 from vpsd.core.errors import HostError
 from vpsd.hypervisor.base import (
     Driver,
+    DriverError,
     IncompleteDisks,
     PowerState,
+    ResumeRefused,
     RunState,
     StopResult,
     VmSpec,
@@ -293,3 +296,53 @@ def test_a_snapshot_restore_makes_an_unfinished_rewrite_whole(
     assert disk.has(SID, 0xAB)
     driver.start(SPEC)
     assert driver.info(SID).power_state is PowerState.RUNNING
+
+
+def test_snapshot_with_memory_resumes_where_it_was(driver: Driver, disk: DiskProbe) -> None:
+    driver.start(SPEC)
+    disk.write(SID, 0x11)
+    taken = driver.snapshot_create(SID, "mem", memory=True)
+    assert taken.saved_state is not None
+    assert (taken.saved_state.memory_mb, taken.saved_state.vcpus) == (SPEC.memory_mb, SPEC.vcpus)
+    assert taken.pause_seconds is not None and 0 <= taken.pause_seconds < 60
+    assert taken.captured_bytes >= MIB
+    assert driver.info(SID).power_state is PowerState.RUNNING  # the guest went on
+    # Idempotent: a retry finds the state saved, takes nothing and reports no new pause.
+    retried = driver.snapshot_create(SID, "mem", memory=True)
+    assert retried.saved_state == taken.saved_state and retried.pause_seconds is None
+
+    disk.write(SID, 0x22)
+    driver.snapshot_resume(SPEC, "mem", taken.saved_state)
+    assert driver.info(SID).power_state is PowerState.RUNNING
+    assert disk.has(SID, 0x11)
+    # From a stopped VM too: it comes back running, as it was when taken.
+    driver.kill(SID)
+    disk.write(SID, 0x33)
+    driver.snapshot_resume(SPEC, "mem", taken.saved_state)
+    assert driver.info(SID).power_state is PowerState.RUNNING
+    assert disk.has(SID, 0x11)
+
+
+def test_a_saved_state_is_resumed_only_as_it_was_taken(driver: Driver, disk: DiskProbe) -> None:
+    driver.start(SPEC)
+    disk.write(SID, 0x44)
+    taken = driver.snapshot_create(SID, "mem", memory=True)
+    assert taken.saved_state is not None
+    disk.write(SID, 0x55)
+    pid = driver.info(SID).pid
+    bigger = dataclasses.replace(SPEC, memory_mb=SPEC.memory_mb * 2)
+    with pytest.raises(ResumeRefused, match="memory"):
+        driver.snapshot_resume(bigger, "mem", taken.saved_state)
+    newer = dataclasses.replace(taken.saved_state, qemu_version="99.0.0 (elsewhere)")
+    with pytest.raises(ResumeRefused):
+        driver.snapshot_resume(SPEC, "mem", newer)
+    # Refused before anything was touched: the same VM runs on, its disk as it was.
+    assert driver.info(SID).pid == pid
+    assert disk.has(SID, 0x55)
+
+
+def test_a_snapshot_with_memory_needs_a_running_vm(driver: Driver) -> None:
+    driver.create_disks(SPEC)
+    with pytest.raises(DriverError, match="running"):
+        driver.snapshot_create(SID, "mem", memory=True)
+    assert driver.snapshot_tags(SID) == set()

@@ -131,6 +131,7 @@ def guest_service(built_image: BuiltImage) -> Iterator[LiveServer]:
         root,
         stop_timeout=STOP_TIMEOUT,
         image_cache_dir=str(built_image.folder.parent),
+        change_health_seconds="5",  # a change's failing check: rolled back in 5 s, not 60
     )
     try:
         service.start()

@@ -29,13 +29,14 @@ from fastapi.testclient import TestClient
 
 from tests.helpers import ApiClient, NoDispatch, measure_as, wait_for
 from tests.unit.conftest import account_token
+from vpsd.agent import monitor
 from vpsd.agent.heartbeat import HostCapacity
 from vpsd.config import Settings
 from vpsd.db.models import Account, Operation, OperationKind, Server, ServerStatus, Snapshot
 from vpsd.db.session import Database
 from vpsd.hypervisor.base import BootFailed
 from vpsd.hypervisor.fake import FakeDriver
-from vpsd.operations import handlers, monitor
+from vpsd.operations import handlers
 from vpsd.runtime.app import create_app
 from vpsd.schemas import ServerCreate
 from vpsd.services import quotas
@@ -259,7 +260,7 @@ def test_concurrent_creates_respect_the_quota_exactly(
 ) -> None:
     _host(monkeypatch, settings, ATTACKED_HOST)
     settings.quota_servers = 5
-    service = ServerService(db, settings, NoDispatch(), FakeDriver())
+    service = ServerService(db, settings, NoDispatch())
     (account_id,) = _accounts(db, "alice")
     outcomes = _race(
         [
@@ -278,7 +279,7 @@ def test_concurrent_creates_of_two_accounts_respect_the_host_exactly(
 ) -> None:
     # One CPU, overcommitted 4 times: four 1-vCPU servers on the host, whoever asks.
     _host(monkeypatch, settings, HostCapacity(cpus=1, memory_mb=64 * GIB_MB, disk_free_gb=1000))
-    service = ServerService(db, settings, NoDispatch(), FakeDriver())
+    service = ServerService(db, settings, NoDispatch())
     alice, bob = _accounts(db, "alice", "bob")
     calls = [
         lambda i=i, owner=owner: service.create(owner, ServerCreate(name=f"s{i}", disk_gb=1))
@@ -318,7 +319,7 @@ def test_snapshot_cannot_be_deleted_while_it_is_restored(
     refused = alice.delete(f"/snapshots/{snapshot['id']}/")
     assert refused.status_code == 400, refused.text
     assert refused.json()["detail"] == (
-        "this snapshot is being restored or copied to a new server; "
+        "this snapshot is being restored, copied to a new server or guarding a change; "
         "delete it when that has finished"
     )
     assert alice.get(f"/snapshots/{snapshot['id']}/").json()["status"] == "completed"

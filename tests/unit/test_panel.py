@@ -1064,6 +1064,27 @@ def test_the_server_page_counts_snapshots(
     assert "2 of 5 snapshots." in live
 
 
+def test_the_panel_takes_a_snapshot_with_memory_of_a_running_server_only(
+    client: TestClient, database: Database, alice: ApiClient, fake_driver: FakeDriver
+) -> None:
+    server_id = alice.create_server("web-1")["id"]
+    panel = signed_in(client, database, "alice")
+    taken = panel.submit(f"/servers/{server_id}/snapshots", {"name": "live", "memory": "on"})
+    assert taken.status_code == 303, taken.text
+    [snapshot] = alice.get(f"/snapshots/?server_id={server_id}").json()["results"]
+    assert snapshot["memory"] is True
+    alice.wait_snapshot(snapshot["id"])
+    words = " ".join(text_of(panel.get(f"/servers/{server_id}")).split())
+    assert "with memory: a restore resumes the guest" in words
+    assert alice.post(f"/servers/{server_id}/stop/").status_code == 200
+    alice.wait_server(server_id, "stopped")
+    page = panel.get(f"/servers/{server_id}")
+    assert 'name="memory" disabled' in page.text  # offered to a running server only
+    refused = panel.submit(f"/servers/{server_id}/snapshots", {"name": "m2", "memory": "on"})
+    assert refused.status_code == 400
+    assert "needs a running server" in " ".join(text_of(refused).split())
+
+
 # -- vpsd account set-password ---------------------------------------------------------------
 
 

@@ -34,15 +34,20 @@ def test_stored_times_read_as_the_api_shows_them(stored: StoredTime) -> None:
 
 
 @pytest.mark.parametrize(
-    ("description", "reason", "consistency", "size_mb"),
-    [(None, None, None, None), ('ünïcode "quoted" \n', "it failed", "crash", 2048)],
+    ("description", "reason", "consistency", "size_mb", "pause_ms"),
+    [(None, None, None, None, None), ('ünïcode "quoted" \n', "it failed", "crash", 2048, 380)],
 )
 def test_snapshot_json_is_byte_for_byte_the_models(
-    description: str | None, reason: str | None, consistency: str | None, size_mb: int | None
+    description: str | None,
+    reason: str | None,
+    consistency: str | None,
+    size_mb: int | None,
+    pause_ms: int | None,
 ) -> None:
+    memory = pause_ms is not None
     view = SnapshotView(
         7, "before-update", SnapshotStatus.COMPLETED, size_mb, "2025-01-15 18:30:05.000000",
-        description, reason, consistency, 3, "web-01",
+        description, reason, consistency, memory, pause_ms, 3, "web-01",
     )  # fmt: skip
     model = SnapshotOut.model_validate(
         {
@@ -55,6 +60,8 @@ def test_snapshot_json_is_byte_for_byte_the_models(
             "description": description,
             "status_reason": reason,
             "consistency": consistency,
+            "memory": memory,
+            "pause_ms": pause_ms,
         }
     )
     fast = snapshot_json(view)

@@ -24,6 +24,8 @@ SNAPSHOT_KEYS = {
     "description",
     "status_reason",
     "consistency",
+    "memory",
+    "pause_ms",
 }
 
 

@@ -14,7 +14,7 @@ from vpsd.api.docs import install_docs
 from vpsd.api.errors import install_error_handlers
 from vpsd.api.openapi import install_openapi, operation_id
 from vpsd.api.pagination import install_slash_redirects
-from vpsd.api.routes import backups, hosts, images, servers, snapshots, ssh_keys
+from vpsd.api.routes import backups, changes, hosts, images, servers, snapshots, ssh_keys
 from vpsd.api.strict_json import BodySizeLimit
 from vpsd.metrics import DatabaseCollector, HttpMetrics, render
 from vpsd.services.container import Services
@@ -60,6 +60,7 @@ def build_api(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     app.include_router(images.router, prefix="/api/v1")
     app.include_router(ssh_keys.router, prefix="/api/v1")
     app.include_router(hosts.router, prefix="/api/v1")
+    app.include_router(changes.router, prefix="/api/v1")
     install_docs(app, docs_url="/api/v1/docs", openapi_url="/api/v1/openapi.json")
     install_slash_redirects(app, settings.public_url)
 

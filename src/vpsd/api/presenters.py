@@ -10,6 +10,7 @@ from vpsd.schemas import (
     BackupOut,
     BackupPolicyOut,
     BackupSource,
+    ChangeOut,
     HostCapacityOut,
     HostOut,
     ImageOut,
@@ -23,6 +24,7 @@ from vpsd.schemas import (
 )
 from vpsd.services.backup_policies import PolicyView
 from vpsd.services.backups import BackupView
+from vpsd.services.changes import ChangeView
 from vpsd.services.hosts import HostView
 from vpsd.services.images import ImageView
 from vpsd.services.restores import RestoreView
@@ -84,6 +86,8 @@ def snapshot_json(snapshot: SnapshotView) -> dict[str, Any]:
         "description": snapshot.description,
         "status_reason": snapshot.status_reason,
         "consistency": snapshot.consistency,
+        "memory": bool(snapshot.memory),
+        "pause_ms": snapshot.pause_ms,
     }
 
 
@@ -99,6 +103,8 @@ def snapshot_out(snapshot: Snapshot) -> SnapshotOut:
         description=snapshot.description,
         status_reason=snapshot.status_reason,
         consistency=snapshot.consistency,
+        memory=snapshot.memory,
+        pause_ms=snapshot.pause_ms,
     )
 
 
@@ -179,3 +185,25 @@ def restore_message(restore: RestoreView, source: str, how: str, duration: str) 
 def restore_server_ref(restore: RestoreView) -> RestoreServerRef:
     """The server a restore acts on, now ``restoring``."""
     return RestoreServerRef(id=restore.server_id, name=restore.server_name, status="restoring")
+
+
+def change_out(change: ChangeView) -> ChangeOut:
+    """A change as the API shows it."""
+    return ChangeOut(
+        id=change.id,
+        server=ServerRef(id=change.server.id, name=change.server.name),
+        status=change.status.value,
+        phase=change.phase.value,
+        status_reason=change.status_reason,
+        command=change.command,
+        health_check=change.health_check,
+        timeout_seconds=change.timeout_seconds,
+        keep_snapshot_hours=change.keep_snapshot_hours,
+        snapshot_id=change.snapshot_id,
+        exit_code=change.exit_code,
+        output=change.output,
+        output_length=change.output_length,
+        health=change.health,
+        created_at=change.created_at,
+        finished_at=change.finished_at,
+    )

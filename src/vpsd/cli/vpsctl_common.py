@@ -31,6 +31,8 @@ class GlobalOptions:
     request_timeout: float = 30.0
 
 
+ServerIdArg = Annotated[int, typer.Argument(min=1, metavar="SERVER_ID", help="the server's id")]
+
 OutputOption = Annotated[
     OutputFormat,
     typer.Option("--output", "-o", help="table for people, or json: the API's body unchanged"),

@@ -151,13 +151,14 @@ def servers_table(servers: Iterable[ServerOut]) -> None:
 def snapshots_table(snapshots: Iterable[SnapshotOut]) -> None:
     """Snapshots as a table: one row each."""
     table = Table(
-        "ID", "NAME", "SERVER", "STATUS", "CONSISTENCY", "SIZE", "CREATED", "DESCRIPTION",
-        box=None,
+        "ID", "NAME", "SERVER", "STATUS", "CONSISTENCY", "MEMORY", "SIZE", "CREATED",
+        "DESCRIPTION", box=None,
     )  # fmt: skip
     for s in snapshots:
         table.add_row(
             str(s.id), _text(s.name), _server_ref(s.server), s.status, s.consistency or "-",
-            _mib(s.size_mb) or "-", _time(s.created_at), _text(s.description),
+            "yes" if s.memory else "-", _mib(s.size_mb) or "-", _time(s.created_at),
+            _text(s.description),
         )  # fmt: skip
     _stdout_console().print(table)
 
@@ -211,9 +212,18 @@ def snapshot_details(s: SnapshotOut) -> None:
             ("ID", s.id), ("Name", s.name), ("Server", f"{s.server.name} ({s.server.id})"),
             ("Status", s.status), ("Status reason", s.status_reason),
             ("Consistency", s.consistency), ("Size", _mib(s.size_mb)),
+            ("Memory", _saved_memory(s)),
             ("Created", _time(s.created_at)), ("Description", s.description),
         ]
     )  # fmt: skip
+
+
+def _saved_memory(s: SnapshotOut) -> str:
+    """Whether a snapshot holds memory, and the pause it cost the guest."""
+    if not s.memory:
+        return "no (a restore boots the server)"
+    paused = f", guest paused {s.pause_ms} ms" if s.pause_ms is not None else ""
+    return f"yes (a restore resumes the guest{paused})"
 
 
 def backup_details(b: BackupOut) -> None:

@@ -17,6 +17,7 @@ from vpsd.cli.vpsctl_common import (
     DEFAULT_WAIT_TIMEOUT,
     OutputOption,
     TimeoutOption,
+    UsageProblem,
     WaitOption,
     YesOption,
     confirm,
@@ -44,6 +45,8 @@ class RecoveryPointKind:
     """What ``list`` adds about the rows (``with their consistency``)."""
     create_help: str
     """``create``'s help: what it takes and its limit."""
+    memory: bool = False
+    """It can be taken with the server's memory (``create --memory``)."""
 
 
 def add_commands(app: typer.Typer, kind: RecoveryPointKind) -> None:
@@ -103,13 +106,24 @@ def add_commands(app: typer.Typer, kind: RecoveryPointKind) -> None:
         description: Annotated[
             str | None, typer.Option("--description", "-d", help="free text")
         ] = None,
+        memory: Annotated[
+            bool,
+            typer.Option(
+                "--memory",
+                help="also save the running server's memory: a restore resumes the guest "
+                "where it was instead of booting it",
+                hidden=not kind.memory,
+            ),
+        ] = False,
         wait: WaitOption = False,
         timeout: TimeoutOption = DEFAULT_WAIT_TIMEOUT,
         output: OutputOption = OutputFormat.table,
     ) -> None:
+        if memory and not kind.memory:
+            raise UsageProblem(f"a {noun} has no memory to keep; leave --memory out")
         with open_client(ctx) as client:
             points = kind.points(client)
-            body = points.create_json(server, name, description)
+            body = points.create_json(server, name, description, memory=memory or None)
             point_id = int(body["id"])
             if wait:
                 run_wait(

@@ -1,4 +1,4 @@
-"""``vpsctl servers``: list, show, create, start, stop, reboot, console, ssh, delete."""
+"""``vpsctl servers``: list, show, create, start, stop, reboot, console, ssh, delete, change."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from urllib.parse import urlsplit
 
 import typer
 
+from vpsd.cli import vpsctl_changes
 from vpsd.cli.vpsctl_common import (
     DEFAULT_WAIT_TIMEOUT,
     OutputOption,
+    ServerIdArg,
     TimeoutOption,
     UsageProblem,
     WaitOption,
@@ -36,7 +38,7 @@ from vpsd.console_text import for_terminal, plain
 from vpsd.schemas import BLANK_IMAGE, ServerStatusName
 
 app = typer.Typer(help="Create, inspect, power and delete servers.", no_args_is_help=True)
-ServerIdArg = Annotated[int, typer.Argument(min=1, metavar="SERVER_ID", help="the server's id")]
+app.command("change", help=vpsctl_changes.HELP)(vpsctl_changes.change)
 MAX_CONSOLE_BYTES = 1024 * 1024
 SSH_USER = "root"
 _NOT_IN_ALIAS = re.compile(r"[^A-Za-z0-9.-]")

@@ -16,6 +16,8 @@ add_commands(
         table=snapshots_table,
         details=snapshot_details,
         list_note=", with their consistency",
-        create_help="Take a point-in-time snapshot of a server (at most 5 per server).",
+        create_help="Take a point-in-time snapshot of a server (at most 5 per server); with "
+        "--memory, of a running server's memory too.",
+        memory=True,
     ),
 )

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from vpsd import __version__
+from vpsd.client.changes import ChangesApi
 from vpsd.client.errors import ApiError, ConnectionFailed, NotFoundError, OperationFailed, api_error
 from vpsd.client.resources import BackupsApi, ImagesApi, ServersApi, SnapshotsApi, SshKeysApi
 from vpsd.client.waiting import poll
@@ -70,6 +71,7 @@ class Client:
         self.backups = BackupsApi(self)
         self.ssh_keys = SshKeysApi(self)
         self.images = ImagesApi(self)
+        self.changes = ChangesApi(self)
 
     def __repr__(self) -> str:
         return f"Client({self.base_url!r})"  # never the token

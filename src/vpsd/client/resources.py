@@ -119,9 +119,11 @@ class RecoveryPointsApi(_Objects[PointT], Generic[PointT, CreatedT, RestoredT]):
         """Start taking one of the server (``in_progress``); see ``wait_completed``."""
         return self.created_model.model_validate(self.create_json(server_id, name, description))
 
-    def create_json(self, server_id: int, name: str, description: str | None = None) -> JsonObject:
-        """``create``'s body unchanged."""
-        payload = _given(server_id=server_id, name=name, description=description)
+    def create_json(
+        self, server_id: int, name: str, description: str | None = None, **fields: object
+    ) -> JsonObject:
+        """``create``'s body unchanged; ``fields`` are the kind's own (those not None)."""
+        payload = _given(server_id=server_id, name=name, description=description, **fields)
         body: JsonObject = self._client.request("POST", self.path, json=payload)
         return body
 
@@ -342,6 +344,14 @@ class SnapshotsApi(RecoveryPointsApi[SnapshotOut, SnapshotCreated, RestoreStarte
     page_model = Page[SnapshotOut]
     created_model = SnapshotCreated
     restored_model = RestoreStarted
+
+    def create(
+        self, server_id: int, name: str, description: str | None = None, *, memory: bool = False
+    ) -> SnapshotCreated:
+        """Start taking a snapshot (``in_progress``); with ``memory`` (a running server), its
+        memory too, so that a restore resumes the guest instead of booting it."""
+        body = self.create_json(server_id, name, description, memory=memory or None)
+        return SnapshotCreated.model_validate(body)
 
 
 class BackupsApi(RecoveryPointsApi[BackupOut, BackupCreated, BackupRestoreStarted]):

@@ -79,6 +79,7 @@ class OperationKind(StrEnum):
     BACKUP_CREATE = "backup.create"
     BACKUP_RESTORE = "backup.restore"
     BACKUP_DELETE = "backup.delete"
+    CHANGE_APPLY = "change.apply"
 
 
 class BackupStatus(StrEnum):
@@ -335,6 +336,12 @@ class Snapshot(Base):
     """``filesystem`` (taken frozen, or of a cleanly shut down guest) or ``crash``."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    memory: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+    """Taken with the running VM's memory and device state: restoring it resumes the guest."""
+    pause_ms: Mapped[int | None] = mapped_column(Integer)
+    """With memory: how long the guest was paused while its state was saved (at most)."""
+    saved_state: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """With memory: what the state can only be resumed by (``hypervisor.base.SavedState``)."""
 
     tag: Mapped[str] = mapped_column(String(64), unique=True, default=lambda: new_snapshot_tag())
     """The internal snapshot's name on disk: never the user's name, and never made from the id,
@@ -472,3 +479,7 @@ class Operation(Base):
 
 PowerStateName = Literal["running", "stopped"]
 """The power state a restore returns a server to (stored in the operation's payload)."""
+
+
+# Last, so that its table is in ``Base.metadata`` wherever the models are (Alembic's check).
+from vpsd.db.changes import Change as Change  # noqa: E402

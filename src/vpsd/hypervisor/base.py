@@ -7,6 +7,7 @@ that an operation interrupted by a crash can simply be executed again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -45,6 +46,10 @@ class LivenessUnknown(DriverError):
             "the host could not tell whether the VM is running (a temporary problem on the host)"
         )
         self.detail = detail
+
+
+class ResumeRefused(DriverError):
+    """A snapshot's saved state cannot be resumed here; nothing was changed."""
 
 
 class BootFailed(DriverError):
@@ -137,10 +142,50 @@ snapshot was taken; ``crash``: as consistent as after a power cut."""
 
 @dataclass(frozen=True, slots=True)
 class SnapshotResult:
-    """What ``snapshot_create`` took: the guest bytes it captured, and how consistently."""
+    """What ``snapshot_create`` took: the guest bytes it captured, and how consistently;
+    with memory, the saved state's stamp and how long the guest was paused for it."""
 
     captured_bytes: int
     consistency: Consistency
+    saved_state: SavedState | None = None
+    pause_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SavedState:
+    """What a snapshot's saved memory and device state can only be resumed by: the same
+    QEMU build and machine type, and a VM of the same memory and vCPUs. Kept with the
+    snapshot (the driver knows no database) and handed back to ``snapshot_resume``."""
+
+    qemu_version: str
+    machine: str
+    memory_mb: int
+    vcpus: int
+
+    def as_dict(self) -> dict[str, str | int]:
+        """Its fields, for storing as JSON."""
+        return {
+            "qemu_version": self.qemu_version,
+            "machine": self.machine,
+            "memory_mb": self.memory_mb,
+            "vcpus": self.vcpus,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    """How a command run in a guest ended (``Driver.guest_run``)."""
+
+    exit_code: int | None
+    """Its exit status (128 + N when signal N ended it); None when it never ended: killed
+    at its timeout, or lost (the guest rebooted, its agent restarted)."""
+    timed_out: bool
+    interrupted: bool
+    """Lost: the guest's agent no longer knew the command (a reboot, an agent restart)."""
+    output: bytes
+    """The last bytes of its stdout and stderr together (at most what was asked)."""
+    output_bytes: int
+    """How many bytes it wrote in all."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +253,9 @@ class Driver(Protocol):
         """Kill the VM and remove all of its files. No-op when nothing is left."""
         ...
 
-    def snapshot_create(self, server_id: int, tag: str, *, fresh: bool = False) -> SnapshotResult:
+    def snapshot_create(
+        self, server_id: int, tag: str, *, fresh: bool = False, memory: bool = False
+    ) -> SnapshotResult:
         """Take an internal snapshot ``tag`` of all the server's disks, atomically.
 
         Uses one QMP transaction while the VM runs (between the guest agent's filesystem
@@ -217,6 +264,10 @@ class Driver(Protocol):
         nothing is taken again and the result says ``crash``, since how it was taken is
         unknown. ``fresh``: no earlier attempt can have taken ``tag``, so the look for a
         leftover may be skipped. Returns the guest bytes captured and the consistency obtained.
+
+        With ``memory`` (a running VM only: ``DriverError`` otherwise) the VM's memory and
+        device state are saved with the disks, the guest paused meanwhile; the result carries
+        the ``SavedState`` to resume it by and the pause.
         """
         ...
 
@@ -224,8 +275,36 @@ class Driver(Protocol):
         """Revert every disk of a stopped VM to ``tag``; raises if the VM is running."""
         ...
 
+    def snapshot_resume(self, spec: VmSpec, tag: str, saved: SavedState) -> None:
+        """Put the VM back exactly as snapshot ``tag`` (taken with memory) left it, running:
+        its disks, memory and devices, the guest's clock set to now. Whatever runs now is
+        killed first. Raises ``ResumeRefused``, having changed nothing, when ``saved`` cannot
+        be resumed here (another QEMU build or machine type, another memory or vCPU count
+        than ``spec``'s, too little free memory on the host)."""
+        ...
+
     def snapshot_delete(self, server_id: int, tag: str) -> None:
         """Delete ``tag`` from every disk that has it (running or stopped VM)."""
+        ...
+
+    def guest_run(
+        self,
+        server_id: int,
+        command: str,
+        timeout: float,
+        *,
+        tail_bytes: int,
+        on_output: Callable[[bytes], None] | None = None,
+    ) -> ExecResult:
+        """Run ``command`` with ``/bin/sh -c`` as root in the running guest, through its
+        agent; hand ``on_output`` its new output as it comes; kill it (and what it started)
+        after ``timeout`` seconds. Holds at most the last ``tail_bytes`` of its output.
+        Raises ``DriverError`` when the guest's agent cannot start it."""
+        ...
+
+    def guest_port_open(self, server_id: int, port: int, timeout: float) -> bool:
+        """Whether something in the running guest accepts TCP connections on its
+        127.0.0.1:``port``; ``DriverError`` when the guest's agent does not answer."""
         ...
 
     def snapshot_tags(self, server_id: int) -> set[str]:

@@ -26,10 +26,13 @@ from vpsd.hypervisor.base import (
     Consistency,
     DiskInfo,
     DriverError,
+    ExecResult,
     IncompleteDisks,
     LivenessUnknown,
     PowerState,
+    ResumeRefused,
     RunState,
+    SavedState,
     SnapshotResult,
     StopResult,
     VmInfo,
@@ -48,8 +51,11 @@ _METHODS = frozenset(
         "destroy",
         "snapshot_create",
         "snapshot_restore",
+        "snapshot_resume",
         "snapshot_delete",
         "snapshot_tags",
+        "guest_run",
+        "guest_port_open",
         "disks",
         "snapshot_reader",
         "disk_writer",
@@ -77,6 +83,23 @@ class _FakeVm:
     """What the CPUs of the running VM do (meaningless while it is off)."""
     fallback: bytes | None = None
     """The disk before a ``disk_writer`` rewrite that ``finish_rewrite`` has not ended."""
+    memory: bytes = b""
+    """What the running guest holds in memory (lost when it stops)."""
+    saved_states: dict[str, tuple[bytes, SavedState]] = field(default_factory=dict)
+    """Snapshots taken with memory: what the guest held, and the stamp."""
+
+
+@dataclass
+class FakeCommand:
+    """What a command run in a fake guest does (``FakeDriver.guest_commands``)."""
+
+    exit_code: int | None = 0
+    output: bytes = b""
+    timed_out: bool = False
+    disk: bytes | None = None
+    """The disk's content after it ran (None: unchanged)."""
+    ports: frozenset[int] | None = None
+    """The guest's open TCP ports after it ran (None: unchanged)."""
 
 
 class _Sink(io.BytesIO):
@@ -106,6 +129,16 @@ class FakeDriver:
         delays: dict[str, float] | None = None,
     ) -> None:
         self.force_stops = force_stops
+        self.qemu_version = "fake-1"
+        """The "QEMU" saved states are stamped with; change it to see a resume refused."""
+        self.pause_seconds = 0.01
+        """The pause a snapshot with memory reports."""
+        self.guest_commands: dict[str, FakeCommand] = {}
+        """What each command does when run in a guest; any other exits 0 and says nothing."""
+        self.guest_ports: dict[int, frozenset[int]] = {}
+        """The TCP ports open in each server's guest (none when not set)."""
+        self.guest_runs: list[tuple[int, str]] = []
+        """Every command run in a guest, as (server id, command)."""
         self.calls: list[tuple[str, int | None]] = []
         """Every driver call as (method, server_id), in order, for assertions."""
         self._vms: dict[int, _FakeVm] = {}
@@ -146,6 +179,19 @@ class FakeDriver:
         """The server's current disk content."""
         with self._lock:
             return self._vm(server_id).disk
+
+    def write_memory(self, server_id: int, data: bytes) -> None:
+        """Replace what the running guest holds in memory (its processes, its tmpfs)."""
+        with self._lock:
+            vm = self._vm(server_id)
+            if vm.pid is None:
+                raise DriverError(f"server {server_id} is not running")
+            vm.memory = bytes(data)
+
+    def read_memory(self, server_id: int) -> bytes:
+        """What the running guest holds in memory (empty once it stopped)."""
+        with self._lock:
+            return self._vm(server_id).memory
 
     def write_console(self, server_id: int, data: bytes) -> None:
         """Append to the server's console, as its guest writing to the serial port would."""
@@ -225,6 +271,7 @@ class FakeDriver:
             if vm is None or vm.pid is None:
                 return StopResult(forced=False)
             vm.pid = None
+            vm.memory = b""
             if vm.run_state is not RunState.RUNNING:
                 vm.shut_down_cleanly = False
                 return StopResult(forced=True, paused=True)
@@ -239,6 +286,7 @@ class FakeDriver:
             vm = self._vms.get(server_id)
             if vm is not None:
                 vm.pid = None
+                vm.memory = b""
 
     def info(self, server_id: int) -> VmInfo:
         """Running with a fake pid, or stopped."""
@@ -277,18 +325,29 @@ class FakeDriver:
             self._check_liveness(server_id)
             self._vms.pop(server_id, None)
 
-    def snapshot_create(self, server_id: int, tag: str, *, fresh: bool = False) -> SnapshotResult:
-        """Copy the disk under ``tag`` (unless it exists); returns the captured length."""
+    def snapshot_create(
+        self, server_id: int, tag: str, *, fresh: bool = False, memory: bool = False
+    ) -> SnapshotResult:
+        """Copy the disk under ``tag`` (unless it exists), with ``memory`` the guest's memory
+        too; returns the captured length."""
         self._enter("snapshot_create", server_id)
         with self._lock:
             vm = self._vm(server_id)
-            if tag in vm.snapshots:
-                return SnapshotResult(len(vm.snapshots[tag]), "crash")
+            if memory and vm.pid is None:
+                raise DriverError("a snapshot with memory needs a running server")
+            stamp = SavedState(self.qemu_version, "fake", vm.spec.memory_mb, vm.spec.vcpus)
+            if tag in vm.snapshots and (not memory or tag in vm.saved_states):
+                saved = vm.saved_states[tag][1] if memory else None
+                return SnapshotResult(len(vm.snapshots[tag]), "crash", saved)
             vm.snapshots[tag] = vm.disk
             has_guest = vm.spec.image is not None
             quiet = has_guest and (vm.pid is not None or vm.shut_down_cleanly)
             consistency: Consistency = "filesystem" if quiet else "crash"
-            return SnapshotResult(len(vm.disk), consistency)
+            if not memory:
+                return SnapshotResult(len(vm.disk), consistency)
+            vm.saved_states[tag] = (vm.memory, stamp)
+            captured = len(vm.disk) + len(vm.memory)
+            return SnapshotResult(captured, consistency, stamp, self.pause_seconds)
 
     def snapshot_restore(self, server_id: int, tag: str) -> None:
         """Put the bytes of ``tag`` back; raises if running or if ``tag`` is unknown."""
@@ -303,6 +362,28 @@ class FakeDriver:
             vm.fallback = None  # whole again: the snapshot's state
             vm.shut_down_cleanly = False  # the disk holds the snapshot's state now
 
+    def snapshot_resume(self, spec: VmSpec, tag: str, saved: SavedState) -> None:
+        """Put the disk and memory of ``tag`` back and run the VM (no boot: the console
+        shows none); ``ResumeRefused`` when ``saved`` is not what this driver would save."""
+        self._enter("snapshot_resume", spec.server_id)
+        with self._lock:
+            vm = self._vm(spec.server_id)
+            if tag not in vm.saved_states:
+                raise DriverError(f"snapshot {tag!r} holds no memory")
+            memory, _ = vm.saved_states[tag]
+            now = SavedState(self.qemu_version, "fake", spec.memory_mb, spec.vcpus)
+            if saved != now:
+                raise ResumeRefused(
+                    f"this snapshot's memory cannot be resumed: it was saved as {saved}, "
+                    f"this host would resume it as {now}"
+                )
+            vm.spec = spec
+            vm.disk, vm.memory = vm.snapshots[tag], memory
+            vm.fallback = None  # whole again: the snapshot's state
+            vm.pid = next(self._pids)
+            vm.run_state = RunState.RUNNING
+            vm.shut_down_cleanly = False
+
     def snapshot_delete(self, server_id: int, tag: str) -> None:
         """Drop ``tag`` if present."""
         self._enter("snapshot_delete", server_id)
@@ -310,6 +391,47 @@ class FakeDriver:
             vm = self._vms.get(server_id)
             if vm is not None:
                 vm.snapshots.pop(tag, None)
+                vm.saved_states.pop(tag, None)
+
+    def guest_run(
+        self,
+        server_id: int,
+        command: str,
+        timeout: float,
+        *,
+        tail_bytes: int,
+        on_output: Callable[[bytes], None] | None = None,
+    ) -> ExecResult:
+        """Do what ``guest_commands`` says ``command`` does, in the running guest."""
+        self._enter("guest_run", server_id)
+        with self._lock:
+            vm = self._vm(server_id)
+            if vm.pid is None or vm.spec.image is None:
+                raise DriverError("the guest agent does not answer")
+            self.guest_runs.append((server_id, command))
+            does = self.guest_commands.get(command, FakeCommand())
+            if does.disk is not None:
+                vm.disk = does.disk
+            if does.ports is not None:
+                self.guest_ports[server_id] = does.ports
+        if on_output is not None and does.output:
+            on_output(does.output)
+        return ExecResult(
+            exit_code=None if does.timed_out else does.exit_code,
+            timed_out=does.timed_out,
+            interrupted=False,
+            output=does.output[-tail_bytes:],
+            output_bytes=len(does.output),
+        )
+
+    def guest_port_open(self, server_id: int, port: int, timeout: float) -> bool:
+        """Whether ``guest_ports`` has ``port`` open in the running guest."""
+        self._enter("guest_port_open", server_id)
+        with self._lock:
+            vm = self._vm(server_id)
+            if vm.pid is None or vm.spec.image is None:
+                raise DriverError("the guest agent does not answer")
+            return port in self.guest_ports.get(server_id, frozenset())
 
     def snapshot_tags(self, server_id: int) -> set[str]:
         """The server's snapshot tags (empty when it has no disks)."""

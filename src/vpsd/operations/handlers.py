@@ -29,12 +29,14 @@ from vpsd.hypervisor.base import (
     DriverError,
     GuestConfig,
     LivenessUnknown,
+    PowerState,
+    SavedState,
     SshForward,
     VmSpec,
 )
 from vpsd.hypervisor.images.store import guest_image
 from vpsd.metrics import observe_operation
-from vpsd.operations import backup_handlers, payloads
+from vpsd.operations import backup_handlers, change_handler, payloads
 from vpsd.operations.context import OperationContext
 from vpsd.operations.job import (
     FailureHandler,
@@ -135,10 +137,18 @@ def _snapshot_create(ctx: OperationContext, job: Job) -> Result:
     with ctx.db.read() as session:
         snapshot = session.get(Snapshot, job.snapshot_id)
         wanted = snapshot is not None and snapshot.status == SnapshotStatus.IN_PROGRESS
+        memory = snapshot is not None and snapshot.memory
     if not wanted:
         return []  # deleted before it was taken: its delete operation cleans up
     # Tags are never reused: on its first attempt nothing can have taken this one yet.
-    taken = ctx.driver.snapshot_create(job.server_id, job.tag, fresh=job.attempts == 1)
+    taken = ctx.driver.snapshot_create(
+        job.server_id, job.tag, fresh=job.attempts == 1, memory=memory
+    )
+    recorded: dict[str, object] = {}
+    if taken.saved_state is not None:
+        recorded["saved_state"] = taken.saved_state.as_dict()
+    if taken.pause_seconds is not None:  # None: a retry found it taken, and the pause unknown
+        recorded["pause_ms"] = round(taken.pause_seconds * 1000)
     return [
         update(Snapshot)
         .where(Snapshot.id == job.snapshot_id, Snapshot.status == SnapshotStatus.IN_PROGRESS)
@@ -147,6 +157,7 @@ def _snapshot_create(ctx: OperationContext, job: Job) -> Result:
             size_mb=math.ceil(taken.captured_bytes / MIB),
             consistency=taken.consistency,
             completed_at=utcnow(),
+            **recorded,
         )
     ]
 
@@ -160,6 +171,12 @@ def _snapshot_create_failed(ctx: OperationContext, job: Job, reason: str) -> Res
 
 
 def _snapshot_restore(ctx: OperationContext, job: Job) -> Result:
+    with ctx.db.read() as session:
+        saved = session.scalar(select(Snapshot.saved_state).where(Snapshot.id == job.snapshot_id))
+    if saved is not None:
+        # Taken with memory: the guest resumes where it was, running whatever it was before.
+        ctx.driver.snapshot_resume(job.spec, job.tag, SavedState(**saved))
+        return [set_server(job, ServerStatus.RUNNING, None)]
     # A hard stop, as Proxmox does on rollback: the disks are about to be overwritten.
     ctx.driver.kill(job.server_id)
     ctx.driver.snapshot_restore(job.server_id, job.tag)
@@ -167,7 +184,14 @@ def _snapshot_restore(ctx: OperationContext, job: Job) -> Result:
 
 
 def _snapshot_restore_failed(ctx: OperationContext, job: Job, reason: str) -> Result:
-    return _server_failed(ctx, job, f"restore from snapshot {job.snapshot_id} failed: {reason}")
+    # A restore kills the VM before it touches the disks: a VM still running was left as it
+    # was (a resume refused before anything changed), and keeps running.
+    try:
+        running = ctx.driver.info(job.server_id).power_state is PowerState.RUNNING
+    except HostError:
+        running = False
+    status = ServerStatus.RUNNING if running else ServerStatus.ERROR
+    return [set_server(job, status, f"restore from snapshot {job.snapshot_id} failed: {reason}")]
 
 
 def _snapshot_delete(ctx: OperationContext, job: Job) -> Result:
@@ -191,6 +215,7 @@ HANDLERS: dict[OperationKind, tuple[Handler, FailureHandler]] = {
     OperationKind.SNAPSHOT_CREATE: (_snapshot_create, _snapshot_create_failed),
     OperationKind.SNAPSHOT_RESTORE: (_snapshot_restore, _snapshot_restore_failed),
     OperationKind.SNAPSHOT_DELETE: (_snapshot_delete, _snapshot_delete_failed),
+    OperationKind.CHANGE_APPLY: (change_handler.apply_change, change_handler.change_failed),
     **backup_handlers.HANDLERS,
 }
 

@@ -43,6 +43,12 @@ class Restore(Payload):
     power_state: PowerStateName
 
 
+class ApplyChange(Payload):
+    """``change.apply``: the change it applies (its phases are recorded on its row)."""
+
+    change_id: int
+
+
 class NoPayload(Payload):
     """The kinds that need nothing beyond their ids."""
 
@@ -51,6 +57,7 @@ PAYLOADS: dict[OperationKind, type[Payload]] = {
     OperationKind.SERVER_CREATE: CreateServer,
     OperationKind.SNAPSHOT_RESTORE: Restore,
     OperationKind.BACKUP_RESTORE: Restore,
+    OperationKind.CHANGE_APPLY: ApplyChange,
 }
 
 P = TypeVar("P", bound=Payload)

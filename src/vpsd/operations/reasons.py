@@ -34,6 +34,7 @@ WHAT_FAILED: dict[OperationKind, str] = {
     OperationKind.BACKUP_CREATE: "the backup could not be taken",
     OperationKind.BACKUP_RESTORE: "the backup could not be restored",
     OperationKind.BACKUP_DELETE: "the backup could not be deleted",
+    OperationKind.CHANGE_APPLY: "the change could not be carried out",
 }
 
 SERVER_KINDS = frozenset(

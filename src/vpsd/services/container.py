@@ -10,6 +10,7 @@ from vpsd.db.session import Database
 from vpsd.operations.outbox import Dispatcher
 from vpsd.services.backup_policies import BackupPolicyService
 from vpsd.services.backups import BackupService
+from vpsd.services.changes import ChangeService
 from vpsd.services.hosts import HostService
 from vpsd.services.images import ImageService
 from vpsd.services.servers import ServerService
@@ -29,6 +30,7 @@ class Services:
     snapshots: SnapshotService
     backups: BackupService
     backup_policies: BackupPolicyService
+    changes: ChangeService
     ssh_keys: SshKeyService
     hosts: HostService
     authenticate: TokenAuthenticator
@@ -44,6 +46,7 @@ def build_services(db: Database, settings: Settings, dispatcher: Dispatcher) -> 
         snapshots=SnapshotService(db, settings, dispatcher),
         backups=BackupService(db, settings, dispatcher),
         backup_policies=BackupPolicyService(db),
+        changes=ChangeService(db, settings, dispatcher),
         ssh_keys=SshKeyService(db),
         hosts=HostService(db, settings),
         authenticate=TokenAuthenticator(db, settings.token_cache_seconds),

@@ -26,6 +26,8 @@ class RestoreView:
     server_id: int
     server_name: str
     power_state: PowerStateName
+    memory: bool = False
+    """Restored from a snapshot with memory: the guest resumes where it was."""
 
 
 def ensure_completed(what: str, status: str) -> None:
@@ -41,14 +43,18 @@ def begin_restore(
     *,
     snapshot_id: int | None = None,
     backup_id: int | None = None,
+    returns_to: PowerStateName | None = None,
 ) -> PowerStateName:
     """Put ``server`` (locked by the caller) in ``restoring`` and queue ``kind``: a hard stop,
-    its disks overwritten, then the power state it had, which is returned.
+    its disks overwritten, then the power state it had (or ``returns_to``), which is
+    returned.
 
     Raises InvalidState when the server is not running or stopped, or another operation on
     it is under way."""
     ensure_idle(session, server)
-    prior: PowerStateName = "running" if server.status == ServerStatus.RUNNING else "stopped"
+    prior: PowerStateName = returns_to or (
+        "running" if server.status == ServerStatus.RUNNING else "stopped"
+    )
     transition(server, ServerAction.RESTORE)
     enqueue(
         session,

@@ -14,6 +14,7 @@ from vpsd.db.models import (
     Operation,
     OperationKind,
     Server,
+    ServerStatus,
     Snapshot,
     SnapshotStatus,
 )
@@ -55,6 +56,8 @@ class SnapshotView(NamedTuple):
     description: str | None
     status_reason: str | None
     consistency: str | None
+    memory: bool
+    pause_ms: int | None
     server_id: int
     server_name: str
 
@@ -67,7 +70,7 @@ _FROM = (
 _COLUMNS = (
     "SELECT snapshots.id, snapshots.name, snapshots.status, snapshots.size_mb, "
     "snapshots.created_at, snapshots.description, snapshots.status_reason, "
-    "snapshots.consistency, servers.id, servers.name "
+    "snapshots.consistency, snapshots.memory, snapshots.pause_ms, servers.id, servers.name "
 )
 _BY_SERVER = " AND snapshots.server_id = :server"
 _PAGE = " ORDER BY snapshots.id DESC LIMIT :limit OFFSET :offset"
@@ -135,11 +138,17 @@ class SnapshotService:
         """Record an ``in_progress`` snapshot and queue taking it.
 
         Raises NotFound for an unknown server, InvalidState when the server is not running
-        or stopped, LimitReached when it already has the maximum of snapshots.
+        or stopped (running, for a snapshot with memory), LimitReached when it already has
+        the maximum of snapshots.
         """
         with self.db.write() as session:
             server = lock_server(session, account_id, request.server_id)
             transition(server, ServerAction.SNAPSHOT)
+            if request.memory and server.status != ServerStatus.RUNNING:
+                raise InvalidState(
+                    f"a snapshot with memory needs a running server, and this one is "
+                    f"{server.status}: start it first, or take a snapshot without memory"
+                )
             taken = session.scalar(
                 select(func.count())
                 .select_from(Snapshot)
@@ -156,6 +165,7 @@ class SnapshotService:
                 name=request.name,
                 description=request.description,
                 status=SnapshotStatus.IN_PROGRESS,
+                memory=request.memory,
             )
             session.add(snapshot)
             session.flush()
@@ -175,10 +185,21 @@ class SnapshotService:
             snapshot = find_snapshot(session, account_id, snapshot_id)  # re-read under the lock
             ensure_completed("snapshot", snapshot.status)
             prior = begin_restore(
-                session, server, OperationKind.SNAPSHOT_RESTORE, snapshot_id=snapshot.id
+                session,
+                server,
+                OperationKind.SNAPSHOT_RESTORE,
+                snapshot_id=snapshot.id,
+                # with memory the guest resumes, running, whatever the server did before
+                returns_to="running" if snapshot.memory else None,
             )
             view = RestoreView(
-                snapshot.id, snapshot.name, snapshot.created_at, server.id, server.name, prior
+                snapshot.id,
+                snapshot.name,
+                snapshot.created_at,
+                server.id,
+                server.name,
+                prior,
+                memory=snapshot.memory,
             )
         self.dispatcher.notify()
         return view
@@ -198,7 +219,11 @@ class SnapshotService:
                     exists().where(
                         Operation.snapshot_id == snapshot.id,  # ix_operations_snapshot_id
                         Operation.kind.in_(
-                            (OperationKind.SNAPSHOT_RESTORE, OperationKind.SERVER_CREATE)
+                            (
+                                OperationKind.SNAPSHOT_RESTORE,
+                                OperationKind.SERVER_CREATE,
+                                OperationKind.CHANGE_APPLY,
+                            )
                         ),
                         Operation.status.in_(ACTIVE_OPERATION),
                     )
@@ -206,8 +231,8 @@ class SnapshotService:
             )
             if in_use:
                 raise InvalidState(
-                    "this snapshot is being restored or copied to a new server; delete it when "
-                    "that has finished"
+                    "this snapshot is being restored, copied to a new server or guarding a "
+                    "change; delete it when that has finished"
                 )
             snapshot.status = SnapshotStatus.DELETING
             enqueue(session, OperationKind.SNAPSHOT_DELETE, server_id, snapshot_id=snapshot.id)

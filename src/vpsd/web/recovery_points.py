@@ -127,6 +127,7 @@ async def take(request: Request, user: PanelUser, server_id: int, kind: Kind) ->
     noun = KINDS[kind].noun
     try:
         if kind == "snapshots":
+            values["memory"] = values.get("memory") == "on"
             created: Any = await run_in_threadpool(
                 services.snapshots.create, user.account_id, SnapshotCreate.model_validate(values)
             )

@@ -112,7 +112,9 @@ def restore_snapshot(
         message=restore_message(
             restore,
             "snapshot",
-            "its disks are reverted to the snapshot",
+            "its disks and memory are put back as they were, and the guest resumes where it was"
+            if restore.memory
+            else "its disks are reverted to the snapshot",
             "this usually takes a few seconds",
         ),
         snapshot=RestoreSnapshotRef(

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
@@ -20,16 +21,18 @@ from vpsd.hypervisor.base import (
     BootFailed,
     Consistency,
     DriverError,
+    ExecResult,
     IncompleteDisks,
     LivenessUnknown,
     PowerState,
     RunState,
+    SavedState,
     SnapshotResult,
     StopResult,
     VmInfo,
     VmSpec,
 )
-from vpsd.hypervisor.qemu import console, img, process
+from vpsd.hypervisor.qemu import console, guest_exec, img, process, vmstate
 from vpsd.hypervisor.qemu.copies import FALLBACK_TAG, DiskCopies
 from vpsd.hypervisor.qemu.qmp import QmpError, QmpSession
 from vpsd.hypervisor.qemu.quiesce import quiesced, thaw_left_frozen
@@ -195,7 +198,9 @@ class QemuDriver(DiskCopies):
 
     # -- snapshots ---------------------------------------------------------------------------
 
-    def snapshot_create(self, server_id: int, tag: str, *, fresh: bool = False) -> SnapshotResult:
+    def snapshot_create(
+        self, server_id: int, tag: str, *, fresh: bool = False, memory: bool = False
+    ) -> SnapshotResult:
         """Snapshot all disks as ``tag`` (one QMP transaction if running, qemu-img if not).
 
         While the VM runs and its guest agent answers, the transaction happens between
@@ -207,29 +212,46 @@ class QemuDriver(DiskCopies):
         says ``crash``: how it was taken is unknown). A failure leaves no disk with ``tag``
         (stale partial tags from a crash are replaced). ``fresh`` says no earlier attempt can
         have taken ``tag`` (tags are never reused): the look for a leftover is skipped.
-        ``captured_bytes`` is the allocated guest data, summed over the disks.
+        ``captured_bytes`` is the allocated guest data, summed over the disks (with memory,
+        plus the saved state's size).
+
+        With ``memory`` the running VM's state is saved too (``vmstate.save``); a retry that
+        finds ``tag`` taken keeps it only when it holds that state, and then reports no pause.
         """
         img.check_tag(tag)
         with self._lock(server_id):
             paths = self._paths(server_id)
             disks = self._require_disks(server_id, paths)
             running = process.alive_pid(paths, server_id) is not None
+            if memory and not running:
+                raise DriverError("a snapshot with memory needs a running server")
             tags = [[] for _ in disks] if fresh else self._tags_per_disk(paths, disks, running)
             consistency: Consistency = "crash"
-            if not all(tag in names for names in tags):
+            saved = paused = None
+            taken = all(tag in names for names in tags)
+            if taken and memory and not self._state_size(paths, tag):
+                taken = False  # a disk-only snapshot under this tag: not what was asked
+            if not taken:
                 # Some disks only: a leftover of an interrupted attempt; start over cleanly.
                 self._delete(paths, disks, tag, tags, running)
-                if running:
+                if memory:
+                    saved, paused, frozen = vmstate.save(paths, disks, tag, self.command_timeout)
+                    consistency = "filesystem" if frozen else "crash"
+                elif running:
                     consistency = self._create_running(paths, disks, tag)
                 else:
                     self._create_stopped(disks, tag)
                     if paths.clean_shutdown_marker.exists():
                         consistency = "filesystem"
+            elif memory:
+                saved = self._running_state(paths)
             captured = sum(
                 img.captured_bytes(d, tag, force_share=running, timeout=self.command_timeout)
                 for d in disks
             )
-            return SnapshotResult(captured, consistency)
+            if memory:
+                captured += self._state_size(paths, tag)
+            return SnapshotResult(captured, consistency, saved, paused)
 
     def snapshot_restore(self, server_id: int, tag: str) -> None:
         """Revert every disk to ``tag``; the VM must be stopped and every disk have ``tag``."""
@@ -254,6 +276,29 @@ class QemuDriver(DiskCopies):
                 if FALLBACK_TAG in names:
                     img.snapshot_delete(disk, FALLBACK_TAG, timeout=self.command_timeout)
 
+    def snapshot_resume(self, spec: VmSpec, tag: str, saved: SavedState) -> None:
+        """See ``Driver.snapshot_resume``: checks first, then kill, ``-loadvm``, clock, thaw."""
+        img.check_tag(tag)
+        with self._lock(spec.server_id):
+            paths = self._paths(spec.server_id)
+            self._require_disks(spec.server_id, paths)
+            running = process.alive_pid(paths, spec.server_id) is not None
+            vmstate.check_resumable(saved, spec, running=running, timeout=self.command_timeout)
+            if running:
+                self.kill(spec.server_id)
+            # The disks now hold the snapshot's state, whose consistency is not known here.
+            paths.clean_shutdown_marker.unlink(missing_ok=True)
+            try:
+                vmstate.resume(spec, paths, tag, process.resolve_accel(self.accel), START_TIMEOUT)
+                self._wait_running(spec.server_id, paths)
+            except (LivenessUnknown, BootFailed):
+                raise
+            except HostError as exc:
+                raise BootFailed(str(exc)) from exc
+            # Whole again, at the snapshot: what an unfinished rewrite kept is not needed.
+            disks = paths.disks()
+            self._delete(paths, disks, FALLBACK_TAG, self._tags_per_disk(paths, disks, True), True)
+
     def snapshot_delete(self, server_id: int, tag: str) -> None:
         """Delete ``tag`` from every disk that has it; a missing tag is not an error."""
         img.check_tag(tag)
@@ -264,6 +309,29 @@ class QemuDriver(DiskCopies):
                 return
             running = process.alive_pid(paths, server_id) is not None
             self._delete(paths, disks, tag, self._tags_per_disk(paths, disks, running), running)
+
+    def guest_run(
+        self,
+        server_id: int,
+        command: str,
+        timeout: float,
+        *,
+        tail_bytes: int,
+        on_output: Callable[[bytes], None] | None = None,
+    ) -> ExecResult:
+        """See ``Driver.guest_run`` and ``guest_exec``. Not under the server's lock: it may
+        run for long, and nothing else the driver does changes the guest's processes."""
+        return guest_exec.run(
+            self._paths(server_id).qga_socket,
+            command,
+            timeout,
+            tail_bytes=tail_bytes,
+            on_output=on_output,
+        )
+
+    def guest_port_open(self, server_id: int, port: int, timeout: float) -> bool:
+        """See ``Driver.guest_port_open``."""
+        return guest_exec.port_open(self._paths(server_id).qga_socket, port, timeout)
 
     def snapshot_tags(self, server_id: int) -> set[str]:
         """Tags present on all of the server's disks (empty when it has no disks)."""
@@ -372,9 +440,19 @@ class QemuDriver(DiskCopies):
             return [img.snapshot_names(d, timeout=self.command_timeout) for d in disks]
         # Ask QEMU itself: it holds the authoritative, possibly uncommitted, snapshot table.
         with QmpSession(paths.qmp_socket, timeout=QMP_TIMEOUT) as qmp:
-            nodes: list[dict[str, Any]] = qmp.execute("query-named-block-nodes", {"flat": True})
-        by_node = {n.get("node-name"): n.get("image", {}).get("snapshots", []) for n in nodes}
+            by_node = _node_snapshots(qmp)
         return [[str(s["name"]) for s in by_node.get(f"disk{i}", [])] for i in range(len(disks))]
+
+    def _state_size(self, paths: process.ServerPaths, tag: str) -> int:
+        """Bytes of saved VM state snapshot ``tag`` holds (on the first disk); 0: none."""
+        with QmpSession(paths.qmp_socket, timeout=QMP_TIMEOUT) as qmp:
+            snapshots = _node_snapshots(qmp).get("disk0", [])
+        return sum(int(s.get("vm-state-size", 0)) for s in snapshots if s.get("name") == tag)
+
+    def _running_state(self, paths: process.ServerPaths) -> SavedState:
+        """The stamp of a state the running VM would save now (a retried snapshot's)."""
+        with QmpSession(paths.qmp_socket, timeout=QMP_TIMEOUT) as qmp:
+            return vmstate.running_state(qmp)
 
     def _create_running(
         self, paths: process.ServerPaths, disks: list[Path], tag: str
@@ -433,6 +511,12 @@ class QemuDriver(DiskCopies):
                     "blockdev-snapshot-delete-internal-sync",
                     {"device": f"disk{index}", "name": tag},
                 )
+
+
+def _node_snapshots(qmp: QmpSession) -> dict[str, list[dict[str, Any]]]:
+    """Each block node's internal snapshots, as QEMU holds them (by node name)."""
+    nodes: list[dict[str, Any]] = qmp.execute("query-named-block-nodes", {"flat": True})
+    return {n.get("node-name", ""): n.get("image", {}).get("snapshots", []) for n in nodes}
 
 
 def _run_state(qmp: QmpSession, server_id: int) -> RunState:

@@ -19,6 +19,8 @@ from vpsd.core import commands
 from vpsd.hypervisor.base import DriverError, LivenessUnknown, VmSpec
 
 QEMU_SYSTEM = "qemu-system-x86_64"
+MACHINE = "q35"
+"""The machine type every VM gets (an alias of QEMU's newest q35 version)."""
 KVM_DEVICE = Path("/dev/kvm")
 CPUINFO = Path("/proc/cpuinfo")
 # sockaddr_un.sun_path is 108 bytes including the terminating NUL.
@@ -173,12 +175,15 @@ def mac_address(server_id: int) -> str:
     return f"52:54:00:{low >> 16:02x}:{(low >> 8) & 0xFF:02x}:{low & 0xFF:02x}"
 
 
-def build_command(spec: VmSpec, paths: ServerPaths, disks: list[Path], accel: str) -> list[str]:
-    """The full qemu-system-x86_64 argument vector for ``spec`` (``accel`` already resolved)."""
+def build_command(
+    spec: VmSpec, paths: ServerPaths, disks: list[Path], accel: str, loadvm: str | None = None
+) -> list[str]:
+    """The full qemu-system-x86_64 argument vector for ``spec`` (``accel`` already resolved);
+    with ``loadvm``, the VM starts as that internal snapshot (taken with memory) left it."""
     args = [
         QEMU_SYSTEM,
         "-name", vm_name(spec.server_id),
-        "-machine", f"q35,accel={accel}",
+        "-machine", f"{MACHINE},accel={accel}",
         # Under TCG, no virtualization extensions: the guest would load KVM for nothing.
         "-cpu", "host" if accel == "kvm" else "max",
         "-m", str(spec.memory_mb),
@@ -203,6 +208,8 @@ def build_command(spec: VmSpec, paths: ServerPaths, disks: list[Path], accel: st
         ]
     if spec.image is not None:
         args += _guest_arguments(spec, paths)
+    if loadvm is not None:
+        args += ["-loadvm", loadvm]
     return args
 
 
@@ -233,8 +240,16 @@ def _guest_arguments(spec: VmSpec, paths: ServerPaths) -> list[str]:
     return args
 
 
-def launch(spec: VmSpec, paths: ServerPaths, disks: list[Path], accel: str, timeout: float) -> int:
+def launch(
+    spec: VmSpec,
+    paths: ServerPaths,
+    disks: list[Path],
+    accel: str,
+    timeout: float,
+    loadvm: str | None = None,
+) -> int:
     """Start the daemonized VM and return its pid; QEMU's launch stderr goes to qemu.log.
+    With ``loadvm``, it starts as that snapshot left it (``build_command``).
 
     ``-daemonize`` makes qemu-system return only once the VM is set up (or has failed), with
     the process detached in its own session and its stdio on /dev/null.
@@ -246,7 +261,7 @@ def launch(spec: VmSpec, paths: ServerPaths, disks: list[Path], accel: str, time
     if paths.console_log.exists():
         paths.console_log.replace(paths.previous_console_log)
     write_guest_config(spec, paths)
-    args = build_command(spec, paths, disks, accel)
+    args = build_command(spec, paths, disks, accel, loadvm)
     try:
         result = commands.run(args, timeout=timeout, cwd=paths.folder)
     except commands.CommandError as exc:
