@@ -25,17 +25,13 @@ from vpsd.db.models import (
     BackupType,
     OperationKind,
     Server,
-    ServerStatus,
 )
 from vpsd.db.session import Database
 from vpsd.operations.outbox import Dispatcher, enqueue, enqueue_backup, lock_server_row
 from vpsd.operations.scope import on_host
-from vpsd.operations.slots import Slots
+from vpsd.operations.slots import TAKEN_FROM, Slots, due_slots
 
 log = logging.getLogger(__name__)
-
-TAKEN_FROM = (ServerStatus.RUNNING, ServerStatus.STOPPED)
-"""A server in another state at its slot is tried again at the next look."""
 
 
 class BackupSchedule(Protocol):
@@ -64,16 +60,7 @@ def take_due_backups(db: Database, dispatcher: Dispatcher, host: str, now: datet
     and prune its servers' automatic backups to their policies' ``keep``; how many were
     queued."""
     with db.read() as session:
-        policies = session.scalars(
-            select(BackupPolicy)
-            .join(Server, Server.id == BackupPolicy.server_id)
-            .where(BackupPolicy.enabled, Server.status.in_(TAKEN_FROM), on_host(host))
-        ).all()
-        due = [
-            (policy.server_id, slot)
-            for policy in policies
-            if (slot := slots_of(policy).due(policy.updated_at, now)) is not None
-        ]
+        due = due_slots(session, BackupPolicy, host, now, slots_of)
     queued = sum(_take(db, server_id, slot) for server_id, slot in due)
     prune(db, dispatcher, host)
     if queued:

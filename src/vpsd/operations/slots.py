@@ -9,9 +9,16 @@ and slot).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vpsd.db.models import BackupPolicy, Server, ServerStatus, SnapshotPolicy
+from vpsd.operations.scope import on_host
 
 Frequency = Literal["hourly", "daily", "weekly"]
 PERIODS: dict[str, timedelta] = {
@@ -19,6 +26,9 @@ PERIODS: dict[str, timedelta] = {
     "daily": timedelta(days=1),
     "weekly": timedelta(days=7),
 }
+TAKEN_FROM = (ServerStatus.RUNNING, ServerStatus.STOPPED)
+"""A server in another state at its slot is tried again at the next look."""
+PolicyRow = TypeVar("PolicyRow", BackupPolicy, SnapshotPolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,3 +62,24 @@ class Slots:
         one, unless it predates the change (slots before a change are not caught up on)."""
         slot = self.latest(now)
         return slot if slot >= since else None
+
+
+def due_slots(
+    session: Session,
+    model: type[PolicyRow],
+    host: str,
+    now: datetime,
+    slots_of: Callable[[PolicyRow], Slots],
+) -> list[tuple[int, datetime]]:
+    """``(server id, slot)`` for every enabled policy (``model``'s rows) of ``host``'s servers
+    that can be taken from whose slot is due at ``now``."""
+    policies = session.scalars(
+        select(model)
+        .join(Server, Server.id == model.server_id)
+        .where(model.enabled, Server.status.in_(TAKEN_FROM), on_host(host))
+    ).all()
+    return [
+        (policy.server_id, slot)
+        for policy in policies
+        if (slot := slots_of(policy).due(policy.updated_at, now)) is not None
+    ]

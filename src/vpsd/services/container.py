@@ -13,6 +13,7 @@ from vpsd.services.backups import BackupService
 from vpsd.services.hosts import HostService
 from vpsd.services.images import ImageService
 from vpsd.services.servers import ServerService
+from vpsd.services.snapshot_policies import SnapshotPolicyService
 from vpsd.services.snapshots import SnapshotService
 from vpsd.services.ssh_keys import SshKeyService
 from vpsd.services.tokens import TokenAuthenticator
@@ -29,6 +30,7 @@ class Services:
     snapshots: SnapshotService
     backups: BackupService
     backup_policies: BackupPolicyService
+    snapshot_policies: SnapshotPolicyService
     ssh_keys: SshKeyService
     hosts: HostService
     authenticate: TokenAuthenticator
@@ -44,6 +46,7 @@ def build_services(db: Database, settings: Settings, dispatcher: Dispatcher) -> 
         snapshots=SnapshotService(db, settings, dispatcher),
         backups=BackupService(db, settings, dispatcher),
         backup_policies=BackupPolicyService(db),
+        snapshot_policies=SnapshotPolicyService(db, settings),
         ssh_keys=SshKeyService(db),
         hosts=HostService(db, settings),
         authenticate=TokenAuthenticator(db, settings.token_cache_seconds),
