@@ -173,7 +173,7 @@ def _moment(value: object) -> datetime:
     try:
         return value.astimezone(UTC)
     except OverflowError:
-        raise ValueError("is beyond the year 9999") from None
+        raise ValueError("is out of range: give a time between the years 1 and 9999") from None
 
 
 Moment = Annotated[

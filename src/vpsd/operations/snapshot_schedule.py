@@ -155,12 +155,36 @@ def rotate(db: Database, host: str) -> int:
     newest completed ones that are not protected, and failed ones a newer automatic
     snapshot has completed since; how many were queued for deletion."""
     with db.read() as session:
-        servers = session.scalars(
-            select(SnapshotPolicy.server_id)
+        policies = session.scalars(
+            select(SnapshotPolicy)
             .join(Server, Server.id == SnapshotPolicy.server_id)
             .where(on_host(host), Server.status != ServerStatus.DELETED)
         ).all()
-    return sum(_rotate_server(db, server_id) for server_id in servers)
+        # Only servers with something to rotate take a write transaction and their lock.
+        due = [p.server_id for p in policies if _beyond_keep(session, p.server_id, p.keep)]
+    return sum(_rotate_server(db, server_id) for server_id in due)
+
+
+def _beyond_keep(session: Session, server_id: int, keep: int) -> list[Snapshot]:
+    """The server's automatic snapshots that rotation deletes: those beyond the ``keep``
+    newest completed ones that are not protected, and failed ones older than the newest
+    completed one."""
+    automatic = session.scalars(
+        select(Snapshot)
+        .where(
+            Snapshot.server_id == server_id,
+            Snapshot.type == SnapshotType.AUTOMATIC,
+            Snapshot.protected.is_(False),
+            Snapshot.status.in_((SnapshotStatus.COMPLETED, SnapshotStatus.FAILED)),
+        )
+        .order_by(Snapshot.id.desc())
+    ).all()
+    completed = [s for s in automatic if s.status == SnapshotStatus.COMPLETED]
+    newest_completed = completed[0].id if completed else 0
+    superseded = [
+        s for s in automatic if s.status == SnapshotStatus.FAILED and s.id < newest_completed
+    ]
+    return completed[keep:] + superseded
 
 
 def _rotate_server(db: Database, server_id: int) -> int:
@@ -169,23 +193,8 @@ def _rotate_server(db: Database, server_id: int) -> int:
         policy = session.get(SnapshotPolicy, server_id, populate_existing=True)
         if policy is None:
             return 0
-        automatic = session.scalars(
-            select(Snapshot)
-            .where(
-                Snapshot.server_id == server_id,
-                Snapshot.type == SnapshotType.AUTOMATIC,
-                Snapshot.protected.is_(False),
-                Snapshot.status.in_((SnapshotStatus.COMPLETED, SnapshotStatus.FAILED)),
-            )
-            .order_by(Snapshot.id.desc())
-        ).all()
-        completed = [s for s in automatic if s.status == SnapshotStatus.COMPLETED]
-        newest_completed = completed[0].id if completed else 0
-        going = completed[policy.keep :] + [
-            s for s in automatic if s.status == SnapshotStatus.FAILED and s.id < newest_completed
-        ]
         rotated = 0
-        for snapshot in going:
+        for snapshot in _beyond_keep(session, server_id, policy.keep):
             if not in_use(session, snapshot.id):  # else at a later look
                 enqueue_deletion(session, snapshot, ROTATED)
                 rotated += 1
