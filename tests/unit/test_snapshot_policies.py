@@ -14,6 +14,7 @@ from tests.unit.snapshot_harness import Host, at
 from vpsd.config import Settings
 from vpsd.db.models import Operation, OperationKind
 from vpsd.db.session import Database
+from vpsd.operations import snapshot_schedule
 from vpsd.operations.slots import Slots
 from vpsd.schemas import SnapshotPolicy
 from vpsd.services.errors import Invalid
@@ -235,3 +236,18 @@ def test_policy_endpoints(alice: ApiClient, bob: ApiClient) -> None:
     assert alice.get(f"/servers/{sid}/snapshot-policy/").json() == body  # nothing changed
     assert bob.get(f"/servers/{sid}/snapshot-policy/").status_code == 404
     assert bob.request("PUT", f"/servers/{sid}/snapshot-policy/", json={}).status_code == 404
+
+
+def test_a_policy_changed_after_the_look_read_it_takes_nothing(host: Host) -> None:
+    """The look reads the due slots, then takes each under the server's lock: a policy
+    disabled or moved in between takes nothing."""
+    server = host.server()
+    host.set_policy(server, at("2026-11-01T00:00:00"), hour=3)
+    slot, now = at("2026-11-02T03:00:00"), at("2026-11-02T03:00:30")
+    host.policies.set(host.account_id, server, SnapshotPolicy(enabled=False))
+    assert snapshot_schedule._take(host.db, server, slot, now, 5) is False
+    host.set_policy(server, at("2026-11-01T00:00:00"), hour=4)
+    assert snapshot_schedule._take(host.db, server, slot, now, 5) is False
+    assert host.shown(server) == []
+    host.set_policy(server, at("2026-11-01T00:00:00"), hour=3)
+    assert snapshot_schedule._take(host.db, server, slot, now, 5) is True

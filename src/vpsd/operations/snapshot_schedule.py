@@ -58,14 +58,14 @@ def take_due_snapshots(
     ``limit`` is the most snapshots a server may have."""
     with db.read() as session:
         due = due_slots(session, SnapshotPolicy, host, now, slots_of)
-    queued = sum(_take(db, server_id, slot, limit) for server_id, slot in due)
+    queued = sum(_take(db, server_id, slot, now, limit) for server_id, slot in due)
     rotated = rotate(db, host)
     if queued or rotated:
         dispatcher.notify()
     return queued
 
 
-def _take(db: Database, server_id: int, slot: datetime, limit: int) -> bool:
+def _take(db: Database, server_id: int, slot: datetime, now: datetime, limit: int) -> bool:
     try:
         with db.write() as session:
             taken = session.scalar(
@@ -77,6 +77,8 @@ def _take(db: Database, server_id: int, slot: datetime, limit: int) -> bool:
             policy = session.get(SnapshotPolicy, server_id, populate_existing=True)
             if server is None or policy is None or server.status not in TAKEN_FROM:
                 return False
+            if not policy.enabled or slots_of(policy).due(policy.updated_at, now) != slot:
+                return False  # the policy changed since the look read it
             if not _make_room(session, server_id, limit):
                 _skip(session, policy, slot, limit)
                 return False
