@@ -196,10 +196,8 @@ def make_store(database_url: str) -> SqliteStore | PostgresStore:
 
 def snapshot_json(row: Row) -> dict[str, Any]:
     """A row of the snapshot statements as vpsd's ``SnapshotOut``, in its key order."""
-    sid, name, status, size_mb, created, description, reason, consistency, memory, pause_ms = row[
-        :10
-    ]
-    server, sname = row[10:12]
+    sid, name, status, size_mb, created, description, reason, consistency = row[:8]
+    memory, pause_ms, snapshot_type, protected, expires_at, server, sname = row[8:15]
     return {
         "id": sid,
         "server": {"id": server, "name": sname},
@@ -212,6 +210,9 @@ def snapshot_json(row: Row) -> dict[str, Any]:
         "consistency": consistency,
         "memory": bool(memory),
         "pause_ms": pause_ms,
+        "type": snapshot_type,
+        "protected": bool(protected),
+        "expires_at": None if expires_at is None else api_time(expires_at),
     }
 
 

@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     published again (a lost message only delays it)."""
 
     max_snapshots_per_server: int = 5
+    snapshot_scheduler_interval: float = Field(default=60.0, gt=0)
+    """Seconds between looks for automatic snapshots that are due (and rotation)."""
+    snapshot_expiry_interval: float = Field(default=30.0, gt=0)
+    """Seconds between looks for expired snapshots: one is deleted within this (plus the
+    moment its deletion takes) of its ``expires_at``."""
 
     backup_repository: str | None = None
     """Where backups go: a restic repository, a path (on another filesystem than the data

@@ -11,6 +11,7 @@ from typing import Annotated, Generic, Literal, TypeVar
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -77,6 +78,10 @@ BackupTypeName = Literal["manual", "automatic"]
 BackupFrequency = Literal["daily", "weekly"]
 MAX_BACKUPS_KEPT = 100
 """The most automatic backups a policy may keep."""
+SnapshotTypeName = Literal["manual", "automatic"]
+SnapshotFrequency = Literal["hourly", "daily", "weekly"]
+MAX_SNAPSHOTS_KEPT = 5
+"""The most automatic snapshots a policy may keep: the seed page's limit per server."""
 
 
 class RequestModel(BaseModel):
@@ -150,16 +155,53 @@ def _no_nul(text: str | None) -> str | None:
     return text
 
 
+TIME_FORMAT_HINT = "an ISO 8601 time with its zone, such as 2025-01-15T18:30:00Z"
+
+
+def _moment(value: object) -> datetime:
+    """A request's time: ISO 8601 text with a zone (or a zone-aware datetime, from Python
+    callers), in UTC. Numbers are refused: a bare number could be seconds or milliseconds."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"must be {TIME_FORMAT_HINT}") from None
+    if not isinstance(value, datetime):
+        raise ValueError(f"must be {TIME_FORMAT_HINT}")
+    if value.tzinfo is None:
+        raise ValueError(f"needs a time zone (Z for UTC): {TIME_FORMAT_HINT}")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range: give a time between the years 1 and 9999") from None
+
+
+Moment = Annotated[
+    datetime,
+    BeforeValidator(_moment),
+    WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2025-01-15T18:30:00Z"]}),
+]
+"""A time in a request body (its answer shows it as a ``Timestamp``)."""
+Description = Annotated[
+    str | None,
+    Field(max_length=DESCRIPTION_MAX_LENGTH, description="free text, up to 1000 characters"),
+    AfterValidator(_no_nul),
+]
+ExpiresAt = Annotated[
+    Moment | None,
+    Field(
+        description="when the snapshot is deleted on its own (within a minute of it); null: "
+        "never. Refused for a protected snapshot"
+    ),
+]
+
+
 class RecoveryPointCreate(RequestModel):
-    """What a new snapshot and a new backup are both given."""
+    """What a snapshot's and a backup's create share."""
 
     server_id: ObjectId
     name: Name
-    description: Annotated[
-        str | None,
-        Field(max_length=DESCRIPTION_MAX_LENGTH, description="free text, up to 1000 characters"),
-        AfterValidator(_no_nul),
-    ] = None
+    description: Description = None
 
 
 class SnapshotCreate(RecoveryPointCreate):
@@ -171,10 +213,32 @@ class SnapshotCreate(RecoveryPointCreate):
         "guest where it was (its processes, its tmpfs) instead of booting it; the guest is "
         "paused while the memory is written (about 0.4 s for 512 MiB)",
     )
+    expires_at: ExpiresAt = None
 
 
 class BackupCreate(RecoveryPointCreate):
-    """Body of ``POST /api/v1/backups/``: the same fields as a snapshot's, without memory."""
+    """Body of ``POST /api/v1/backups/``: the same fields as a snapshot's, but no memory
+    and no expiry."""
+
+
+def _not_null(value: object) -> object:
+    if value is None:
+        raise ValueError("must not be null: leave the field out to keep its value")
+    return value
+
+
+class SnapshotUpdate(RequestModel):
+    """Body of ``PATCH /api/v1/snapshots/{id}/``: only the fields given change. ``null``
+    clears ``description`` and ``expires_at``."""
+
+    name: Annotated[Name | None, AfterValidator(_not_null)] = None
+    description: Description = None
+    protected: Annotated[
+        StrictBool | None,
+        AfterValidator(_not_null),
+        Field(description="a protected snapshot is never deleted, expired or rotated"),
+    ] = None
+    expires_at: ExpiresAt = None
 
 
 class BackupPolicy(RequestModel):
@@ -315,6 +379,15 @@ class SnapshotOut(ResponseModel):
         default=None,
         description="with memory, how long the guest was paused while it was saved (at "
         "most); null otherwise and while in progress",
+    )
+    type: SnapshotTypeName = Field(
+        default="manual", description="manual, or automatic (taken by the snapshot policy)"
+    )
+    protected: bool = Field(
+        default=False, description="refuses deletion, expiry and rotation until removed"
+    )
+    expires_at: Timestamp | None = Field(
+        default=None, description="when it is deleted on its own; null: never"
     )
 
 
@@ -480,6 +553,75 @@ class ChangeOut(ResponseModel):
     health: dict[str, object] | None
     created_at: Timestamp
     finished_at: Timestamp | None
+
+
+class SnapshotPolicy(RequestModel):
+    """Body of ``PUT /api/v1/servers/{id}/snapshot-policy/``: when automatic snapshots are
+    taken and how many are kept. Omitted fields take their defaults."""
+
+    enabled: StrictBool = True
+    frequency: SnapshotFrequency = "daily"
+    minute: Annotated[StrictInt, Field(ge=0, le=59, description="the minute of the hour")] = 0
+    hour: Annotated[
+        StrictInt, Field(ge=0, le=23, description="daily and weekly snapshots' hour, UTC")
+    ] = 3
+    weekday: Annotated[
+        StrictInt,
+        Field(ge=0, le=6, description="weekly snapshots' day: 0 is Monday, 6 is Sunday"),
+    ] = 6
+    keep: Annotated[
+        StrictInt,
+        Field(
+            ge=1,
+            le=MAX_SNAPSHOTS_KEPT,
+            description="automatic snapshots kept; the oldest beyond this are deleted",
+        ),
+    ] = 3
+
+
+class SkippedSlot(ResponseModel):
+    """A slot of the snapshot policy that was not taken, and why."""
+
+    slot: Timestamp
+    reason: str
+
+
+class SnapshotPolicyOut(ResponseModel):
+    """A server's snapshot policy (``enabled: false`` until one is set)."""
+
+    enabled: bool
+    frequency: SnapshotFrequency
+    minute: int
+    hour: int
+    weekday: int
+    keep: int
+    next_run_at: Timestamp | None = Field(
+        default=None, description="when the next automatic snapshot is due; null if disabled"
+    )
+    last_skipped: SkippedSlot | None = Field(
+        default=None,
+        description="the latest slot that could not be taken (the server's snapshots are all "
+        "manual or protected ones) and why, until a later slot is taken; it is tried again "
+        "at every look until then",
+    )
+
+
+class SnapshotRef(ResponseModel):
+    """A snapshot, named."""
+
+    id: int
+    name: str
+
+
+class ServerDeleted(ResponseModel):
+    """Answer to ``DELETE /api/v1/servers/{id}/?force=true``: the deletion started, and the
+    protection it removed first."""
+
+    message: str
+    unprotected_snapshots: list[SnapshotRef] = Field(
+        description="the protected snapshots whose protection was removed (they are deleted "
+        "with the server)"
+    )
 
 
 ItemT = TypeVar("ItemT", bound=BaseModel)

@@ -86,8 +86,9 @@ class Estate:
 
     def bob_state(self) -> tuple[Any, ...]:
         policies = [
-            self.bob.get(f"/servers/{sid}/backup-policy/").json()
+            self.bob.get(f"/servers/{sid}/{policy}/").json()
             for sid in (self.foreign_servers["bob-running"], self.foreign_servers["bob-stopped"])
+            for policy in ("backup-policy", "snapshot-policy")
         ]
         return (
             self.bob.get("/servers/").json(),
@@ -115,6 +116,7 @@ SERVER_ENDPOINTS = [
     ("POST", "/servers/{}/stop/"),
     ("POST", "/servers/{}/start/"),
     ("DELETE", "/servers/{}/"),
+    ("DELETE", "/servers/{}/?force=true"),
 ]
 SNAPSHOT_ENDPOINTS = [
     ("GET", "/snapshots/{}/"),
@@ -165,10 +167,22 @@ def test_backup_endpoints(alice: ApiClient, estate: Estate, method: str, templat
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT"])
-def test_backup_policy_of_anothers_server(alice: ApiClient, estate: Estate, method: str) -> None:
+@pytest.mark.parametrize("policy", ["backup-policy", "snapshot-policy"])
+def test_policy_of_anothers_server(
+    alice: ApiClient, estate: Estate, method: str, policy: str
+) -> None:
     _assert_like_never_used(
-        lambda sid: alice.request(method, f"/servers/{sid}/backup-policy/", json=POLICY),
+        lambda sid: alice.request(method, f"/servers/{sid}/{policy}/", json=POLICY),
         estate.foreign_servers,
+    )
+    assert estate.bob_state() == estate.bob_before
+
+
+@pytest.mark.parametrize("body", [{"name": "mine"}, {"protected": True}, {"expires_at": None}])
+def test_editing_anothers_snapshot(alice: ApiClient, estate: Estate, body: dict[str, Any]) -> None:
+    _assert_like_never_used(
+        lambda object_id: alice.request("PATCH", f"/snapshots/{object_id}/", json=body),
+        estate.foreign_snapshots,
     )
     assert estate.bob_state() == estate.bob_before
 

@@ -24,7 +24,7 @@ from vpsd.db.models import (
 )
 from vpsd.db.session import Database
 from vpsd.operations import backup_schedule
-from vpsd.operations.backup_schedule import latest_slot
+from vpsd.operations.backup_schedule import slots_of
 from vpsd.schemas import BackupPolicy as PolicyRequest
 
 
@@ -93,12 +93,12 @@ def _automatic(db: Database, server_id: int) -> list[tuple[str, datetime | None,
 
 def test_slots_daily_and_weekly() -> None:
     daily = PolicyRequest(frequency="daily", hour=3)
-    assert latest_slot(daily, at("2026-11-27T03:00:00")) == at("2026-11-27T03:00:00")
-    assert latest_slot(daily, at("2026-11-27T02:59:59")) == at("2026-11-26T03:00:00")
+    assert slots_of(daily).latest(at("2026-11-27T03:00:00")) == at("2026-11-27T03:00:00")
+    assert slots_of(daily).latest(at("2026-11-27T02:59:59")) == at("2026-11-26T03:00:00")
     weekly = PolicyRequest(frequency="weekly", hour=2, weekday=6)  # Sundays
-    assert latest_slot(weekly, at("2026-11-27T12:00:00")) == at("2026-11-22T02:00:00")
-    assert latest_slot(weekly, at("2026-11-29T02:00:00")) == at("2026-11-29T02:00:00")
-    assert latest_slot(weekly, at("2026-11-29T01:00:00")) == at("2026-11-22T02:00:00")
+    assert slots_of(weekly).latest(at("2026-11-27T12:00:00")) == at("2026-11-22T02:00:00")
+    assert slots_of(weekly).latest(at("2026-11-29T02:00:00")) == at("2026-11-29T02:00:00")
+    assert slots_of(weekly).latest(at("2026-11-29T01:00:00")) == at("2026-11-22T02:00:00")
 
 
 def test_one_backup_per_slot_and_none_before_the_policy(

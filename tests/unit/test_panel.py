@@ -37,6 +37,7 @@ from vpsd.db.models import (
     Operation,
     Server,
     Snapshot,
+    SnapshotPolicy,
     SshKey,
     WebSession,
 )
@@ -199,7 +200,13 @@ def world(database: Database) -> dict[str, list[tuple[Any, ...]]]:
     columns: dict[str, tuple[Any, ...]] = {
         "accounts": (Account.id, Account.name, Account.password_hash),
         "servers": (Server.id, Server.name, Server.status),
-        "snapshots": (Snapshot.id, Snapshot.name, Snapshot.status),
+        "snapshots": (
+            Snapshot.id,
+            Snapshot.name,
+            Snapshot.status,
+            Snapshot.protected,
+            Snapshot.expires_at,
+        ),
         "backups": (Backup.id, Backup.name, Backup.status),
         "policies": (
             BackupPolicy.server_id,
@@ -208,6 +215,13 @@ def world(database: Database) -> dict[str, list[tuple[Any, ...]]]:
             BackupPolicy.hour,
             BackupPolicy.weekday,
             BackupPolicy.keep,
+        ),
+        "snapshot_policies": (
+            SnapshotPolicy.server_id,
+            SnapshotPolicy.enabled,
+            SnapshotPolicy.frequency,
+            SnapshotPolicy.minute,
+            SnapshotPolicy.keep,
         ),
         "ssh_keys": (SshKey.id, SshKey.name),
         "tokens": (ApiToken.id, ApiToken.revoked_at),
@@ -531,7 +545,18 @@ def post_targets(things: Things) -> dict[str, list[tuple[str, dict[str, str]]]]:
                 {"enabled": "on", "frequency": "weekly", "weekday": "2", "hour": "3", "keep": "4"},
             )
         ],
-        "/servers/{server_id}/snapshots": [(f"/servers/{server}/snapshots", {"name": "forged"})],
+        "/servers/{server_id}/snapshot-policy": [
+            (
+                f"/servers/{server}/snapshot-policy",
+                {"enabled": "on", "frequency": "hourly", "minute": "5", "hour": "3", "keep": "2"},
+            )
+        ],
+        "/snapshots/{point_id}/protection": [
+            (f"/snapshots/{things.snapshot_id}/protection", {"protected": "true"})
+        ],
+        "/servers/{server_id}/snapshots": [
+            (f"/servers/{server}/snapshots", {"name": "forged", "expires_in": "24"})
+        ],
         "/servers/{server_id}/backups": [(f"/servers/{server}/backups", {"name": "forged"})],
         "/snapshots/{point_id}/{action}": [
             (f"/snapshots/{things.snapshot_id}/restore", {}),

@@ -4,7 +4,7 @@ keys in the same order, the same times, the same bytes."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from vpsd.api.presenters import snapshot_json
 from vpsd.db.base import StoredTime, api_time
-from vpsd.db.models import SnapshotStatus
+from vpsd.db.models import SnapshotStatus, SnapshotType
 from vpsd.db.session import Database
 from vpsd.schemas import SnapshotOut
 from vpsd.services.snapshots import SnapshotView
@@ -34,8 +34,20 @@ def test_stored_times_read_as_the_api_shows_them(stored: StoredTime) -> None:
 
 
 @pytest.mark.parametrize(
-    ("description", "reason", "consistency", "size_mb", "pause_ms"),
-    [(None, None, None, None, None), ('ünïcode "quoted" \n', "it failed", "crash", 2048, 380)],
+    ("description", "reason", "consistency", "size_mb", "pause_ms", "protected", "expires_at"),
+    [
+        (None, None, None, None, None, 0, None),  # SQLite's booleans are 0 and 1
+        (
+            'ünïcode "quoted" \n',
+            "it failed",
+            "crash",
+            2048,
+            380,
+            True,
+            "2025-01-16 18:30:05.250000",
+        ),
+        (None, None, "filesystem", 1, None, 1, datetime(2025, 1, 16, 18, 30, 5)),
+    ],
 )
 def test_snapshot_json_is_byte_for_byte_the_models(
     description: str | None,
@@ -43,11 +55,14 @@ def test_snapshot_json_is_byte_for_byte_the_models(
     consistency: str | None,
     size_mb: int | None,
     pause_ms: int | None,
+    protected: bool | int,
+    expires_at: StoredTime | None,
 ) -> None:
     memory = pause_ms is not None
     view = SnapshotView(
         7, "before-update", SnapshotStatus.COMPLETED, size_mb, "2025-01-15 18:30:05.000000",
-        description, reason, consistency, memory, pause_ms, 3, "web-01",
+        description, reason, consistency, memory, pause_ms, SnapshotType.AUTOMATIC, protected,
+        expires_at, 3, "web-01",
     )  # fmt: skip
     model = SnapshotOut.model_validate(
         {
@@ -62,6 +77,9 @@ def test_snapshot_json_is_byte_for_byte_the_models(
             "consistency": consistency,
             "memory": memory,
             "pause_ms": pause_ms,
+            "type": "automatic",
+            "protected": bool(protected),
+            "expires_at": None if expires_at is None else MOMENT + timedelta(days=1),
         }
     )
     fast = snapshot_json(view)

@@ -14,19 +14,12 @@ from vpsd.db.session import Database
 from vpsd.hypervisor.fake import FakeDriver
 
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
-SNAPSHOT_KEYS = {
-    "id",
-    "server",
-    "name",
-    "status",
-    "size_mb",
-    "created_at",
-    "description",
-    "status_reason",
-    "consistency",
-    "memory",
-    "pause_ms",
-}
+SEED_KEYS = ["id", "server", "name", "status", "size_mb", "created_at", "description"]
+SNAPSHOT_KEYS = [
+    *SEED_KEYS,
+    *("status_reason", "consistency", "memory", "pause_ms", "type", "protected", "expires_at"),
+]
+"""The seed page's fields first, in its order; ours after."""
 
 
 def test_create_answers_the_pages_shape(alice: ApiClient) -> None:
@@ -41,13 +34,14 @@ def test_create_answers_the_pages_shape(alice: ApiClient) -> None:
     )
     assert response.status_code == 201
     body = response.json()
-    assert set(body) == SNAPSHOT_KEYS | {"message"}
+    assert list(body) == [*SNAPSHOT_KEYS, "message"]
     assert body["server"] == {"id": server["id"], "name": "web-server-01"}
     assert body["name"] == "before-update-snapshot"
     assert body["status"] == "in_progress"
     assert body["size_mb"] is None
     assert body["consistency"] is None
     assert body["description"] == "Snapshot before system update"
+    assert (body["type"], body["protected"], body["expires_at"]) == ("manual", False, None)
     assert TIME.match(body["created_at"])
     assert "3-10 minutes" not in body["message"]
     assert f"/api/v1/snapshots/{body['id']}/" in body["message"]
@@ -74,7 +68,7 @@ def test_list_filters_by_server_newest_first(alice: ApiClient) -> None:
     only_first = alice.get("/snapshots/", params={"server_id": first}).json()
     assert only_first["count"] == 2
     assert [s["id"] for s in only_first["results"]] == [a2, a1]
-    assert set(only_first["results"][0]) == SNAPSHOT_KEYS
+    assert list(only_first["results"][0]) == SNAPSHOT_KEYS
 
 
 def test_limit_of_five_counts_in_progress_and_completed(alice: ApiClient) -> None:

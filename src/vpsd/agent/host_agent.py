@@ -25,10 +25,13 @@ from vpsd.agent.recovery import recover, take_back_expired
 from vpsd.agent.runner import InProcessRunner
 from vpsd.backups.base import BackupStore
 from vpsd.config import Settings
+from vpsd.db.base import utcnow
 from vpsd.db.session import Database
 from vpsd.hypervisor.base import Driver
 from vpsd.operations import leases
 from vpsd.operations.context import OperationContext
+from vpsd.operations.snapshot_expiry import expire_snapshots
+from vpsd.operations.snapshot_schedule import take_due_snapshots
 
 if TYPE_CHECKING:
     from vpsd.agent.broker_runner import BrokerRunner
@@ -53,6 +56,17 @@ class HostAgent:
         self.automatic_backups = AutomaticBackups(
             db, self.runner, settings.host_name, settings.backup_scheduler_interval
         )
+        host, runner, limit = settings.host_name, self.runner, settings.max_snapshots_per_server
+        self.automatic_snapshots = Periodic(
+            "vpsd-automatic-snapshots", "taking the due automatic snapshots",
+            lambda: take_due_snapshots(db, runner, host, utcnow(), limit),
+            settings.snapshot_scheduler_interval, at_start=True,
+        )  # fmt: skip
+        self.snapshot_expiry = Periodic(
+            "vpsd-snapshot-expiry", "deleting expired snapshots",
+            lambda: expire_snapshots(db, runner, host, utcnow()),
+            settings.snapshot_expiry_interval, at_start=True,
+        )  # fmt: skip
         self.heartbeat = HostHeartbeat(db, settings, self.ctx.claimant)
         self.preemption = PreemptionSweep(db, self.ctx.cancellations)
         self.storage_watch = BackupStorageWatch(
@@ -72,12 +86,15 @@ class HostAgent:
         reconcile_power_states(self.ctx)
 
     def start(self) -> None:
-        """Run operations, watch VMs, take due backups, heartbeat, cancel backups a stop
-        preempts and look at the backup storage, in background threads."""
+        """Run operations, watch VMs, take due backups and snapshots, delete expired
+        snapshots, heartbeat, cancel backups a stop preempts and look at the backup storage,
+        in background threads."""
         self.runner.start()
         self.runner.notify()
         self.monitor.start()
         self.automatic_backups.start()
+        self.automatic_snapshots.start()
+        self.snapshot_expiry.start()
         self.heartbeat.start()
         self.lease_sweeper.start()
         self.preemption.start()
@@ -88,6 +105,8 @@ class HostAgent:
         """Stop every thread; operations under way run to their end first."""
         self.storage_watch.stop()
         self.lease_sweeper.stop()
+        self.snapshot_expiry.stop()
+        self.automatic_snapshots.stop()
         self.automatic_backups.stop()
         self.monitor.stop()
         self.runner.stop()

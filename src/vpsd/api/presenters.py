@@ -17,7 +17,9 @@ from vpsd.schemas import (
     RestoreServerRef,
     ServerOut,
     ServerRef,
+    SkippedSlot,
     SnapshotOut,
+    SnapshotPolicyOut,
     SnapshotSource,
     SshEndpoint,
     SshKeyOut,
@@ -29,6 +31,7 @@ from vpsd.services.hosts import HostView
 from vpsd.services.images import ImageView
 from vpsd.services.restores import RestoreView
 from vpsd.services.servers import ServerView
+from vpsd.services.snapshot_policies import SnapshotPolicyView
 from vpsd.services.snapshots import SnapshotView
 from vpsd.services.ssh_keys import SshKeyView
 
@@ -88,6 +91,9 @@ def snapshot_json(snapshot: SnapshotView) -> dict[str, Any]:
         "consistency": snapshot.consistency,
         "memory": bool(snapshot.memory),
         "pause_ms": snapshot.pause_ms,
+        "type": snapshot.type,
+        "protected": bool(snapshot.protected),
+        "expires_at": None if snapshot.expires_at is None else api_time(snapshot.expires_at),
     }
 
 
@@ -105,6 +111,9 @@ def snapshot_out(snapshot: Snapshot) -> SnapshotOut:
         consistency=snapshot.consistency,
         memory=snapshot.memory,
         pause_ms=snapshot.pause_ms,
+        type=snapshot.type,
+        protected=snapshot.protected,
+        expires_at=snapshot.expires_at,
     )
 
 
@@ -147,6 +156,23 @@ def policy_out(policy: PolicyView) -> BackupPolicyOut:
         weekday=policy.weekday,
         keep=policy.keep,
         next_backup_at=policy.next_backup_at,
+    )
+
+
+def snapshot_policy_out(policy: SnapshotPolicyView) -> SnapshotPolicyOut:
+    """A snapshot policy as the API shows it."""
+    skipped = None
+    if policy.skipped_slot is not None:
+        skipped = SkippedSlot(slot=policy.skipped_slot, reason=policy.skipped_reason or "")
+    return SnapshotPolicyOut(
+        enabled=policy.enabled,
+        frequency=policy.frequency,
+        minute=policy.minute,
+        hour=policy.hour,
+        weekday=policy.weekday,
+        keep=policy.keep,
+        next_run_at=policy.next_run_at,
+        last_skipped=skipped,
     )
 
 

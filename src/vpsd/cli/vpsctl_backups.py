@@ -7,16 +7,9 @@ from typing import Annotated
 
 import typer
 
-from vpsd.cli.vpsctl_common import OutputOption, UsageProblem, open_client
-from vpsd.cli.vpsctl_output import (
-    WEEKDAYS,
-    OutputFormat,
-    backup_details,
-    backups_table,
-    note,
-    policy_details,
-    print_json,
-)
+from vpsd.cli.vpsctl_common import OutputOption
+from vpsd.cli.vpsctl_output import OutputFormat, backup_details, backups_table, policy_details
+from vpsd.cli.vpsctl_policies import EnableOption, HourOption, WeekdayOption, show_or_change
 from vpsd.cli.vpsctl_recovery_points import RecoveryPointKind, add_commands
 from vpsd.client import BackupPolicyOut
 from vpsd.schemas import MAX_BACKUPS_KEPT
@@ -47,40 +40,16 @@ class Frequency(StrEnum):
     weekly = "weekly"
 
 
-def parse_weekday(value: str) -> int:
-    """``0``-``6`` (0 is Monday) or a day's name, whole or its first three letters."""
-    text = value.strip().lower()
-    if text.isdigit() and int(text) < len(WEEKDAYS):
-        return int(text)
-    for number, day in enumerate(WEEKDAYS):
-        if len(text) >= 3 and day.startswith(text):
-            return number
-    raise UsageProblem(f"--weekday {value!r}: give 0-6 (0 is Monday) or a day: mon, tue, ... sun")
-
-
 @app.command("policy")
 def policy(
     ctx: typer.Context,
     server_id: Annotated[int, typer.Argument(min=1, metavar="SERVER_ID", help="the server's id")],
-    enabled: Annotated[
-        bool | None,
-        typer.Option("--enable/--disable", help="turn automatic backups on or off"),
-    ] = None,
+    enabled: EnableOption = None,
     frequency: Annotated[
         Frequency | None, typer.Option("--frequency", help="how often to back up")
     ] = None,
-    hour: Annotated[
-        int | None,
-        typer.Option("--hour", min=0, max=23, metavar="H", help="the hour of the day, UTC"),
-    ] = None,
-    weekday: Annotated[
-        str | None,
-        typer.Option(
-            "--weekday",
-            metavar="DAY",
-            help="weekly backups' day: mon ... sun, or 0-6 (0 is Monday)",
-        ),
-    ] = None,
+    hour: HourOption = None,
+    weekday: WeekdayOption = None,
     keep: Annotated[
         int | None,
         typer.Option(
@@ -97,25 +66,12 @@ def policy(
 
     What is not given keeps its current value: vpsctl backups policy 7 --enable --keep 14
     """
-    day = None if weekday is None else parse_weekday(weekday)
-    changes = (enabled, frequency, hour, day, keep)
-    with open_client(ctx) as client:
-        if all(value is None for value in changes):
-            body = client.servers.get_backup_policy_json(server_id)
-        else:
-            current = client.servers.get_backup_policy(server_id)
-            body = client.servers.set_backup_policy_json(
-                server_id,
-                enabled=current.enabled if enabled is None else enabled,
-                frequency=current.frequency if frequency is None else frequency.value,
-                hour=current.hour if hour is None else hour,
-                weekday=current.weekday if day is None else day,
-                keep=current.keep if keep is None else keep,
-            )
-    shown = BackupPolicyOut.model_validate(body)
-    if output is OutputFormat.json:
-        print_json(body)
-        return
-    policy_details(server_id, shown)
-    if not shown.enabled and enabled is None and any(value is not None for value in changes):
-        note("automatic backups are disabled: pass --enable to turn them on")
+    changes = {
+        "enabled": enabled, "frequency": None if frequency is None else frequency.value,
+        "hour": hour, "weekday": weekday, "keep": keep,
+    }  # fmt: skip
+    show_or_change(
+        ctx, server_id, changes, read=lambda c: c.servers.get_backup_policy_json,
+        write=lambda c: c.servers.set_backup_policy_json, model=BackupPolicyOut,
+        show=policy_details, output=output, what="automatic backups",
+    )  # fmt: skip

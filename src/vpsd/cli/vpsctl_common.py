@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Protocol, TypeVar
+from datetime import timedelta
+from typing import Annotated, Any, Protocol, TypeVar
 
 import typer
+from pydantic import BaseModel
 
 from vpsd import __version__
 from vpsd.cli.vpsctl_config import ConfigError, resolve
@@ -113,3 +116,28 @@ def run_wait(label: str, wait: Callable[[Callable[[S], None]], S]) -> S:
         result = wait(lambda obj: progress.update(obj.status))
     progress.done(result.status)
     return result
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"(\d+)([smhdw])")
+
+
+def parse_duration(option: str, text: str) -> timedelta:
+    """A duration such as ``90s``, ``30m``, ``24h``, ``7d``, ``2w`` or ``1h30m``."""
+    compact = text.strip().lower()
+    parts = _DURATION.findall(compact)
+    seconds = sum(int(number) * DURATION_UNITS[unit] for number, unit in parts)
+    if not parts or "".join(n + u for n, u in parts) != compact or seconds == 0:
+        raise UsageProblem(
+            f"{option} {text!r}: give a duration such as 30m, 24h, 7d or 1h30m "
+            "(s, m, h, d and w are seconds, minutes, hours, days and weeks)"
+        )
+    return timedelta(seconds=seconds)
+
+
+def merged(current: BaseModel, **changes: Any) -> dict[str, Any]:
+    """A whole policy to ``PUT``: each of ``changes`` that was given (not None), the others
+    as ``current`` has them."""
+    return {
+        key: getattr(current, key) if value is None else value for key, value in changes.items()
+    }

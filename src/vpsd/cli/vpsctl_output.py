@@ -28,6 +28,7 @@ from vpsd.client import (
     NotFoundError,
     ServerOut,
     SnapshotOut,
+    SnapshotPolicyOut,
     VpsdClientError,
     WaitTimeout,
 )
@@ -151,13 +152,14 @@ def servers_table(servers: Iterable[ServerOut]) -> None:
 def snapshots_table(snapshots: Iterable[SnapshotOut]) -> None:
     """Snapshots as a table: one row each."""
     table = Table(
-        "ID", "NAME", "SERVER", "STATUS", "CONSISTENCY", "MEMORY", "SIZE", "CREATED",
-        "DESCRIPTION", box=None,
+        "ID", "NAME", "SERVER", "TYPE", "STATUS", "CONSISTENCY", "MEMORY", "SIZE", "CREATED",
+        "PROTECTED", "EXPIRES", "DESCRIPTION", box=None,
     )  # fmt: skip
     for s in snapshots:
         table.add_row(
-            str(s.id), _text(s.name), _server_ref(s.server), s.status, s.consistency or "-",
-            "yes" if s.memory else "-", _mib(s.size_mb) or "-", _time(s.created_at),
+            str(s.id), _text(s.name), _server_ref(s.server), s.type, s.status,
+            s.consistency or "-", "yes" if s.memory else "-", _mib(s.size_mb) or "-",
+            _time(s.created_at), "yes" if s.protected else "-", _time(s.expires_at) or "-",
             _text(s.description),
         )  # fmt: skip
     _stdout_console().print(table)
@@ -214,6 +216,8 @@ def snapshot_details(s: SnapshotOut) -> None:
             ("Consistency", s.consistency), ("Size", _mib(s.size_mb)),
             ("Memory", _saved_memory(s)),
             ("Created", _time(s.created_at)), ("Description", s.description),
+            ("Type", s.type), ("Protected", "yes" if s.protected else "no"),
+            ("Expires", _time(s.expires_at) or "never"),
         ]
     )  # fmt: skip
 
@@ -257,6 +261,32 @@ def policy_details(server_id: int, p: BackupPolicyOut) -> None:
             ("Schedule", schedule), ("Frequency", p.frequency), ("Hour (UTC)", p.hour),
             ("Weekday", f"{p.weekday} ({WEEKDAYS[p.weekday % 7]})"), ("Keep", p.keep),
             ("Next backup", _time(p.next_backup_at)),
+        ]
+    )  # fmt: skip
+
+
+def snapshot_policy_details(server_id: int, p: SnapshotPolicyOut) -> None:
+    """A server's snapshot policy, in words, with the slot it last skipped and why."""
+    at = f"{p.hour:02d}:{p.minute:02d} UTC"
+    schedule = (
+        "-"
+        if not p.enabled
+        else f"hourly at minute {p.minute:02d}"
+        if p.frequency == "hourly"
+        else f"weekly, {WEEKDAYS[p.weekday % 7].capitalize()} at {at}"
+        if p.frequency == "weekly"
+        else f"daily at {at}"
+    )
+    skipped = p.last_skipped
+    details(
+        [
+            ("Server", server_id),
+            ("Automatic snapshots", "enabled" if p.enabled else "disabled"),
+            ("Schedule", schedule), ("Frequency", p.frequency), ("Minute", p.minute),
+            ("Hour (UTC)", p.hour), ("Weekday", f"{p.weekday} ({WEEKDAYS[p.weekday % 7]})"),
+            ("Keep", p.keep), ("Next snapshot", _time(p.next_run_at)),
+            ("Last skipped", None if skipped is None else _time(skipped.slot)),
+            ("Why skipped", None if skipped is None else skipped.reason),
         ]
     )  # fmt: skip
 

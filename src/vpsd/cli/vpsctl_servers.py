@@ -319,19 +319,33 @@ def ssh(
 def delete(
     ctx: typer.Context,
     server_id: ServerIdArg,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="delete it even if some of its snapshots are protected: their protection "
+            "is removed first (and named)",
+        ),
+    ] = False,
     yes: YesOption = False,
     wait: WaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_TIMEOUT,
 ) -> None:
-    """Delete a server with its disks and all its snapshots. This cannot be undone."""
+    """Delete a server with its disks and all its snapshots. This cannot be undone.
+
+    Refused while one of its snapshots is protected, unless --force."""
     with open_client(ctx) as client:
         server = client.servers.get(server_id)  # 404 before asking anything
         confirm(
-            f"Delete server {server.id} ({server.name}) with its disks and all its snapshots?",
+            f"Delete server {server.id} ({server.name}) with its disks and all its snapshots"
+            f"{', protected ones included' if force else ''}?",
             f"delete server {server.id}",
             yes,
         )
-        client.servers.delete(server_id)
+        deleted = client.servers.delete(server_id, force=force)
+        if deleted is not None and deleted.unprotected_snapshots:
+            named = ", ".join(f"{s.id} ({s.name})" for s in deleted.unprotected_snapshots)
+            note(f"protection removed from snapshots {named}")
         if not wait:
             note(f"server {server_id} is being deleted")
             return

@@ -36,9 +36,12 @@ from vpsd.schemas import (
     FieldError,
     Page,
     RestoreStarted,
+    ServerDeleted,
     ServerOut,
+    SkippedSlot,
     SnapshotCreated,
     SnapshotOut,
+    SnapshotPolicyOut,
 )
 
 __all__ = [
@@ -57,9 +60,12 @@ __all__ = [
     "OperationFailed",
     "Page",
     "RestoreStarted",
+    "ServerDeleted",
     "ServerOut",
+    "SkippedSlot",
     "SnapshotCreated",
     "SnapshotOut",
+    "SnapshotPolicyOut",
     "VpsdClientError",
     "WaitTimeout",
     "normalize_base_url",

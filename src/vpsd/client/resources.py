@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from datetime import datetime
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -24,10 +26,14 @@ from vpsd.schemas import (
     ImageOut,
     Page,
     RestoreStarted,
+    ServerDeleted,
     ServerOut,
     SnapshotCreated,
+    SnapshotFrequency,
     SnapshotOut,
+    SnapshotPolicyOut,
     SshKeyOut,
+    format_time,
 )
 
 if TYPE_CHECKING:
@@ -40,6 +46,22 @@ CreatedT = TypeVar("CreatedT", bound=BaseModel)
 RestoredT = TypeVar("RestoredT", bound=BaseModel)
 DEFAULT_CONSOLE_BYTES = 64 * 1024
 """What ``ServersApi.console`` asks for unless told (the API's default too; at most 1 MiB)."""
+
+
+class _Unchanged(Enum):
+    UNCHANGED = "unchanged"
+
+
+UNCHANGED: Final = _Unchanged.UNCHANGED
+"""An update's default for fields where ``None`` means "clear it": leave the field as it is."""
+Unchanged = Literal[_Unchanged.UNCHANGED]
+
+
+def _api_time(value: datetime) -> str:
+    """A zone-aware time as the API takes it; a naive one is refused (whose clock is it?)."""
+    if value.tzinfo is None:
+        raise ValueError("give a zone-aware datetime, such as datetime.now(UTC) + timedelta(...)")
+    return format_time(value)
 
 
 class _Objects(Generic[ItemT]):
@@ -278,9 +300,16 @@ class ServersApi(_Collection[ServerOut]):
             "GET", f"servers/{server_id}/console/", params={"bytes": max_bytes}
         )
 
-    def delete(self, server_id: int) -> None:
-        """Delete a server with its disks and snapshots (it is ``deleting``, then gone)."""
-        self._client.request("DELETE", f"servers/{server_id}/")
+    def delete(self, server_id: int, *, force: bool = False) -> ServerDeleted | None:
+        """Delete a server with its disks and snapshots (it is ``deleting``, then gone).
+
+        ``BadRequestError`` while one of its snapshots is protected, unless ``force``: then
+        their protection is removed first, and the answer names those snapshots."""
+        if not force:
+            self._client.request("DELETE", f"servers/{server_id}/")
+            return None
+        body = self._client.request("DELETE", f"servers/{server_id}/", params={"force": "true"})
+        return ServerDeleted.model_validate(body)
 
     def get_backup_policy(self, server_id: int) -> BackupPolicyOut:
         """The server's backup policy (``enabled`` false until one is set)."""
@@ -334,9 +363,61 @@ class ServersApi(_Collection[ServerOut]):
         )
         return body
 
+    def get_snapshot_policy(self, server_id: int) -> SnapshotPolicyOut:
+        """The server's snapshot policy (``enabled`` false until one is set), with the latest
+        slot it skipped and why (``last_skipped``)."""
+        return SnapshotPolicyOut.model_validate(self.get_snapshot_policy_json(server_id))
+
+    def get_snapshot_policy_json(self, server_id: int) -> JsonObject:
+        """``get_snapshot_policy``'s body unchanged."""
+        body: JsonObject = self._client.request("GET", f"servers/{server_id}/snapshot-policy/")
+        return body
+
+    def set_snapshot_policy(
+        self,
+        server_id: int,
+        *,
+        enabled: bool | None = None,
+        frequency: SnapshotFrequency | None = None,
+        minute: int | None = None,
+        hour: int | None = None,
+        weekday: int | None = None,
+        keep: int | None = None,
+    ) -> SnapshotPolicyOut:
+        """Replace the server's snapshot policy (``PUT``): fields left out take the API's
+        defaults, not their current values (``enabled`` true, ``daily`` at 03:00 UTC,
+        ``weekday`` 6 = Sunday for weekly ones, ``keep`` 3 automatic snapshots)."""
+        body = self.set_snapshot_policy_json(
+            server_id, enabled=enabled, frequency=frequency, minute=minute, hour=hour,
+            weekday=weekday, keep=keep,
+        )  # fmt: skip
+        return SnapshotPolicyOut.model_validate(body)
+
+    def set_snapshot_policy_json(
+        self,
+        server_id: int,
+        *,
+        enabled: bool | None = None,
+        frequency: SnapshotFrequency | None = None,
+        minute: int | None = None,
+        hour: int | None = None,
+        weekday: int | None = None,
+        keep: int | None = None,
+    ) -> JsonObject:
+        """``set_snapshot_policy``'s body unchanged."""
+        payload = _given(
+            enabled=enabled, frequency=frequency, minute=minute, hour=hour, weekday=weekday,
+            keep=keep,
+        )  # fmt: skip
+        body: JsonObject = self._client.request(
+            "PUT", f"servers/{server_id}/snapshot-policy/", json=payload
+        )
+        return body
+
 
 class SnapshotsApi(RecoveryPointsApi[SnapshotOut, SnapshotCreated, RestoreStarted]):
-    """``/api/v1/snapshots/``: point-in-time copies kept beside the server (5 per server)."""
+    """``/api/v1/snapshots/``: point-in-time copies kept beside the server (5 per server,
+    manual and automatic together), protected or expiring."""
 
     path = "snapshots/"
     noun = "snapshot"
@@ -346,12 +427,67 @@ class SnapshotsApi(RecoveryPointsApi[SnapshotOut, SnapshotCreated, RestoreStarte
     restored_model = RestoreStarted
 
     def create(
-        self, server_id: int, name: str, description: str | None = None, *, memory: bool = False
+        self,
+        server_id: int,
+        name: str,
+        description: str | None = None,
+        *,
+        memory: bool = False,
+        expires_at: datetime | None = None,
     ) -> SnapshotCreated:
-        """Start taking a snapshot (``in_progress``); with ``memory`` (a running server), its
-        memory too, so that a restore resumes the guest instead of booting it."""
-        body = self.create_json(server_id, name, description, memory=memory or None)
+        """Start taking a snapshot of the server (``in_progress``); with ``memory`` (a running
+        server), its memory too, so that a restore resumes the guest instead of booting it;
+        with ``expires_at`` (a zone-aware time) it is deleted on its own within a minute of
+        it. Without them the body is the seed page's."""
+        body = self.create_json(
+            server_id,
+            name,
+            description,
+            memory=memory or None,
+            expires_at=None if expires_at is None else _api_time(expires_at),
+        )
         return SnapshotCreated.model_validate(body)
+
+    def update(
+        self,
+        snapshot_id: int,
+        *,
+        name: str | None = None,
+        description: str | Unchanged | None = UNCHANGED,
+        protected: bool | None = None,
+        expires_at: datetime | Unchanged | None = UNCHANGED,
+    ) -> SnapshotOut:
+        """Change only what is given (``PATCH``): a new ``name``; a ``description`` or an
+        ``expires_at`` (zone-aware), ``None`` clearing either; ``protected`` true to refuse
+        deletion, expiry and rotation, false to allow them again. ``BadRequestError`` (and
+        nothing changed) for an expiry on a protected snapshot, or one in the past."""
+        return SnapshotOut.model_validate(
+            self.update_json(
+                snapshot_id,
+                name=name,
+                description=description,
+                protected=protected,
+                expires_at=expires_at,
+            )
+        )
+
+    def update_json(
+        self,
+        snapshot_id: int,
+        *,
+        name: str | None = None,
+        description: str | Unchanged | None = UNCHANGED,
+        protected: bool | None = None,
+        expires_at: datetime | Unchanged | None = UNCHANGED,
+    ) -> JsonObject:
+        """``update``'s body unchanged."""
+        payload = _given(name=name, protected=protected)
+        if description is not UNCHANGED:
+            payload["description"] = description
+        if expires_at is not UNCHANGED:
+            payload["expires_at"] = None if expires_at is None else _api_time(expires_at)
+        body: JsonObject = self._client.request("PATCH", f"{self.path}{snapshot_id}/", json=payload)
+        return body
 
 
 class BackupsApi(RecoveryPointsApi[BackupOut, BackupCreated, BackupRestoreStarted]):

@@ -56,6 +56,13 @@ class SnapshotStatus(StrEnum):
     DELETING = "deleting"
 
 
+class SnapshotType(StrEnum):
+    """Manual snapshots are the user's; automatic ones the snapshot policy's (rotated)."""
+
+    MANUAL = "manual"
+    AUTOMATIC = "automatic"
+
+
 class OperationStatus(StrEnum):
     """An operation is ``pending`` until a runner claims it, then ``running`` until it ends."""
 
@@ -322,6 +329,10 @@ class Snapshot(Base):
     __tablename__ = "snapshots"
     __table_args__ = (
         Index("ix_snapshots_server_id_status", "server_id", "status"),
+        # An index, not a constraint: adding a constraint would make SQLite rebuild the table
+        # (and lose its AUTOINCREMENT, see migration 0010).
+        Index("uq_snapshots_server_id_slot", "server_id", "slot", unique=True),
+        Index("ix_snapshots_expires_at", "expires_at"),
         {"sqlite_autoincrement": True},
     )
 
@@ -346,6 +357,16 @@ class Snapshot(Base):
     tag: Mapped[str] = mapped_column(String(64), unique=True, default=lambda: new_snapshot_tag())
     """The internal snapshot's name on disk: never the user's name, and never made from the id,
     which another database (a restored backup, a new one) could hand out again."""
+    type: Mapped[SnapshotType] = mapped_column(
+        String(16), default=SnapshotType.MANUAL, server_default=SnapshotType.MANUAL.value
+    )
+    protected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+    """Refuses deletion, expiry and rotation until the user removes it."""
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """When its host's agent deletes it (``vpsd.operations.snapshot_expiry``); never while
+    protected."""
+    slot: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """The snapshot policy's slot an automatic snapshot was taken for (one per slot)."""
 
     server: Mapped[Server] = relationship()
 
@@ -432,6 +453,29 @@ class BackupPolicy(Base):
     keep: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     """Slots before the policy's last change are not caught up on."""
+
+
+class SnapshotPolicy(Base):
+    """When a server's automatic snapshots are taken, and how many are kept."""
+
+    __tablename__ = "snapshot_policies"
+
+    server_id: Mapped[int] = mapped_column(
+        ForeignKey("servers.id", ondelete="CASCADE"), primary_key=True
+    )
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    frequency: Mapped[str] = mapped_column(String(16))
+    minute: Mapped[int] = mapped_column(Integer)
+    hour: Mapped[int] = mapped_column(Integer)
+    weekday: Mapped[int] = mapped_column(Integer)
+    keep: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    """Slots before the policy's last change are not caught up on. Set by a change of the
+    policy only: recording a skipped slot is no change."""
+    skipped_slot: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """The latest slot that could not be taken (the server's snapshots full of manual or
+    protected ones), until a later slot is taken; ``skipped_reason`` says why."""
+    skipped_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Installation(Base):

@@ -1,6 +1,7 @@
 """Running the backup policies: taking the automatic backups they make due, and pruning.
 
-The schedule is a series of slots (every day, or one weekday, at an hour UTC). At each look
+The schedule is a series of slots (every day, or one weekday, at an hour UTC:
+``vpsd.operations.slots``, shared with the snapshot policies). At each look
 (``take_due_backups``, every minute, with the time passed in so tests set it) a server whose
 latest slot has no backup gets one: after downtime the latest missed slot is caught up on,
 once; a slot is never taken twice (a unique key on server and slot). Each host's agent looks
@@ -11,7 +12,7 @@ Reading and setting policies is ``vpsd.services.backup_policies``'.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy import select
@@ -24,21 +25,17 @@ from vpsd.db.models import (
     BackupType,
     OperationKind,
     Server,
-    ServerStatus,
 )
 from vpsd.db.session import Database
-from vpsd.operations.outbox import Dispatcher, enqueue, enqueue_backup
+from vpsd.operations.outbox import Dispatcher, enqueue, enqueue_backup, lock_server_row
 from vpsd.operations.scope import on_host
+from vpsd.operations.slots import TAKEN_FROM, Slots, due_slots
 
 log = logging.getLogger(__name__)
 
-PERIODS = {"daily": timedelta(days=1), "weekly": timedelta(days=7)}
-TAKEN_FROM = (ServerStatus.RUNNING, ServerStatus.STOPPED)
-"""A server in another state at its slot is tried again at the next look."""
 
-
-class Schedule(Protocol):
-    """When a policy's slots are (a stored policy, or a request to store one)."""
+class BackupSchedule(Protocol):
+    """When a backup policy's slots are (a stored policy, or a request to store one)."""
 
     @property
     def frequency(self) -> str:
@@ -53,14 +50,9 @@ class Schedule(Protocol):
         """The weekly slot's day (0: Monday)."""
 
 
-def latest_slot(policy: Schedule, now: datetime) -> datetime:
-    """The policy's most recent slot at or before ``now`` (UTC)."""
-    slot = now.replace(hour=policy.hour, minute=0, second=0, microsecond=0)
-    if policy.frequency == "weekly":
-        slot -= timedelta(days=(slot.weekday() - policy.weekday) % 7)
-    if slot > now:
-        slot -= PERIODS[policy.frequency]
-    return slot
+def slots_of(policy: BackupSchedule) -> Slots:
+    """The backup policy's schedule: daily, or weekly, at the top of ``hour``."""
+    return Slots(policy.frequency, hour=policy.hour, weekday=policy.weekday)
 
 
 def take_due_backups(db: Database, dispatcher: Dispatcher, host: str, now: datetime) -> int:
@@ -68,16 +60,7 @@ def take_due_backups(db: Database, dispatcher: Dispatcher, host: str, now: datet
     and prune its servers' automatic backups to their policies' ``keep``; how many were
     queued."""
     with db.read() as session:
-        policies = session.scalars(
-            select(BackupPolicy)
-            .join(Server, Server.id == BackupPolicy.server_id)
-            .where(BackupPolicy.enabled, Server.status.in_(TAKEN_FROM), on_host(host))
-        ).all()
-        due = [
-            (policy.server_id, slot)
-            for policy in policies
-            if (slot := latest_slot(policy, now)) >= policy.updated_at
-        ]
+        due = due_slots(session, BackupPolicy, host, now, slots_of)
     queued = sum(_take(db, server_id, slot) for server_id, slot in due)
     prune(db, dispatcher, host)
     if queued:
@@ -93,12 +76,7 @@ def _take(db: Database, server_id: int, slot: datetime) -> bool:
             )
             if taken is not None:
                 return False
-            server = session.scalar(
-                select(Server)
-                .where(Server.id == server_id)
-                .with_for_update()
-                .execution_options(populate_existing=True)
-            )
+            server = lock_server_row(session, server_id)
             if server is None or server.status not in TAKEN_FROM:
                 return False
             name = f"auto-{slot:%Y%m%d-%H%M}"

@@ -68,7 +68,7 @@ def apply_change(ctx: OperationContext, job: Job) -> Result:
         return _finish(job, change, ChangeStatus.ROLLED_BACK, change.status_reason)
     return [
         *_finish(job, change, ChangeStatus.SUCCEEDED, None),
-        *_keep_snapshot(change),
+        *_keep_snapshot(job, change),
     ]
 
 
@@ -238,11 +238,15 @@ def _finish(job: Job, change: Change, status: ChangeStatus, reason: str | None) 
     ]
 
 
-def _keep_snapshot(change: Change) -> Result:
-    """After a success the snapshot is kept ``keep_snapshot_hours``, then expires."""
+def _keep_snapshot(job: Job, change: Change) -> Result:
+    """After a success the snapshot is kept ``keep_snapshot_hours``, then expires (its
+    host's agent deletes it, as any expired snapshot)."""
     until = utcnow() + timedelta(hours=change.keep_snapshot_hours)
-    log.info("change %s succeeded; its snapshot is kept until %s", change.id, until)
-    return []
+    return [
+        update(Snapshot)
+        .where(Snapshot.id == job.snapshot_id, Snapshot.protected.is_(False))
+        .values(expires_at=until)
+    ]
 
 
 # --- recording ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vpsd.db.models import (
@@ -63,6 +64,18 @@ def enqueue(
     )
     session.add(operation)
     return operation
+
+
+def lock_server_row(session: Session, server_id: int) -> Server | None:
+    """The server, locked for the rest of the transaction and read afresh (the agents'
+    periodic jobs: any account's server), or None if it has no row."""
+    server: Server | None = session.scalar(
+        select(Server)
+        .where(Server.id == server_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return server
 
 
 def enqueue_backup(

@@ -49,6 +49,13 @@ class ApplyChange(Payload):
     change_id: int
 
 
+class DeleteSnapshot(Payload):
+    """``snapshot.delete``: why the snapshot goes (its user asked, it expired, or its policy
+    rotated it out), so the operation's row says it."""
+
+    reason: Literal["requested", "expired", "rotated"] = "requested"
+
+
 class NoPayload(Payload):
     """The kinds that need nothing beyond their ids."""
 
@@ -56,6 +63,7 @@ class NoPayload(Payload):
 PAYLOADS: dict[OperationKind, type[Payload]] = {
     OperationKind.SERVER_CREATE: CreateServer,
     OperationKind.SNAPSHOT_RESTORE: Restore,
+    OperationKind.SNAPSHOT_DELETE: DeleteSnapshot,
     OperationKind.BACKUP_RESTORE: Restore,
     OperationKind.CHANGE_APPLY: ApplyChange,
 }

@@ -9,15 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
-
 from vpsd.db.base import utcnow
-from vpsd.db.models import BackupPolicy, Server, ServerStatus
+from vpsd.db.models import BackupPolicy
 from vpsd.db.session import Database
-from vpsd.operations.backup_schedule import PERIODS, latest_slot
+from vpsd.operations.backup_schedule import slots_of
 from vpsd.schemas import BackupPolicy as PolicyRequest
-from vpsd.services.common import lock_server
-from vpsd.services.errors import NotFound
+from vpsd.services.common import find_server, lock_server
 
 DEFAULT = PolicyRequest(enabled=False)
 """What a server without a policy shows."""
@@ -36,7 +33,7 @@ class PolicyView:
 
 
 def _view(policy: BackupPolicy | PolicyRequest, now: datetime) -> PolicyView:
-    upcoming = latest_slot(policy, now) + PERIODS[policy.frequency] if policy.enabled else None
+    upcoming = slots_of(policy).following(now) if policy.enabled else None
     return PolicyView(
         policy.enabled, policy.frequency, policy.hour, policy.weekday, policy.keep, upcoming
     )
@@ -51,15 +48,7 @@ class BackupPolicyService:
     def get(self, account_id: int, server_id: int) -> PolicyView:
         """The server's policy (disabled defaults when none was set); NotFound as servers."""
         with self.db.read() as session:
-            server = session.scalar(
-                select(Server).where(
-                    Server.id == server_id,
-                    Server.account_id == account_id,
-                    Server.status != ServerStatus.DELETED,
-                )
-            )
-            if server is None:
-                raise NotFound("server not found")
+            find_server(session, account_id, server_id)
             policy = session.get(BackupPolicy, server_id)
             return _view(policy or DEFAULT, utcnow())
 

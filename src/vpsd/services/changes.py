@@ -15,14 +15,22 @@ from sqlalchemy.orm import Session
 
 from vpsd.config import Settings
 from vpsd.db.changes import Change, ChangePhase, ChangeStatus
-from vpsd.db.models import OperationKind, Server, ServerStatus, Snapshot, SnapshotStatus
+from vpsd.db.models import (
+    OperationKind,
+    Server,
+    ServerStatus,
+    Snapshot,
+    SnapshotStatus,
+    SnapshotType,
+)
 from vpsd.db.session import Database
 from vpsd.operations.outbox import Dispatcher, enqueue
 from vpsd.operations.payloads import ApplyChange
+from vpsd.operations.snapshot_records import counted
 from vpsd.schemas import ChangeCreate
 from vpsd.services.common import PageRequest, ensure_idle, lock_server
 from vpsd.services.errors import InvalidState, LimitReached, NotFound
-from vpsd.services.snapshots import COUNTED, ServerName
+from vpsd.services.snapshots import ServerName
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +81,8 @@ class ChangeService:
             if server.image_id is None:
                 raise InvalidState("a blank server has no guest to run a command in")
             ensure_idle(session, server)
-            taken = session.scalar(
-                select(func.count())
-                .select_from(Snapshot)
-                .where(Snapshot.server_id == server.id, Snapshot.status.in_(COUNTED))
-            )
             limit = self.settings.max_snapshots_per_server
-            if (taken or 0) >= limit:
+            if counted(session, server.id) >= limit:
                 raise LimitReached(
                     f"snapshot limit reached: a change needs a free snapshot slot to roll back "
                     f"to, and this server has {limit}; delete one first"
@@ -103,6 +106,7 @@ class ChangeService:
                 name=f"before-change-{change.id}",
                 description=f"taken by change {change.id} before: {request.command[:200]}",
                 status=SnapshotStatus.IN_PROGRESS,
+                type=SnapshotType.MANUAL,  # the change's user asked for it: never rotated
                 # with memory, a rollback resumes the guest in seconds instead of booting it
                 memory=True,
             )

@@ -29,6 +29,20 @@ class PageRequest:
         return (self.page - 1) * self.page_size
 
 
+def find_server(session: Session, account_id: int, server_id: int) -> Server:
+    """The caller's server (not deleted), read without a lock; NotFound otherwise."""
+    server = session.scalar(
+        select(Server).where(
+            Server.id == server_id,
+            Server.account_id == account_id,
+            Server.status != ServerStatus.DELETED,
+        )
+    )
+    if server is None:
+        raise NotFound("server not found")
+    return server
+
+
 def lock_server(session: Session, account_id: int, server_id: int) -> Server:
     """The caller's server, locked for the rest of the transaction; NotFound otherwise.
 

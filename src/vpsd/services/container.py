@@ -14,6 +14,7 @@ from vpsd.services.changes import ChangeService
 from vpsd.services.hosts import HostService
 from vpsd.services.images import ImageService
 from vpsd.services.servers import ServerService
+from vpsd.services.snapshot_policies import SnapshotPolicyService
 from vpsd.services.snapshots import SnapshotService
 from vpsd.services.ssh_keys import SshKeyService
 from vpsd.services.tokens import TokenAuthenticator
@@ -31,6 +32,7 @@ class Services:
     backups: BackupService
     backup_policies: BackupPolicyService
     changes: ChangeService
+    snapshot_policies: SnapshotPolicyService
     ssh_keys: SshKeyService
     hosts: HostService
     authenticate: TokenAuthenticator
@@ -47,6 +49,7 @@ def build_services(db: Database, settings: Settings, dispatcher: Dispatcher) -> 
         backups=BackupService(db, settings, dispatcher),
         backup_policies=BackupPolicyService(db),
         changes=ChangeService(db, settings, dispatcher),
+        snapshot_policies=SnapshotPolicyService(db, settings),
         ssh_keys=SshKeyService(db),
         hosts=HostService(db, settings),
         authenticate=TokenAuthenticator(db, settings.token_cache_seconds),

@@ -72,6 +72,51 @@ class ServerView:
     source_backup_id: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotName:
+    """A snapshot, named (in a server deletion's answer)."""
+
+    id: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServerDeletion:
+    """A server being deleted, and the snapshots whose protection a forced delete removed."""
+
+    server: ServerView
+    unprotected: list[SnapshotName]
+
+
+Unprotected = list[SnapshotName]
+"""The snapshots a forced delete removed the protection of (``ServerService`` has a ``list``)."""
+
+
+def _release_protected_snapshots(
+    session: Session, server: Server, force: bool
+) -> list[SnapshotName]:
+    """The server's protected snapshots, their protection removed when ``force``; else
+    InvalidState if it has any."""
+    protected = session.scalars(
+        select(Snapshot)
+        .where(
+            Snapshot.server_id == server.id,
+            Snapshot.protected,
+            Snapshot.status != SnapshotStatus.DELETING,
+        )
+        .order_by(Snapshot.id)
+    ).all()
+    if protected and not force:
+        names = ", ".join(f"{s.name} ({s.id})" for s in protected)
+        raise InvalidState(
+            f"server {server.name} has protected snapshots: {names}. Remove their protection "
+            "first, or delete the server with ?force=true, which removes it"
+        )
+    for snapshot in protected:
+        snapshot.protected = False
+    return [SnapshotName(s.id, s.name) for s in protected]
+
+
 class ServerService:
     """The rules for a customer's servers; every method is one transaction."""
 
@@ -189,13 +234,17 @@ class ServerService:
             )
             return self._view(server)
 
-    def _act(self, account_id: int, server_id: int, action: ServerAction) -> ServerView:
+    def _act(
+        self, account_id: int, server_id: int, action: ServerAction, force: bool = False
+    ) -> tuple[ServerView, Unprotected]:
+        unprotected: Unprotected = []
         with self.db.write() as session:
             server = lock_server(session, account_id, server_id)
             transition(server, action)
             if action is ServerAction.START:
                 self._ensure_made(server)
             if action is ServerAction.DELETE:
+                unprotected = _release_protected_snapshots(session, server, force)
                 # The server's snapshots go with it, and leave the API at once; its backups
                 # stay, but no new automatic one is taken.
                 session.execute(
@@ -211,11 +260,11 @@ class ServerService:
             enqueue(session, ACTION_KINDS[action], server.id)
             view = self._view(server)
         self.dispatcher.notify()
-        return view
+        return view, unprotected
 
     def stop(self, account_id: int, server_id: int) -> ServerView:
         """``running`` → ``stopping``; the VM is powered down (ACPI, then forced)."""
-        return self._act(account_id, server_id, ServerAction.STOP)
+        return self._act(account_id, server_id, ServerAction.STOP)[0]
 
     def start(self, account_id: int, server_id: int) -> ServerView:
         """``stopped``/``error`` → ``starting``; the VM boots.
@@ -223,7 +272,7 @@ class ServerService:
         Raises InvalidState for a server made from a snapshot or a backup whose disk never
         was (its create failed): a start would give it its image's empty disk instead.
         """
-        return self._act(account_id, server_id, ServerAction.START)
+        return self._act(account_id, server_id, ServerAction.START)[0]
 
     def _ensure_made(self, server: Server) -> None:
         source = (
@@ -244,11 +293,16 @@ class ServerService:
     def reboot(self, account_id: int, server_id: int) -> ServerView:
         """``running`` → ``rebooting``: a graceful power cycle (ACPI, forced after the
         timeout), then the VM boots again."""
-        return self._act(account_id, server_id, ServerAction.REBOOT)
+        return self._act(account_id, server_id, ServerAction.REBOOT)[0]
 
-    def delete(self, account_id: int, server_id: int) -> ServerView:
-        """→ ``deleting``: the VM is killed and its disks, snapshots included, removed."""
-        return self._act(account_id, server_id, ServerAction.DELETE)
+    def delete(self, account_id: int, server_id: int, force: bool = False) -> ServerDeletion:
+        """→ ``deleting``: the VM is killed and its disks, snapshots included, removed.
+
+        Raises InvalidState while any of its snapshots is protected, unless ``force``: then
+        their protection is removed first, and the answer names them.
+        """
+        view, unprotected = self._act(account_id, server_id, ServerAction.DELETE, force)
+        return ServerDeletion(view, unprotected)
 
     def console(self, account_id: int, server_id: int, max_bytes: int) -> bytes:
         """The last ``max_bytes`` of the server's serial console, as its host's agent last

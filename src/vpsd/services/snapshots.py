@@ -1,33 +1,35 @@
-"""Snapshots: the rules of the seed page (5 per server, completed-only restore, tenancy)."""
+"""Snapshots: the rules of the seed page (5 per server, completed-only restore, tenancy),
+and edits: a name, a description, protection, an expiry."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import exists, func, select, text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, joinedload
 
 from vpsd.config import Settings
-from vpsd.db.base import StoredTime
+from vpsd.db.base import StoredTime, utcnow
 from vpsd.db.models import (
-    Operation,
     OperationKind,
     Server,
     ServerStatus,
     Snapshot,
     SnapshotStatus,
+    SnapshotType,
 )
 from vpsd.db.session import Database
-from vpsd.operations.outbox import ACTIVE_OPERATION, Dispatcher, enqueue
-from vpsd.schemas import SnapshotCreate
+from vpsd.operations.outbox import Dispatcher
+from vpsd.operations.snapshot_records import counted, enqueue_deletion, enqueue_snapshot, in_use
+from vpsd.schemas import SnapshotCreate, SnapshotUpdate, format_time
 from vpsd.services.common import PageRequest, lock_server, transition
-from vpsd.services.errors import InvalidState, LimitReached, NotFound
+from vpsd.services.errors import Invalid, InvalidState, LimitReached, NotFound
 from vpsd.services.restores import RestoreView, begin_restore, ensure_completed
 from vpsd.services.states import ServerAction
 
 VISIBLE = (SnapshotStatus.IN_PROGRESS, SnapshotStatus.COMPLETED, SnapshotStatus.FAILED)
-COUNTED = (SnapshotStatus.IN_PROGRESS, SnapshotStatus.COMPLETED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,10 @@ class SnapshotView(NamedTuple):
     consistency: str | None
     memory: bool
     pause_ms: int | None
+    type: SnapshotType
+    protected: bool | int
+    """``int`` as SQLite returns it (0 or 1) to the read statements."""
+    expires_at: StoredTime | None
     server_id: int
     server_name: str
 
@@ -70,7 +76,8 @@ _FROM = (
 _COLUMNS = (
     "SELECT snapshots.id, snapshots.name, snapshots.status, snapshots.size_mb, "
     "snapshots.created_at, snapshots.description, snapshots.status_reason, "
-    "snapshots.consistency, snapshots.memory, snapshots.pause_ms, servers.id, servers.name "
+    "snapshots.consistency, snapshots.memory, snapshots.pause_ms, snapshots.type, "
+    "snapshots.protected, snapshots.expires_at, servers.id, servers.name "
 )
 _BY_SERVER = " AND snapshots.server_id = :server"
 _PAGE = " ORDER BY snapshots.id DESC LIMIT :limit OFFSET :offset"
@@ -139,8 +146,11 @@ class SnapshotService:
 
         Raises NotFound for an unknown server, InvalidState when the server is not running
         or stopped (running, for a snapshot with memory), LimitReached when it already has
-        the maximum of snapshots.
+        the maximum of snapshots (automatic ones count too), Invalid for an ``expires_at``
+        that is not in the future.
         """
+        if request.expires_at is not None:
+            _ensure_future(request.expires_at)
         with self.db.write() as session:
             server = lock_server(session, account_id, request.server_id)
             transition(server, ServerAction.SNAPSHOT)
@@ -149,28 +159,49 @@ class SnapshotService:
                     f"a snapshot with memory needs a running server, and this one is "
                     f"{server.status}: start it first, or take a snapshot without memory"
                 )
-            taken = session.scalar(
-                select(func.count())
-                .select_from(Snapshot)
-                .where(Snapshot.server_id == server.id, Snapshot.status.in_(COUNTED))
-            )
             limit = self.settings.max_snapshots_per_server
-            if (taken or 0) >= limit:
+            if counted(session, server.id) >= limit:
                 raise LimitReached(
                     f"snapshot limit reached: a server can have at most {limit} snapshots; "
                     "delete one first"
                 )
-            snapshot = Snapshot(
-                server=server,
-                name=request.name,
-                description=request.description,
-                status=SnapshotStatus.IN_PROGRESS,
+            snapshot = enqueue_snapshot(
+                session,
+                server,
+                request.name,
+                request.description,
+                SnapshotType.MANUAL,
+                expires_at=request.expires_at,
                 memory=request.memory,
             )
-            session.add(snapshot)
-            session.flush()
-            enqueue(session, OperationKind.SNAPSHOT_CREATE, server.id, snapshot_id=snapshot.id)
         self.dispatcher.notify()
+        return snapshot
+
+    def update(self, account_id: int, snapshot_id: int, request: SnapshotUpdate) -> Snapshot:
+        """Change the fields the request gives (``null`` clears ``description`` and
+        ``expires_at``); the snapshot as it now is.
+
+        Raises NotFound; Invalid (nothing changed) for an ``expires_at`` that is not in the
+        future, or one on a snapshot that is, or becomes, protected: a protected snapshot
+        never expires.
+        """
+        given = request.model_fields_set
+        if request.expires_at is not None:
+            _ensure_future(request.expires_at)
+        with self.db.write() as session:
+            server_id = find_snapshot(session, account_id, snapshot_id).server_id
+            lock_server(session, account_id, server_id)
+            snapshot = find_snapshot(session, account_id, snapshot_id)
+            protected = request.protected if "protected" in given else snapshot.protected
+            expires_at = request.expires_at if "expires_at" in given else snapshot.expires_at
+            if protected and expires_at is not None:
+                raise _protection_conflict(snapshot, "expires_at" in given, expires_at)
+            if request.name is not None:
+                snapshot.name = request.name
+            if "description" in given:
+                snapshot.description = request.description
+            snapshot.protected = bool(protected)
+            snapshot.expires_at = expires_at
         return snapshot
 
     def restore(self, account_id: int, snapshot_id: int) -> RestoreView:
@@ -207,36 +238,48 @@ class SnapshotService:
     def delete(self, account_id: int, snapshot_id: int) -> None:
         """Hide the snapshot at once and queue removing it from the disks.
 
-        Raises NotFound, or InvalidState while a restore from this snapshot, or a new server
-        from it, is queued or running.
+        Raises NotFound; InvalidState for a protected snapshot, or while a restore from this
+        snapshot, or a new server from it, is queued or running.
         """
         with self.db.write() as session:
             server_id = find_snapshot(session, account_id, snapshot_id).server_id
             lock_server(session, account_id, server_id)
             snapshot = find_snapshot(session, account_id, snapshot_id)
-            in_use = session.scalar(
-                select(
-                    exists().where(
-                        Operation.snapshot_id == snapshot.id,  # ix_operations_snapshot_id
-                        Operation.kind.in_(
-                            (
-                                OperationKind.SNAPSHOT_RESTORE,
-                                OperationKind.SERVER_CREATE,
-                                OperationKind.CHANGE_APPLY,
-                            )
-                        ),
-                        Operation.status.in_(ACTIVE_OPERATION),
-                    )
+            if snapshot.protected:
+                raise InvalidState(
+                    f"snapshot {snapshot.name} is protected: remove its protection first "
+                    f'(PATCH /api/v1/snapshots/{snapshot.id}/ with {{"protected": false}})'
                 )
-            )
-            if in_use:
+            if in_use(session, snapshot.id):
                 raise InvalidState(
                     "this snapshot is being restored, copied to a new server or guarding a "
                     "change; delete it when that has finished"
                 )
-            snapshot.status = SnapshotStatus.DELETING
-            enqueue(session, OperationKind.SNAPSHOT_DELETE, server_id, snapshot_id=snapshot.id)
+            enqueue_deletion(session, snapshot)
         self.dispatcher.notify()
+
+
+def _ensure_future(expires_at: datetime) -> None:
+    now = utcnow()
+    if expires_at <= now:
+        raise Invalid(
+            "body.expires_at",
+            f"must be in the future (it is now {format_time(now)}); "
+            "null keeps the snapshot until it is deleted",
+        )
+
+
+def _protection_conflict(snapshot: Snapshot, setting_expiry: bool, expires_at: datetime) -> Invalid:
+    if setting_expiry:
+        return Invalid(
+            "body.expires_at",
+            'a protected snapshot never expires: remove its protection first ("protected": false)',
+        )
+    return Invalid(
+        "body.protected",
+        f"snapshot {snapshot.name} expires at {format_time(expires_at)}: a protected snapshot "
+        'never expires, so clear its expiry in the same request ("expires_at": null)',
+    )
 
 
 def find_snapshot(session: Session, account_id: int, snapshot_id: int) -> Snapshot:

@@ -1,5 +1,6 @@
 """The panel's snapshot and backup actions, on a server's page: take one, restore it or
-delete it (each asked first), and the backup policy.
+delete it (each asked first), protect or unprotect a snapshot, and the backup and snapshot
+policies.
 
 Snapshots and backups are acted on alike, so one set of handlers serves both, told apart by
 ``kind`` (``snapshots`` or ``backups``, as in the API's paths), each kind with its own
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Request
@@ -17,9 +19,17 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from vpsd.schemas import MAX_ID, BackupCreate, BackupPolicy, SnapshotCreate
+from vpsd.db.base import utcnow
+from vpsd.schemas import (
+    MAX_ID,
+    BackupCreate,
+    BackupPolicy,
+    SnapshotCreate,
+    SnapshotPolicy,
+    SnapshotUpdate,
+)
 from vpsd.services.container import Services
-from vpsd.services.errors import DomainError
+from vpsd.services.errors import DomainError, Invalid
 from vpsd.web.render import STATUS_OF_ERROR, FormErrors, PanelRoute, confirm, done
 from vpsd.web.servers import ServerId, form_dict, render_server_page
 from vpsd.web.session import PanelUser, PanelUserDep, services_of
@@ -99,35 +109,100 @@ KINDS: dict[str, RecoveryPointKind] = {
 }
 
 
-@router.post("/servers/{server_id}/backup-policy")
-async def set_policy(request: Request, user: PanelUserDep, server_id: ServerId) -> Response:
-    """Replace the server's backup policy with the form's."""
-    values = form_dict(await request.form(), numbers=("hour", "weekday", "keep"))
+EXPIRY_CHOICES_HOURS = (1, 24, 7 * 24, 30 * 24)
+"""The take-snapshot form's choices of when the snapshot expires."""
+POLICIES: dict[str, tuple[str, type[BackupPolicy] | type[SnapshotPolicy], tuple[str, ...]]] = {
+    "backup-policy": ("Automatic backups", BackupPolicy, ("hour", "weekday", "keep")),
+    "snapshot-policy": (
+        "Automatic snapshots",
+        SnapshotPolicy,
+        ("minute", "hour", "weekday", "keep"),
+    ),
+}
+"""Per policy form: what it is called, its request model, its number fields."""
+
+
+async def set_policy(request: Request, user: PanelUser, server_id: int, form: str) -> Response:
+    """Replace the server's backup or snapshot policy (``form``) with the form's."""
+    what, model, numbers = POLICIES[form]
+    values = form_dict(await request.form(), numbers=numbers)
     values["enabled"] = values.get("enabled") == "on"
+    policies: Any = (
+        services_of(request).backup_policies
+        if form == "backup-policy"
+        else services_of(request).snapshot_policies
+    )
     try:
         await run_in_threadpool(
-            services_of(request).backup_policies.set,
-            user.account_id,
-            server_id,
-            BackupPolicy.model_validate(values),
+            policies.set, user.account_id, server_id, model.model_validate(values)
         )
     except (ValidationError, DomainError) as error:
         return await render_server_page(
-            request, user, server_id, STATUS_OF_ERROR, {"policy": FormErrors.of(error)}
+            request, user, server_id, STATUS_OF_ERROR, {form: FormErrors.of(error)}
         )
     state = "on" if values["enabled"] else "off"
-    return done(request, f"/servers/{server_id}", f"Automatic backups are {state}.")
+    return done(request, f"/servers/{server_id}", f"{what} are {state}.")
+
+
+@router.post("/servers/{server_id}/backup-policy")
+async def set_backup_policy(request: Request, user: PanelUserDep, server_id: ServerId) -> Response:
+    """Replace the server's backup policy with the form's."""
+    return await set_policy(request, user, server_id, "backup-policy")
+
+
+@router.post("/servers/{server_id}/snapshot-policy")
+async def set_snapshot_policy(
+    request: Request, user: PanelUserDep, server_id: ServerId
+) -> Response:
+    """Replace the server's snapshot policy with the form's."""
+    return await set_policy(request, user, server_id, "snapshot-policy")
+
+
+@router.post("/snapshots/{point_id}/protection")
+async def set_protection(request: Request, user: PanelUserDep, point_id: PointId) -> Response:
+    """Protect the snapshot (form ``protected=true``) or remove its protection."""
+    found = await _find_point(request, user, "snapshots", point_id)
+    wanted = (await request.form()).get("protected")
+    try:
+        if wanted not in ("true", "false"):
+            raise Invalid("protected", "choose Protect or Unprotect")
+        update = SnapshotUpdate(protected=wanted == "true")
+        await run_in_threadpool(
+            services_of(request).snapshots.update, user.account_id, point_id, update
+        )
+    except DomainError as error:
+        return await render_server_page(
+            request, user, found.server_id, STATUS_OF_ERROR, {"snapshot": FormErrors.of(error)}
+        )
+    message = (
+        f"Snapshot {found.name} is protected: it is never deleted, expired or rotated."
+        if wanted == "true"
+        else f"Snapshot {found.name} is no longer protected."
+    )
+    return done(request, f"/servers/{found.server_id}", message)
+
+
+def _expiry(values: dict[str, Any]) -> None:
+    """The take-snapshot form's ``expires_in`` (hours, one of the choices) as ``expires_at``."""
+    hours = values.pop("expires_in", None)
+    if hours is None:
+        return
+    if hours not in EXPIRY_CHOICES_HOURS:
+        raise Invalid("expires_in", "choose when the snapshot expires from the list")
+    values["expires_at"] = utcnow() + timedelta(hours=hours)
 
 
 async def take(request: Request, user: PanelUser, server_id: int, kind: Kind) -> Response:
     """Take a snapshot or a backup of the server, named in the form."""
     services = services_of(request)
-    values = form_dict(await request.form())
+    values = form_dict(await request.form(), numbers=("expires_in",))
     values["server_id"] = server_id
     noun = KINDS[kind].noun
+    shown = dict(values)
     try:
         if kind == "snapshots":
             values["memory"] = values.get("memory") == "on"
+            _expiry(values)
             created: Any = await run_in_threadpool(
                 services.snapshots.create, user.account_id, SnapshotCreate.model_validate(values)
             )
@@ -142,7 +217,7 @@ async def take(request: Request, user: PanelUser, server_id: int, kind: Kind) ->
             server_id,
             STATUS_OF_ERROR,
             {noun: FormErrors.of(error)},
-            {noun: values},
+            {noun: shown},
         )
     return done(request, f"/servers/{server_id}", f"Taking {noun} {created.name}.")
 

@@ -113,9 +113,10 @@ def confirm(
     action: str,
     button: str,
     back: str,
+    fields: dict[str, str] | None = None,
 ) -> HTMLResponse:
     """A page asking to confirm a destructive action: what will happen, a button that
-    posts to ``action``, and a way back to ``back``."""
+    posts to ``action`` (with ``fields``, hidden), and a way back to ``back``."""
     return page(
         request,
         "confirm.html",
@@ -125,6 +126,7 @@ def confirm(
         action=action,
         button=button,
         back=back,
+        fields=fields or {},
     )
 
 

@@ -1,5 +1,5 @@
 """The panel's server pages: the list (live), creating one, a server's page with its power
-actions, console, SSH command, snapshots, backups and backup policy, and deleting it."""
+actions, console, SSH command, snapshots, backups and their policies, and deleting it."""
 
 from __future__ import annotations
 
@@ -151,11 +151,15 @@ async def render_server_page(
     errors: dict[str, FormErrors] | None = None,
     form: dict[str, Any] | None = None,
 ) -> Response:
-    """The server's page; ``errors`` (by form: ``snapshot``, ``backup``, ``policy``,
-    ``power``) shown beside the forms that caused them, ``form`` their values."""
+    """The server's page; ``errors`` (by form: ``snapshot``, ``backup``, ``backup-policy``,
+    ``snapshot-policy``, ``power``) shown beside the forms that caused them, ``form`` their
+    values."""
     services = services_of(request)
     context = await run_in_threadpool(_server_page_context, request, user, server_id)
     policy = await run_in_threadpool(services.backup_policies.get, user.account_id, server_id)
+    snapshot_policy = await run_in_threadpool(
+        services.snapshot_policies.get, user.account_id, server_id
+    )
     return page(
         request,
         "server.html",
@@ -163,6 +167,7 @@ async def render_server_page(
         status=status,
         snapshots=await _snapshots(request, user, server_id),
         policy=policy,
+        snapshot_policy=snapshot_policy,
         errors=errors or {},
         form=form or {},
         **context,
@@ -211,34 +216,50 @@ async def power(
 
 
 @router.get("/servers/{server_id}/delete")
-def confirm_delete(request: Request, user: PanelUserDep, server_id: ServerId) -> Response:
-    """Ask before deleting the server."""
-    server = services_of(request).servers.get(user.account_id, server_id)
+async def confirm_delete(request: Request, user: PanelUserDep, server_id: ServerId) -> Response:
+    """Ask before deleting the server; say which of its snapshots lose their protection."""
+    services = services_of(request)
+    server = await run_in_threadpool(services.servers.get, user.account_id, server_id)
+    protected = [s.name for s in await _snapshots(request, user, server_id) if s.protected]
+    consequences = [
+        "Its virtual machine is stopped at once and its disks are erased.",
+        "Its snapshots are deleted with it. Its backups are kept: a new server can be "
+        "made from them.",
+        "This cannot be undone.",
+    ]
+    if protected:
+        consequences.insert(
+            2,
+            f"Protected snapshots lose their protection and are deleted too: "
+            f"{', '.join(protected)}.",
+        )
     return confirm(
         request,
         user,
         title=f"Delete server {server.name}?",
-        consequences=[
-            "Its virtual machine is stopped at once and its disks are erased.",
-            "Its snapshots are deleted with it. Its backups are kept: a new server can be "
-            "made from them.",
-            "This cannot be undone.",
-        ],
+        consequences=consequences,
         action=f"/servers/{server_id}/delete",
         button="Delete server",
         back=f"/servers/{server_id}",
+        fields={"force": "true"} if protected else None,
     )
 
 
 @router.post("/servers/{server_id}/delete")
 async def delete_server(request: Request, user: PanelUserDep, server_id: ServerId) -> Response:
-    """Delete the server."""
+    """Delete the server (with ``force=true``, as its confirmation said: removing the
+    protection of its snapshots first)."""
     servers = services_of(request).servers
     server = await run_in_threadpool(servers.get, user.account_id, server_id)
+    force = (await request.form()).get("force") == "true"
     try:
-        await run_in_threadpool(servers.delete, user.account_id, server_id)
+        deletion = await run_in_threadpool(servers.delete, user.account_id, server_id, force)
     except DomainError as error:
         return await render_server_page(
             request, user, server_id, STATUS_OF_ERROR, {"power": FormErrors.of(error)}
         )
-    return done(request, "/servers", f"Server {server.name} is being deleted.")
+    message = f"Server {server.name} is being deleted."
+    if deletion.unprotected:
+        names = ", ".join(s.name for s in deletion.unprotected)
+        message += f" The protection of its snapshots {names} was removed."
+    return done(request, "/servers", message)

@@ -1,19 +1,30 @@
 """``/api/v1/servers/``: create, list, show, start, stop, reboot, console, delete, and the
-server's backup policy."""
+server's backup and snapshot policies."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from vpsd.api.deps import DIGITS_ONLY, PageDep, PrincipalDep, ServicesDep
 from vpsd.api.pagination import page_links
-from vpsd.api.presenters import policy_out, server_out
+from vpsd.api.presenters import policy_out, server_out, snapshot_policy_out
 from vpsd.api.responses import responses, text_route_responses
 from vpsd.api.routing import ApiRoute
-from vpsd.schemas import MAX_ID, BackupPolicy, BackupPolicyOut, Page, ServerCreate, ServerOut
+from vpsd.schemas import (
+    MAX_ID,
+    BackupPolicy,
+    BackupPolicyOut,
+    Page,
+    ServerCreate,
+    ServerDeleted,
+    ServerOut,
+    SnapshotPolicy,
+    SnapshotPolicyOut,
+    SnapshotRef,
+)
 
 router = APIRouter(prefix="/servers", tags=["servers"], route_class=ApiRoute)
 DEFAULT_CONSOLE_BYTES = 64 * 1024
@@ -102,11 +113,35 @@ def server_console(
     operation_id="deleteServer",
     status_code=204,
     response_class=Response,
-    responses=responses(400, 401, 404),
+    responses={
+        200: {"model": ServerDeleted, "description": "with force=true: what protection it removed"},
+        **responses(400, 401, 404),
+    },
 )
-def delete_server(server_id: ServerId, principal: PrincipalDep, services: ServicesDep) -> None:
-    """Delete the server: its VM is killed, its disks and snapshots removed."""
-    services.servers.delete(principal.account_id, server_id)
+def delete_server(
+    server_id: ServerId,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    force: Annotated[
+        bool,
+        Query(description="remove the protection of the server's snapshots first, and say so"),
+    ] = False,
+) -> Response:
+    """Delete the server: its VM is killed, its disks and snapshots removed. Refused (400)
+    while a snapshot of it is protected, unless ``force=true``: that answers 200 with the
+    snapshots whose protection it removed; else 204."""
+    deletion = services.servers.delete(principal.account_id, server_id, force)
+    if not force:
+        return Response(status_code=204)
+    removed = [SnapshotRef(id=s.id, name=s.name) for s in deletion.unprotected]
+    named = ", ".join(f"{s.name} ({s.id})" for s in removed)
+    message = f"Server {deletion.server.name} is being deleted with its snapshots" + (
+        f"; the protection of {len(removed)} snapshot(s) was removed first: {named}."
+        if removed
+        else "; none of them was protected."
+    )
+    body = ServerDeleted(message=message, unprotected_snapshots=removed)
+    return JSONResponse(body.model_dump())
 
 
 @router.get(
@@ -132,3 +167,32 @@ def set_backup_policy(
     """Replace the server's backup policy: daily, or weekly on ``weekday``, at ``hour`` UTC;
     the oldest automatic backups beyond ``keep`` are deleted."""
     return policy_out(services.backup_policies.set(principal.account_id, server_id, body))
+
+
+@router.get(
+    "/{server_id}/snapshot-policy/",
+    operation_id="getSnapshotPolicy",
+    responses=responses(400, 401, 404),
+)
+def get_snapshot_policy(
+    server_id: ServerId, principal: PrincipalDep, services: ServicesDep
+) -> SnapshotPolicyOut:
+    """When the server's automatic snapshots are taken, how many are kept, and the latest
+    slot that was skipped (and why)."""
+    return snapshot_policy_out(services.snapshot_policies.get(principal.account_id, server_id))
+
+
+@router.put(
+    "/{server_id}/snapshot-policy/",
+    operation_id="setSnapshotPolicy",
+    responses=responses(400, 401, 404, 413, 415),
+)
+def set_snapshot_policy(
+    server_id: ServerId, body: SnapshotPolicy, principal: PrincipalDep, services: ServicesDep
+) -> SnapshotPolicyOut:
+    """Replace the server's snapshot policy: hourly at ``minute``, daily at ``hour``:``minute``
+    or weekly on ``weekday`` too, UTC. Automatic snapshots count toward the server's 5; the
+    oldest automatic ones beyond ``keep`` are deleted, never a manual or protected one."""
+    return snapshot_policy_out(
+        services.snapshot_policies.set(principal.account_id, server_id, body)
+    )

@@ -1,4 +1,5 @@
-"""``/api/v1/snapshots/``: the seed page's list, create, restore and delete, plus show."""
+"""``/api/v1/snapshots/``: the seed page's list, create, restore and delete, plus show and
+edit (name, description, protection, expiry)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from vpsd.schemas import (
     SnapshotCreate,
     SnapshotCreated,
     SnapshotOut,
+    SnapshotUpdate,
 )
 from vpsd.services.container import Services
 
@@ -100,6 +102,20 @@ async def get_snapshot(snapshot_id: SnapshotId, request: Request) -> FastJSONRes
     return FastJSONResponse(snapshot_json(snapshot))
 
 
+@router.patch(
+    "/{snapshot_id}/",
+    operation_id="updateSnapshot",
+    responses=responses(400, 401, 404, 413, 415),
+)
+def update_snapshot(
+    snapshot_id: SnapshotId, body: SnapshotUpdate, principal: PrincipalDep, services: ServicesDep
+) -> SnapshotOut:
+    """Change a snapshot's ``name``, ``description``, ``protected`` or ``expires_at``: only
+    the fields given (``null`` clears the description or the expiry). A protected snapshot
+    refuses deletion, expiry and rotation; it cannot have an ``expires_at``."""
+    return snapshot_out(services.snapshots.update(principal.account_id, snapshot_id, body))
+
+
 @router.post(
     "/{snapshot_id}/restore/", operation_id="restoreSnapshot", responses=responses(400, 401, 404)
 )
@@ -134,5 +150,6 @@ def restore_snapshot(
 def delete_snapshot(
     snapshot_id: SnapshotId, principal: PrincipalDep, services: ServicesDep
 ) -> None:
-    """Permanently delete a snapshot; it is gone from the API at once."""
+    """Permanently delete a snapshot; it is gone from the API at once. A protected one is
+    refused (400): remove its protection first."""
     services.snapshots.delete(principal.account_id, snapshot_id)
