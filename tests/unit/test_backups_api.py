@@ -205,7 +205,7 @@ def test_a_failing_store_fails_the_backup_and_leaves_the_server_alone(
 ) -> None:
     sid = alice.create_server()["id"]
     fake_driver.write(sid, b"data")
-    fake_store.fail_next("save", "the backup storage is full (the operator's log has the details)")
+    fake_store.fail_next("save_disk", "the backup storage is full (the operator's log has the details)")
     backup = alice.create_backup(sid)
     assert backup["status"] == "failed"
     assert backup["status_reason"] == (
@@ -226,7 +226,7 @@ def test_a_failed_restore_puts_the_server_in_error(
 ) -> None:
     sid = alice.create_server()["id"]
     backup = alice.create_backup(sid)
-    fake_store.fail_next("load", "the backup storage cannot be reached")
+    fake_store.fail_next("load_disk", "the backup storage cannot be reached")
     assert alice.post(f"/backups/{backup['id']}/restore/").status_code == 200
     alice.wait_server(sid, "error")
     reason = alice.get(f"/servers/{sid}/").json()["status_reason"]

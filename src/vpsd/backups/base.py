@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO, Protocol
 
-from vpsd.hypervisor.base import DriverError
+from vpsd.hypervisor.base import DiskSource, DriverError
 
 
 class BackupStoreError(DriverError):
@@ -25,11 +25,19 @@ class BackupStoreError(DriverError):
 
 @dataclass(frozen=True, slots=True)
 class SavedDisk:
-    """One disk stored: the store's id for it, its length, and the new data it added."""
+    """One disk stored: the store's id for it, its length, and the new data it added.
+
+    A disk saved from a ``DiskSource`` also says how it is laid out in the store
+    (``layout``, which ``load_disk`` reads back), whether only what changed since its
+    parent was read (``incremental``), and how many bytes of the disk were read.
+    """
 
     snapshot: str
     size_bytes: int
     added_bytes: int
+    layout: str = "raw"
+    incremental: bool = False
+    read_bytes: int | None = None
 
 
 Tags = Mapping[str, str]
@@ -46,6 +54,29 @@ class BackupStore(Protocol):
     ) -> SavedDisk:
         """Store the stream's bytes (read to its end, then closed) as ``filename``; call
         ``on_progress`` now and then with the bytes stored so far."""
+        ...
+
+    def save_disk(
+        self,
+        source: DiskSource,
+        tags: Tags,
+        *,
+        checkpoint: str,
+        parent: str | None,
+        on_progress: Progress | None = None,
+    ) -> SavedDisk:
+        """Store the disk ``source`` reads, at backup checkpoint ``checkpoint``.
+
+        ``parent`` is the stored disk of the backup whose checkpoint ``source.changes``
+        is relative to (``changes.since``): what did not change since then is taken from
+        it without being read. The stored disk is whole on its own: forgetting the parent
+        later takes nothing from it. Without a usable parent everything is read.
+        """
+        ...
+
+    def load_disk(self, snapshot: str, disk: str, size_bytes: int, sink: IO[bytes]) -> None:
+        """Write disk ``disk`` as ``save_disk`` stored it (layout ``chunks``) to ``sink``:
+        ``size_bytes`` raw bytes; then close ``sink``."""
         ...
 
     def load(self, snapshot: str, filename: str, sink: IO[bytes]) -> None:

@@ -24,6 +24,7 @@ from typing import IO, Any, TypeVar
 
 from vpsd.backups.base import BackupStoreError, Progress, SavedDisk, Tags
 from vpsd.hypervisor import command
+from vpsd.hypervisor.base import DiskSource
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class ResticStore:
         sftp_command: str | None = None,
         stream_timeout: float = 6 * 3600.0,
         program: str = RESTIC,
+        work_dir: Path | None = None,
     ) -> None:
         self.repository = repository
         self.password_file = password_file
@@ -63,6 +65,8 @@ class ResticStore:
         self.sftp_command = sftp_command
         self.stream_timeout = stream_timeout
         self.program = program
+        self.work_dir = work_dir or cache_dir.parent / "backup-work"
+        """Disks' views while they are backed up, and the chunk times kept for the next."""
         self._ready = False
         self._ready_lock = threading.Lock()
         self._access = _SharedExclusiveLock()
@@ -110,6 +114,28 @@ class ResticStore:
             int(summary["data_added"]),
         )
 
+    def save_disk(
+        self,
+        source: DiskSource,
+        tags: Tags,
+        *,
+        checkpoint: str,
+        parent: str | None,
+        on_progress: Progress | None = None,
+    ) -> SavedDisk:
+        """The disk as chunk files through a FUSE view (``restic_chunks``)."""
+        from vpsd.backups import restic_chunks  # it builds on this module
+
+        return restic_chunks.save_disk(
+            self, source, tags, checkpoint=checkpoint, parent=parent, on_progress=on_progress
+        )
+
+    def load_disk(self, snapshot: str, disk: str, size_bytes: int, sink: IO[bytes]) -> None:
+        """``restic dump`` of the disk's chunk files, back into raw bytes (``restic_chunks``)."""
+        from vpsd.backups import restic_chunks
+
+        restic_chunks.load_disk(self, snapshot, disk, size_bytes, sink)
+
     def load(self, snapshot: str, filename: str, sink: IO[bytes]) -> None:
         """``restic dump`` into ``sink`` (closed here)."""
         self.ensure_ready()
@@ -143,6 +169,9 @@ class ResticStore:
         self.ensure_ready()
         self._run("unlock")  # a restic killed mid-command left a lock --prune would wait on
         self._run("forget", "--prune", *snapshots, exclusive=True)
+        from vpsd.backups import restic_chunks
+
+        restic_chunks.forget_times(self.work_dir, snapshots)
 
     def unlock_stale(self) -> None:
         """``restic unlock``: removes only locks whose process is gone (or 30 min old)."""

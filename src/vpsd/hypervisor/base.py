@@ -7,6 +7,7 @@ that an operation interrupted by a crash can simply be executed again.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -144,6 +145,74 @@ class DiskInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class DiskChanges:
+    """What a backup point knows of one disk: which regions were written since the point of
+    an earlier checkpoint (a backup of the same disk).
+
+    ``since`` names that checkpoint when the change record is whole: then every byte outside
+    ``dirty`` (sorted, disjoint ``(offset, length)`` runs) is as it was at that point. When
+    ``since`` is None the changes are unknown and a backup must read the whole disk;
+    ``chain_break`` then says why, in words fit for the server's owner (None for a first
+    backup, which had no earlier checkpoint to ask for).
+    """
+
+    name: str
+    size_bytes: int
+    since: str | None = None
+    dirty: tuple[tuple[int, int], ...] = ()
+    chain_break: str | None = None
+
+    @property
+    def dirty_bytes(self) -> int:
+        """Bytes written since ``since`` (at the change record's granularity)."""
+        return sum(length for _, length in self.dirty)
+
+    def changed(self, offset: int, length: int) -> bool:
+        """True when ``[offset, offset + length)`` may differ from the checkpoint's point:
+        always when the changes are unknown."""
+        if self.since is None:
+            return True
+        index = bisect_right(self.dirty, (offset, 1 << 63)) - 1
+        if index >= 0 and self.dirty[index][0] + self.dirty[index][1] > offset:
+            return True
+        return index + 1 < len(self.dirty) and self.dirty[index + 1][0] < offset + length
+
+
+@dataclass(frozen=True, slots=True)
+class BackupPoint:
+    """What ``backup_point_create`` took: a snapshot of every disk, its captured bytes and
+    consistency (as ``SnapshotResult``), and each disk's changes since the checkpoint asked."""
+
+    captured_bytes: int
+    consistency: Consistency
+    disks: tuple[DiskChanges, ...]
+
+
+class DiskSource(Protocol):
+    """One disk's bytes at a backup point, read at any offset (several threads at once).
+
+    ``changes`` is the point's ``DiskChanges`` for this disk; ``read_bytes`` counts what was
+    read so far. ``data_extents`` lists the regions that may hold other bytes than zeros
+    (sorted ``(offset, length)``): the rest of the disk reads as zeros and need not be read.
+    """
+
+    changes: DiskChanges
+
+    @property
+    def read_bytes(self) -> int:
+        """Bytes read from the disk so far."""
+        ...
+
+    def data_extents(self) -> list[tuple[int, int]]:
+        """The regions that may hold non-zero bytes, in order."""
+        ...
+
+    def read_into(self, offset: int, view: memoryview) -> None:
+        """Fill ``view`` with the disk's bytes from ``offset``; raises ``DriverError``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class VmInfo:
     """A VM's live state, for reconciliation and for tests."""
 
@@ -243,6 +312,37 @@ class Driver(Protocol):
         own (no image below it), of ``size_bytes`` or ``spec.disk_gb`` GiB if larger, and
         appears only once the stream has ended well. Leaving the context raises
         ``DriverError`` when the write failed."""
+        ...
+
+    def backup_point_create(
+        self, server_id: int, tag: str, checkpoint: str, since: str | None
+    ) -> BackupPoint:
+        """Take internal snapshot ``tag`` of every disk and start recording changes under
+        ``checkpoint``, at one point in time (one QMP transaction while the VM runs, with
+        the guest frozen as for ``snapshot_create``; ``qemu-img`` when it is stopped).
+
+        For each disk, the result says what was written between the point of checkpoint
+        ``since`` (an earlier backup of these disks) and this one, or why that is unknown:
+        every change of a disk outside the guest's own writes (a snapshot or backup restore,
+        a resize, a VM killed mid-write, a record removed by hand, a disk made anew) breaks
+        the chain, and then the whole disk must be read. Change records other than
+        ``since`` and ``checkpoint`` are dropped. A leftover ``tag`` or ``checkpoint`` of an
+        interrupted attempt is replaced.
+        """
+        ...
+
+    def backup_source(
+        self, server_id: int, tag: str, changes: DiskChanges
+    ) -> AbstractContextManager[DiskSource]:
+        """Random access to disk ``changes.name`` as of snapshot ``tag`` of a backup point
+        (running or stopped VM); leaving the context raises ``DriverError`` when a read
+        failed."""
+        ...
+
+    def backup_point_finish(self, server_id: int, tag: str, checkpoint: str, *, kept: bool) -> None:
+        """End a backup point: delete snapshot ``tag``; when the backup was ``kept``
+        (stored whole), ``checkpoint`` becomes each disk's only change record, else it is
+        dropped and the earlier record (``since``) stays the base of the next backup."""
         ...
 
     def snapshot_clone(self, source_server_id: int, tag: str, spec: VmSpec) -> None:

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -206,9 +207,10 @@ def streaming(
     stdin: int | IO[bytes] | None = None,
     stdout: int | IO[bytes] | None = None,
     env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run a program that streams data through pipes (``subprocess.PIPE``) or file objects,
-    for the body of the ``with``; then wait for it to end.
+    for the body of the ``with``; then wait for it to end (in ``cwd``, else ``/``).
 
     Raises ``CommandError`` when it is missing, exits non-zero, or has not ended
     ``timeout`` seconds after it started (it is killed then). When the body raises, the
@@ -225,7 +227,7 @@ def streaming(
             stdin=subprocess.DEVNULL if stdin is None else stdin,
             stdout=subprocess.DEVNULL if stdout is None else stdout,
             stderr=subprocess.PIPE,
-            cwd="/",
+            cwd=cwd or "/",
             env={**_ENV, **(env or {})},
             close_fds=True,
             start_new_session=True,
@@ -270,6 +272,46 @@ def streaming(
     if returncode != 0:
         detail = _one_line(stderr)[-2000:] or "no error output"
         raise CommandError(args, returncode, stderr, f"{name} failed (exit {returncode}): {detail}")
+
+
+@contextlib.contextmanager
+def serving(args: list[str], *, ready: Path, timeout: float = 30.0) -> Iterator[None]:
+    """Run a server (``qemu-nbd``...) for the body of the ``with``, once the unix socket
+    ``ready`` exists; then kill it (and what it started). Like ``streaming``'s programs, it
+    dies with vpsd. Raises ``CommandError`` when it is missing, or ends or has not made
+    ``ready`` within ``timeout`` seconds.
+    """
+    name = _name(args)
+    try:
+        process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd="/",
+            env=_ENV,
+            close_fds=True,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+    except FileNotFoundError as exc:
+        raise CommandError(args, None, "", f"{name} failed: program not found ({exc})") from exc
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                _kill_group(process)
+                assert process.stderr is not None
+                stderr = process.stderr.read().decode(errors="replace")
+                detail = _one_line(stderr)[-2000:] or "no error output"
+                raise CommandError(args, process.returncode, stderr, f"{name} failed: {detail}")
+            time.sleep(0.005)
+        yield
+    finally:
+        _kill_group(process)
+        process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
