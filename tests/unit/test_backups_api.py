@@ -205,7 +205,9 @@ def test_a_failing_store_fails_the_backup_and_leaves_the_server_alone(
 ) -> None:
     sid = alice.create_server()["id"]
     fake_driver.write(sid, b"data")
-    fake_store.fail_next("save_disk", "the backup storage is full (the operator's log has the details)")
+    fake_store.fail_next(
+        "save_disk", "the backup storage is full (the operator's log has the details)"
+    )
     backup = alice.create_backup(sid)
     assert backup["status"] == "failed"
     assert backup["status_reason"] == (
