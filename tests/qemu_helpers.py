@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,3 +175,13 @@ def bitmaps(disk: Path) -> list[Bitmap]:
     )
     found = info.get("format-specific", {}).get("data", {}).get("bitmaps", [])
     return [Bitmap(item["name"], tuple(item.get("flags", []))) for item in found]
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> None:
+    """Wait until process ``pid`` no longer exists (a killed, daemonized QEMU is reaped by
+    init)."""
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} still exists after {timeout}s")
+        time.sleep(0.02)
