@@ -58,11 +58,12 @@ class Chain:
         self.previous: Taken | None = None
         self.restores = 0
 
-    def take(self, *, base: Taken | bool | None = True) -> Taken:
+    def take(self, *, base: Taken | bool | None = True, checkpoint: str | None = None) -> Taken:
         """Take a backup based on the previous one (``base=True``), on ``base``, or on none
-        (``None``); keep it and make it the previous one."""
+        (``None``); keep it and make it the previous one. ``checkpoint``: the rerun of an
+        interrupted backup of that checkpoint."""
         based_on = self.previous if base is True else (base or None)
-        checkpoint = uuid.uuid4().hex
+        checkpoint = checkpoint or uuid.uuid4().hex
         tag = f"vpsd-backup-{checkpoint}"
         point = self.driver.backup_point_create(
             self.server_id, tag, checkpoint, based_on.checkpoint if based_on else None
