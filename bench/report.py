@@ -17,6 +17,7 @@ TITLES = {
     "api": "3. API throughput at scale",
     "guests": "4. Real guests: boot, filesystem freeze, power",
     "backups": "5. Backups, restores and new servers from snapshots and backups",
+    "incremental": "6. Incremental backups: reading what changed, not the whole disk",
 }
 
 HEADER = """\

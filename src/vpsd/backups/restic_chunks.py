@@ -79,9 +79,7 @@ def save_disk(
             "the backup storage failed (the operator's log has the details)",
             "restic backup exited 0 without a summary",
         )
-    short_id = str(summary["snapshot_id"])
-    full = [s for s in store.find(labels) if s.startswith(short_id)]
-    snapshot = full[0] if len(full) == 1 else short_id
+    snapshot = _full_id(store, str(summary["snapshot_id"]), labels)
     chunks.save_times(store.work_dir / "chunk-times", snapshot, plan.times)
     return SavedDisk(
         snapshot,
@@ -119,6 +117,16 @@ def load_disk(
         ) from exc
 
 
+def _full_id(store: ResticStore, short_id: str, labels: Tags) -> str:
+    """The full id of the snapshot just saved (restic's summary gives a prefix, which could
+    become ambiguous as the repository grows). Listed without a lock: restic's lock costs a
+    fixed 200 ms wait, and a listing racing with a forget is harmless."""
+    listed = store._run("--no-lock", "snapshots", "--json", "--tag", restic._tag_list(labels))
+    full = [str(item["id"]) for item in json.loads(listed.stdout or "[]")]
+    found = [snapshot for snapshot in full if snapshot.startswith(short_id)]
+    return found[0] if len(found) == 1 else short_id
+
+
 def _parent_times(store: ResticStore, parent: str) -> chunks.ChunkTimes | None:
     """The chunk times shown by ``parent``: kept here, else read from the repository."""
     kept = chunks.load_times(store.work_dir / "chunk-times", parent)
@@ -134,7 +142,7 @@ def _parent_times(store: ResticStore, parent: str) -> chunks.ChunkTimes | None:
 def _times_from_repository(store: ResticStore, parent: str) -> chunks.ChunkTimes | None:
     """``restic ls --json`` of the parent: its tags say its checkpoint and layout, its file
     nodes the times (to the nanosecond)."""
-    lines = store._run("ls", "--json", parent).stdout.splitlines()
+    lines = store._run("--no-lock", "ls", "--json", parent).stdout.splitlines()
     if not lines:
         return None
     snapshot = json.loads(lines[0])
