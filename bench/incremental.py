@@ -15,6 +15,10 @@ VM's own NBD server for the change record). In this order:
    the first and the last backups of the chain restored (``POST /backups/{id}/restore/``)
    and compared with copies of the disk taken at their points (``qemu-img compare``).
 
+A server keeps at most 10 manual backups: each backup's predecessor is deleted (forgotten
+and pruned) once the next is taken, untimed; in the chain, all but the first and the newest.
+So the restores also show that pruning any backup leaves the others whole.
+
 Data is written into the running VM through HMP ``qemu-io`` (``write -s FILE``), as guest
 writes: they go through QEMU's block layer and its dirty bitmaps. What a backup read comes
 from its record in the database (``disks[].read_bytes``).
@@ -50,8 +54,9 @@ from bench.util import (
 )
 from vpsd.hypervisor.qemu.qmp import QmpSession
 
-POLL = 0.01
-"""Seconds between polls of a backup (the unchanged one takes about a second)."""
+POLL = 0.02
+"""Seconds between polls of a backup (the unchanged one takes about a second; each poll
+is a request to the process that also serves the FUSE view)."""
 UNCHANGED_TARGET_S = 1.0
 UNCHANGED_READ_TARGET = 0.01
 ONE_PERCENT_TIME_TARGET = 0.10
@@ -103,6 +108,16 @@ class Bench:
             "incremental": bool(disk["incremental"]),
             "stored_mb": int(body["stored_mb"]),
         }
+
+    def delete(self, backup_id: int) -> None:
+        """Delete a backup (forget and prune) and wait until it is gone: a server keeps at
+        most 10 manual backups, and a prune queued behind a backup would be timed with it."""
+        self.api.call("DELETE", f"/backups/{backup_id}/", 204)
+        deadline = time.monotonic() + 600
+        while self.api.http.get(f"/backups/{backup_id}/").status_code != 404:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"backup {backup_id} was not deleted in 600 s")
+            time.sleep(0.1)
 
     def rewrite(self, total: int, length: int, rng: random.Random) -> None:
         """Write ``total`` bytes of new random data into the running VM's disk, in writes of
@@ -172,11 +187,14 @@ def _measure(
     console.print(
         f"  first backup {first['seconds']:.2f} s, read {human_size(first['read_bytes'])}"
     )
+    latest = first
     for rep in range(reps):
         for key, change in (("unchanged", 0), ("one_percent", RUN), ("scattered", SCATTERED)):
             if change:
                 bench.rewrite(size // 100, change, rng)
             taken = bench.backup(f"{key}-{rep}")
+            bench.delete(latest["id"])  # the newest stays the base of the next
+            latest = taken
             samples.setdefault(key, []).append(taken)
             console.print(
                 f"  {key}: {taken['seconds']:.2f} s, read {human_size(taken['read_bytes'])}, "
@@ -185,10 +203,13 @@ def _measure(
     references = root / "references"
     references.mkdir()
     links = [bench.backup("chain-1")]
+    bench.delete(latest["id"])
     bench.copy(references / "first.qcow2")
     for index in range(2, chain + 1):
         bench.rewrite(size // 1000, 2 * MIB, rng)
         links.append(bench.backup(f"chain-{index}"))
+        if index > 2:  # the middle of the chain goes: the first and the newest stay
+            bench.delete(links[-2]["id"])
     bench.api.server_to(bench.server_id, "stop", "stopped")
     bench.copy(references / "last.qcow2")
     restores = {}

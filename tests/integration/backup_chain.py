@@ -96,8 +96,12 @@ class Chain:
         """Restore ``taken`` onto a new server's disk and compare it with its reference."""
         self.restores += 1
         target = VmSpec(10_000 + self.restores, 128, 1, 1)
-        with self.driver.disk_writer(target, "disk0", taken.changes.size_bytes) as sink:
-            self.store.load_disk(taken.saved.snapshot, "disk0", taken.changes.size_bytes, sink)
+        size = taken.changes.size_bytes
+        with self.driver.disk_writer(target, "disk0", size) as sink:
+            if taken.saved.layout == "chunks":
+                self.store.load_disk(taken.saved.snapshot, "disk0", size, sink)
+            else:
+                self.store.load(taken.saved.snapshot, "disk0.raw", sink)
         restored = self.driver.disk_paths(target.server_id)[0]
         result = subprocess.run(
             [*COMPARE, str(taken.reference), str(restored)],

@@ -20,6 +20,7 @@ from tests.integration.backup_chain import (
     requires_restic_and_fuse,
     restic_check,
 )
+from vpsd.backups import fuse
 from vpsd.backups.restic import ResticStore
 from vpsd.hypervisor.base import VmSpec
 from vpsd.hypervisor.qemu import QemuDriver
@@ -136,3 +137,22 @@ def test_thirty_backups_with_random_rewrites_restore_exactly_and_survive_any_pru
     kept = [backup for i, backup in enumerate(taken) if i not in forgotten]
     assert all(chain.restores_exactly(backup) for backup in kept)
     restic_check(store)
+
+
+def test_without_fuse_a_backup_stores_the_whole_disk_and_restores_exactly(
+    driver: QemuDriver, store: ResticStore, chain: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    qh.write_pattern(disk(driver), 0x71, 0, 8 * MIB)
+    qh.write_pattern(disk(driver), 0x72, 600 * MIB, 8 * MIB)
+    chain.take()
+
+    def no_fuse(mountpoint: Path) -> tuple[int, bool]:
+        raise fuse.FuseError("FUSE is not available on this host: (test)")
+
+    monkeypatch.setattr(fuse, "_mount", no_fuse)
+    qh.write_pattern(disk(driver), 0x73, 0, MIB)
+    whole = chain.take()
+    assert whole.saved.layout == "raw" and not whole.saved.incremental
+    assert whole.saved.read_bytes == 16 * MIB  # the zeros are not read, only streamed
+    assert whole.saved.size_bytes == DISK_GB * 1024 * MIB
+    assert chain.restores_exactly(whole)

@@ -10,10 +10,14 @@ from the parent snapshot with ``restic ls``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import subprocess
+import threading
 import time
+from contextlib import ExitStack, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import IO
@@ -55,18 +59,26 @@ def save_disk(
     base = ["--parent", str(parent)] if plan.incremental else ["--force"]
     args = store._args("backup", "--json", "--host", "vpsd", *base, *restic._tag_args(labels), disk)
     tree = chunks.ChunkTree(disk, plan.times, source)
-    with (
-        store._access.shared(),
-        restic._storage_errors(),
-        fuse.mounted(tree, store.work_dir / "views", threads=VIEW_THREADS) as mount,
-        command.streaming(
-            args,
-            stdout=subprocess.PIPE,
-            env=store._env(),
-            timeout=store.stream_timeout,
-            cwd=mount.mountpoint,
-        ) as process,
-    ):
+    started = time.time()
+    with ExitStack() as stack:
+        try:
+            mount = stack.enter_context(
+                fuse.mounted(tree, store.work_dir / "views", threads=VIEW_THREADS)
+            )
+        except fuse.FuseError as exc:
+            log.warning("%s; %s is stored whole, as one file read to its end", exc, disk)
+            return _save_whole(store, source, tags, on_progress)
+        stack.enter_context(store._access.shared())
+        stack.enter_context(restic._storage_errors())
+        process = stack.enter_context(
+            command.streaming(
+                args,
+                stdout=subprocess.PIPE,
+                env=store._env(),
+                timeout=store.stream_timeout,
+                cwd=mount.mountpoint,
+            )
+        )
         assert process.stdout is not None
         summary = restic._read_output(process.stdout, on_progress)
     if mount.errors:
@@ -79,7 +91,7 @@ def save_disk(
             "the backup storage failed (the operator's log has the details)",
             "restic backup exited 0 without a summary",
         )
-    snapshot = _full_id(store, str(summary["snapshot_id"]), labels)
+    snapshot = _full_id(store, str(summary["snapshot_id"]), labels, started)
     chunks.save_times(store.work_dir / "chunk-times", snapshot, plan.times)
     return SavedDisk(
         snapshot,
@@ -89,6 +101,48 @@ def save_disk(
         incremental=plan.incremental,
         read_bytes=source.read_bytes,
     )
+
+
+def _save_whole(
+    store: ResticStore, source: DiskSource, tags: Tags, on_progress: Progress | None
+) -> SavedDisk:
+    """Where FUSE cannot be mounted: the whole disk into ``restic backup --stdin``, as
+    ``<disk>.raw`` (layout ``raw``, restored with ``load``). Zero regions are not read."""
+    size = source.changes.size_bytes
+    reader, writer = os.pipe()
+    failed: list[BaseException] = []
+
+    def feed() -> None:
+        zeros = bytes(chunks.CHUNK_BYTES)
+        buffer = bytearray(chunks.CHUNK_BYTES)
+        try:
+            with open(writer, "wb", buffering=0) as pipe:  # noqa: PTH123
+                position = 0
+                for start, length in [*source.data_extents(), (size, 0)]:
+                    while position < start:
+                        step = min(start - position, len(zeros))
+                        pipe.write(zeros[:step])
+                        position += step
+                    while position < start + length:
+                        view = memoryview(buffer)[: min(start + length - position, len(buffer))]
+                        source.read_into(position, view)
+                        pipe.write(view)
+                        position += len(view)
+        except BaseException as exc:  # restic's death (EPIPE) or a failed read
+            failed.append(exc)
+
+    thread = threading.Thread(target=feed, name=f"whole-{source.changes.name}", daemon=True)
+    thread.start()
+    try:
+        with open(reader, "rb") as stream:  # noqa: PTH123
+            saved = store.save(stream, f"{source.changes.name}.raw", tags, on_progress)
+    finally:
+        thread.join()
+    if failed:
+        raise BackupStoreError(
+            "the disk could not be read (the operator's log has the details)", repr(failed[0])
+        )
+    return dataclasses.replace(saved, incremental=False, read_bytes=source.read_bytes)
 
 
 def load_disk(
@@ -117,14 +171,37 @@ def load_disk(
         ) from exc
 
 
-def _full_id(store: ResticStore, short_id: str, labels: Tags) -> str:
-    """The full id of the snapshot just saved (restic's summary gives a prefix, which could
-    become ambiguous as the repository grows). Listed without a lock: restic's lock costs a
-    fixed 200 ms wait, and a listing racing with a forget is harmless."""
+def _full_id(store: ResticStore, short_id: str, labels: Tags, since: float) -> str:
+    """The full id of the snapshot just saved: restic's summary gives a prefix, which could
+    become ambiguous as the repository grows. restic's cache holds the snapshot file it
+    just wrote (``<cache>/<repository id>/snapshots/<2 hex>/<id>``, written after
+    ``since``); failing that, the repository is listed (without a lock: restic's lock
+    costs a fixed 200 ms wait, and a listing racing with a forget is harmless)."""
+    folder = store.cache_dir / _repository_id(store) / "snapshots" / short_id[:2]
+    with suppress(OSError):
+        fresh = [
+            path.name
+            for path in folder.glob(f"{short_id}*")
+            if path.stat().st_mtime >= since - 1.0 and path.name.isalnum()
+        ]
+        if len(fresh) == 1:
+            return fresh[0]
     listed = store._run("--no-lock", "snapshots", "--json", "--tag", restic._tag_list(labels))
     full = [str(item["id"]) for item in json.loads(listed.stdout or "[]")]
     found = [snapshot for snapshot in full if snapshot.startswith(short_id)]
     return found[0] if len(found) == 1 else short_id
+
+
+_REPOSITORY_IDS: dict[tuple[str, Path], str] = {}
+
+
+def _repository_id(store: ResticStore) -> str:
+    """The repository's id (its config's), read once per process."""
+    key = (store.repository, store.password_file)
+    if key not in _REPOSITORY_IDS:
+        config = json.loads(store._run("--no-lock", "cat", "config").stdout)
+        _REPOSITORY_IDS[key] = str(config["id"])
+    return _REPOSITORY_IDS[key]
 
 
 def _parent_times(store: ResticStore, parent: str) -> chunks.ChunkTimes | None:
