@@ -156,3 +156,16 @@ def test_without_fuse_a_backup_stores_the_whole_disk_and_restores_exactly(
     assert whole.saved.read_bytes == 16 * MIB  # the zeros are not read, only streamed
     assert whole.saved.size_bytes == DISK_GB * 1024 * MIB
     assert chain.restores_exactly(whole)
+
+
+def test_without_its_kept_chunk_times_a_backup_reads_them_from_the_parent(
+    driver: QemuDriver, store: ResticStore, chain: Chain
+) -> None:
+    qh.write_pattern(disk(driver), 0x81, 0, 16 * MIB)
+    first = chain.take()
+    # As on another host, or after the work folder was lost.
+    shutil.rmtree(store.work_dir / "chunk-times")
+    qh.write_pattern(disk(driver), 0x82, 3 * MIB, MIB)
+    second = chain.take()
+    assert second.saved.incremental and second.saved.read_bytes == MIB
+    assert chain.restores_exactly(second) and chain.restores_exactly(first)
