@@ -114,10 +114,18 @@ class Bench:
         most 10 manual backups, and a prune queued behind a backup would be timed with it."""
         self.api.call("DELETE", f"/backups/{backup_id}/", 204)
         deadline = time.monotonic() + 600
-        while self.api.http.get(f"/backups/{backup_id}/").status_code != 404:
+        # The API hides a backup at once; its row goes when the prune is done.
+        while self._row_exists(backup_id):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"backup {backup_id} was not deleted in 600 s")
             time.sleep(0.1)
+
+    def _row_exists(self, backup_id: int) -> bool:
+        with sqlite3.connect(self.database) as db:
+            return (
+                db.execute("SELECT 1 FROM backups WHERE id = ?", (backup_id,)).fetchone()
+                is not None
+            )
 
     def rewrite(self, total: int, length: int, rng: random.Random) -> None:
         """Write ``total`` bytes of new random data into the running VM's disk, in writes of
