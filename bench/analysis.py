@@ -160,6 +160,11 @@ Together they took list from 25 to 91-236 req/s, list-filtered from 80 to 161-44
 approximate).
 """,
     "backups": """\
+*The vpsd rows of the run above (2026-11-27) were measured before incremental backups
+(part 6): vpsd then streamed every disk whole through nbdcopy into `restic backup --stdin`.
+The baselines (raw reads, restic alone, the pipe) still hold; part 6 measures the chunked
+engine.*
+
 **Reading it.** A backup is CPU-bound in restic, not in reading the disk. The same 2 GiB of
 random data reads in 0.2 s with qemu-img and 1.6 s through vpsd's reader (nbdcopy into a
 pipe), but restic alone, fed from a file, takes 11.5 s (187 MB/s) and 18 CPU-seconds: it

@@ -127,7 +127,6 @@ class FuseMount:
         self.errors: list[BaseException] = []
         self._fd = -1
         self._workers: list[threading.Thread] = []
-        self._initialized = threading.Event()
         self._with_helper = False
         self._uid, self._gid = os.getuid(), os.getgid()
 
@@ -231,7 +230,6 @@ class FuseMount:
         major, minor, max_readahead, offered = _INIT_IN.unpack_from(body)
         if major != 7:
             raise FuseError(f"unsupported FUSE protocol {major}.{minor}")
-        self._initialized.set()
         return _INIT_OUT.pack(
             7,
             min(minor, 31),
