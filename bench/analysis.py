@@ -136,6 +136,14 @@ a connection flood's overshoot of the descriptor cap (issue 10), where uvloop ac
 the queue is empty. On PostgreSQL the list's remaining gap is the same framework cost plus
 the 100 dicts and page links, over a round trip the twin pays too.
 
+**Since then (issue 13):** the run in the tables above was made after `GET /metrics` added
+its request histogram (a pure-ASGI middleware, about 2.3 µs per request measured alone) and
+stays within those ranges: get on SQLite 0.28x (4,381 req/s), the list on PostgreSQL 0.63x.
+`vpsd serve --workers 2` on PostgreSQL, the API processes that run beside the hosts' agents
+on a broker, served get at 3,713 req/s against 2,344 from one process (target: 2,500), with
+wrk on the same 2 cores. The lists gain nothing from the second worker here: their time is
+PostgreSQL's and the JSON's, on the same two cores.
+
 **Earlier read-path fixes (before issue 14), found by profiling (py-spy on a loaded
 `vpsd serve`, cProfile in-process):**
 - Snapshot `list`/`get` select the nine columns the API shows and return plain values instead

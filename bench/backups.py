@@ -493,7 +493,7 @@ BACKUP_ROWS = (
     ("blank", "vpsd: backup of the blank disk (zeros) creating the repository"),
     ("first", "vpsd: first backup, stopped server, POST → completed"),
     ("second", "vpsd: second backup of the unchanged disk, POST → completed"),
-    ("dump", "restic dump of the backup's chunk files → /dev/null (restore's read alone)"),
+    ("dump", "restic dump of the backup → /dev/null (restore's read alone)"),
     ("write", "raw write: qemu-img convert -n of the raw file over the disk's clusters"),
     ("restore", "vpsd: restore of the stopped server, POST → stopped"),
     ("write_new", "raw write: qemu-img convert of the raw file into a new qcow2"),
@@ -532,9 +532,8 @@ def tables(data: dict[str, Any]) -> tuple[list[ResultTable], list[dict[str, Any]
         f"{data['restic']}, local repository in the data dir (vpsd's default). The machine's "
         "RAM holds the disk, the raw file and the repositories in the page cache throughout, "
         "so the figures are CPU and copying, not the disk's speed.",
-        "vpsd's times are the API's: POST, the runner, the backup point (snapshot and change "
-        "record), restic backup of the disk's chunk files through vpsd's FUSE view (part 6), "
-        f"the database; polled every {STREAM_POLL * 1000:.0f} "
+        "vpsd's times are the API's: POST, the runner, the temporary internal snapshot, "
+        f"nbdcopy → restic backup --stdin, the database; polled every {STREAM_POLL * 1000:.0f} "
         "ms. CPU = user + system seconds of the processes listed (for vpsd, its finished "
         "children), on 2 cores.",
     ]
