@@ -1,4 +1,4 @@
-"""``python -m bench [snapshots|guest|api|guests|backups|all] [--sizes 256M,2G,8G] [--quick]``.
+"""``python -m bench [snapshots|guest|api|guests|backups|incremental|all] [--quick]``.
 
 Each part prints its tables, writes ``<results-dir>/<part>.json`` and then
 ``docs/benchmarks.md`` is regenerated from every part's latest result (``--doc`` elsewhere,
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import api, backups, guest, guests, report, snapshots
+from bench import api, backups, guest, guests, incremental, report, snapshots
 from bench.util import (
     GIB,
     ResultTable,
@@ -27,7 +27,7 @@ from bench.util import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("snapshots", "guest", "api", "guests", "backups")
+PARTS = ("snapshots", "guest", "api", "guests", "backups", "incremental")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
         "--clone-disk-gb", type=int, default=8, help="disk of servers made from a snapshot"
     )
     parser.add_argument("--clone-data", default="256M", help="random data in their source")
+    parser.add_argument(
+        "--incremental-disk-gb", type=int, default=8, help="disk of the server (incremental)"
+    )
+    parser.add_argument("--incremental-data", default="2G", help="random data in it (incremental)")
+    parser.add_argument(
+        "--chain", type=int, default=30, help="backups in the restored chain (incremental)"
+    )
     parser.add_argument(
         "--no-image",
         action="store_true",
@@ -114,6 +121,13 @@ def _run_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
             not args.no_image,
             args.work_dir,
         ),
+        "incremental": lambda: incremental.run(
+            args.incremental_disk_gb,
+            parse_size(args.incremental_data),
+            args.copy_reps,
+            args.chain,
+            args.work_dir,
+        ),
     }
     before = machine(args.work_dir or Path("/tmp"))
     data = runners[part]()
@@ -140,6 +154,8 @@ def render(
         return guests.tables(data)
     if result["part"] == "backups":
         return backups.tables(data)
+    if result["part"] == "incremental":
+        return incremental.tables(data)
     before_path = results_dir / "api-before.json"
     before = json.loads(before_path.read_text())["data"] if before_path.exists() else None
     return api.tables(data, None if result.get("label") == "before" else before)
@@ -153,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         args.throughput_size, args.servers, args.duration = "8M", 50, 2.0
         args.backup_disk_gb, args.backup_data, args.no_image = 1, "8M", True
         args.clone_disk_gb, args.clone_data = 1, "8M"
+        args.incremental_disk_gb, args.incremental_data, args.chain = 1, "8M", 3
     parts = PARTS if args.part == "all" else () if args.part == "report" else (args.part,)
     for part in parts:
         result = _run_part(part, args)

@@ -156,11 +156,12 @@ class Restic:
         return took, cpu, json.loads(lines[-1])
 
     def dump_latest(self, tag: str) -> float:
-        """``restic dump`` of the latest snapshot tagged ``tag`` into /dev/null."""
+        """``restic dump`` of the latest snapshot tagged ``tag`` into /dev/null: its disk's
+        chunk files (a tar), as a restore reads them."""
         started = time.perf_counter()
         with Path(os.devnull).open("wb") as sink:
             subprocess.run(
-                ["restic", "dump", "--tag", tag, "latest", f"/{RAW_NAME}"],
+                ["restic", "dump", "--tag", tag, "latest", "/disk0"],
                 stdout=sink, env=self.env, check=True, timeout=1800,
             )  # fmt: skip
         return time.perf_counter() - started

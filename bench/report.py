@@ -17,6 +17,7 @@ TITLES = {
     "api": "3. API throughput at scale",
     "guests": "4. Real guests: boot, filesystem freeze, power",
     "backups": "5. Backups, restores and new servers from snapshots and backups",
+    "incremental": "6. Incremental backups: reading what changed, not the whole disk",
 }
 
 HEADER = """\
@@ -33,13 +34,13 @@ copy-on-write: taking one writes metadata only, whatever the size of the disk. T
 here is what a copy-based snapshot must at least pay on the same machine: a full copy of the
 same disk (`cp --sparse=always` and `qemu-img convert -O qcow2`), made durable with fsync.
 
-Run one part: `python -m bench snapshots|guest|api|guests|backups [--sizes 256M,2G,8G]
+Run one part: `python -m bench snapshots|guest|api|guests|backups|incremental [--sizes 256M,2G,8G]
 [--reps 5] [--servers 10000] [--duration 10] [--copy-reps 3]`; `python -m bench report` only
 rewrites this file; `--quick` is the tiny run the smoke test uses (with
 `--results-dir`/`--no-doc` so it never touches this file). The api part uses `wrk` for the
 saturation rate when it is installed (`apt-get install -y wrk`) and falls back to a Python
-client otherwise. The backups part needs `restic` and `nbdcopy` (`scripts/setup` installs
-them).
+client otherwise. The backups and incremental parts need `restic`, `nbdcopy` and `nbdinfo`
+(`scripts/setup` installs them); the incremental part, FUSE (`/dev/fuse`).
 """
 
 

@@ -7,11 +7,14 @@ the VM is stopped, or inside the running QEMU through QMP's ``human-monitor-comm
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -150,3 +153,35 @@ def snapshot_tags(disk: Path) -> list[str]:
         ["qemu-img", "snapshot", "-U", "-l", str(disk)], capture_output=True, text=True, check=True
     ).stdout
     return [line.split()[1] for line in listed.splitlines()[2:] if line.strip()]
+
+
+@dataclass(frozen=True)
+class Bitmap:
+    """A dirty bitmap as ``qemu-img info`` lists it."""
+
+    name: str
+    flags: tuple[str, ...]
+
+
+def bitmaps(disk: Path) -> list[Bitmap]:
+    """The dirty bitmaps stored in ``disk`` (``-U``: a running VM may hold the image)."""
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "-U", "--output=json", str(disk)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    found = info.get("format-specific", {}).get("data", {}).get("bitmaps", [])
+    return [Bitmap(item["name"], tuple(item.get("flags", []))) for item in found]
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> None:
+    """Wait until process ``pid`` no longer exists (a killed, daemonized QEMU is reaped by
+    init)."""
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} still exists after {timeout}s")
+        time.sleep(0.02)

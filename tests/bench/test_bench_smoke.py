@@ -20,7 +20,9 @@ pytestmark = [pytest.mark.qemu, pytest.mark.e2e, qh.requires_qemu]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-BACKUP_TOOLS = [tool for tool in ("restic", "nbdcopy", "qemu-nbd") if shutil.which(tool) is None]
+BACKUP_TOOLS = [
+    tool for tool in ("restic", "nbdcopy", "nbdinfo", "qemu-nbd") if shutil.which(tool) is None
+]
 
 
 @pytest.mark.parametrize(
@@ -30,11 +32,14 @@ BACKUP_TOOLS = [tool for tool in ("restic", "nbdcopy", "qemu-nbd") if shutil.whi
         "guest",
         "api",
         "guests",
-        pytest.param(
-            "backups",
-            marks=pytest.mark.skipif(
-                bool(BACKUP_TOOLS), reason=f"missing from PATH: {', '.join(BACKUP_TOOLS)}"
-            ),
+        *(
+            pytest.param(
+                part,
+                marks=pytest.mark.skipif(
+                    bool(BACKUP_TOOLS), reason=f"missing from PATH: {', '.join(BACKUP_TOOLS)}"
+                ),
+            )
+            for part in ("backups", "incremental")
         ),
     ],
 )

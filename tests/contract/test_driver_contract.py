@@ -345,4 +345,38 @@ def test_a_snapshot_with_memory_needs_a_running_vm(driver: Driver) -> None:
     driver.create_disks(SPEC)
     with pytest.raises(DriverError, match="running"):
         driver.snapshot_create(SID, "mem", memory=True)
+
+
+@pytest.mark.parametrize("running", [False, True], ids=["stopped", "running"])
+def test_backup_points_say_what_changed_since_the_last_kept_one(
+    driver: Driver, disk: DiskProbe, running: bool
+) -> None:
+    if running:
+        driver.start(SPEC)
+    else:
+        driver.create_disks(SPEC)
+    disk.write(SID, 0x11)
+    [first] = driver.backup_point_create(SID, "vpsd-backup-a", "a", None).disks
+    assert (first.name, first.since, first.chain_break) == ("disk0", None, None)
+    disk.write(SID, 0x22)  # after the point: not in its snapshot
+    with driver.backup_source(SID, "vpsd-backup-a", first) as source:
+        data = bytearray(MIB)
+        source.read_into(0, memoryview(data))
+        assert data == b"\x11" * MIB and source.read_bytes == MIB
+        assert source.data_extents()[0][0] == 0
+    driver.backup_point_finish(SID, "vpsd-backup-a", "a", kept=True)
+    assert driver.snapshot_tags(SID) == set()
+
+    [second] = driver.backup_point_create(SID, "vpsd-backup-b", "b", "a").disks
+    assert second.since == "a"
+    assert second.changed(0, MIB) and not second.changed(MIB, MIB)
+    # A backup that was not kept leaves the base as it was...
+    driver.backup_point_finish(SID, "vpsd-backup-b", "b", kept=False)
+    [third] = driver.backup_point_create(SID, "vpsd-backup-c", "c", "a").disks
+    assert third.since == "a" and third.changed(0, MIB)
+    # ... and a kept one replaces it.
+    driver.backup_point_finish(SID, "vpsd-backup-c", "c", kept=True)
+    [fourth] = driver.backup_point_create(SID, "vpsd-backup-d", "d", "a").disks
+    assert fourth.since is None and fourth.chain_break
+    driver.backup_point_finish(SID, "vpsd-backup-d", "d", kept=False)
     assert driver.snapshot_tags(SID) == set()

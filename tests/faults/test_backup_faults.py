@@ -1,11 +1,12 @@
-"""SIGKILL in the middle of a backup: of the ``restic backup --stdin`` it streams into, and
-of ``vpsd serve`` itself.
+"""SIGKILL in the middle of a backup: of the ``restic backup`` reading the disk's chunk files
+(through vpsd's FUSE view of the snapshot, served by ``qemu-nbd``), and of ``vpsd serve``
+itself.
 
 The promises under test: a backup never stays ``in_progress``; it ends ``completed`` (with
 the right bytes) or ``failed`` with a reason; the server keeps its state and bytes; the
 temporary snapshot the backup read from is gone; the repository passes ``restic check``;
-and no ``restic``, ``nbdcopy`` or ``qemu-nbd`` outlives the work it was started for (the
-streams die with vpsd: ``PR_SET_PDEATHSIG``).
+and no ``restic``, ``nbdcopy`` or ``qemu-nbd`` outlives the work it was started for (they
+die with vpsd: ``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.qemu, qh.requires_qemu]
 HALF = 512 * MIB
 FIRST, SECOND, LATER = 0xC1, 0xC2, 0xD3
 STREAMED = 64 * MIB
-"""Bytes restic has read from its stdin before the kill: the backup is well under way."""
+"""Bytes restic has read of the disk before the kill: the backup is well under way."""
 BACKUP_TIMEOUT = 300.0
 STREAMERS = ("restic", "nbdcopy", "qemu-nbd")
 
@@ -70,17 +71,17 @@ def _streamers(data_dir: Path) -> dict[int, list[str]]:
 
 
 def _restic_backup(uuid: str) -> int | None:
-    """The pid of the ``restic backup --stdin`` storing backup ``uuid``, once it runs."""
+    """The pid of the ``restic backup`` storing backup ``uuid``, once it runs."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             args = _cmdline(int(entry.name))
-            if args and "--stdin" in args and f"backup={uuid}" in args:
+            if args and "backup" in args and f"backup={uuid}" in args:
                 return int(entry.name)
     return None
 
 
 def _bytes_read(pid: int) -> int:
-    """Bytes the process has read so far (``/proc/<pid>/io``: its stdin, for restic)."""
+    """Bytes the process has read so far (``/proc/<pid>/io``: the chunk files, for restic)."""
     try:
         io = Path(f"/proc/{pid}/io").read_text()
     except OSError:
@@ -211,10 +212,11 @@ def test_vpsd_killed_mid_backup_settles_after_restart(faults: Faults) -> None:
     backup_id, restic = _backup_in_mid_stream(faults, sid)
     streams = _streamers(faults.live.data_dir)
     assert restic in streams, streams
-    assert {os.path.basename(args[0]) for args in streams.values()} >= {"restic", "nbdcopy"}
+    assert {os.path.basename(args[0]) for args in streams.values()} >= {"restic", "qemu-nbd"}
 
     faults.live.kill()
-    # Its streams die with it (PR_SET_PDEATHSIG, and qemu-nbd with its only client).
+    # Its restic and qemu-nbd die with it (PR_SET_PDEATHSIG); its FUSE view is left dead,
+    # for the rerun to detach.
     _assert_no_streamers_left(faults)
     assert faults.sql("SELECT status FROM backups WHERE id = ?", backup_id) == [("in_progress",)]
     faults.live.restart()

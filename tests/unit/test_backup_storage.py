@@ -140,10 +140,10 @@ def test_a_stop_cancels_the_backup_it_would_wait_for(
     """Issue 22, item 9: a stop waited behind a stuck backup."""
     sid = alice.create_server()["id"]
     fake_driver.write(sid, b"data")
-    fake_driver.delay("snapshot_reader", 3.0)  # a long backup
+    fake_driver.delay("backup_source", 3.0)  # a long backup
     response = alice.post("/backups/", json={"server_id": sid, "name": "long"})
     backup_id = response.json()["id"]
-    wait_for(lambda: ("snapshot_reader", sid) in fake_driver.calls, what="the backup to read")
+    wait_for(lambda: ("backup_source", sid) in fake_driver.calls, what="the backup to read")
     assert alice.post(f"/servers/{sid}/stop/").status_code == 200
 
     backup = alice.wait_backup(backup_id)
@@ -154,7 +154,7 @@ def test_a_stop_cancels_the_backup_it_would_wait_for(
     alice.wait_server(sid, "stopped")
     assert fake_store.stored == {}
     assert fake_driver.snapshot_tags(sid) == set()
-    fake_driver.delay("snapshot_reader", 0)
+    fake_driver.delay("backup_source", 0)
     assert alice.create_backup(sid, "after")["status"] == "completed"
 
 

@@ -207,7 +207,9 @@ def test_a_failing_store_fails_the_backup_and_leaves_the_server_alone(
 ) -> None:
     sid = alice.create_server()["id"]
     fake_driver.write(sid, b"data")
-    fake_store.fail_next("save", "the backup storage is full (the operator's log has the details)")
+    fake_store.fail_next(
+        "save_disk", "the backup storage is full (the operator's log has the details)"
+    )
     backup = alice.create_backup(sid)
     assert backup["status"] == "failed"
     assert backup["status_reason"] == (
@@ -236,12 +238,12 @@ def test_a_restore_cut_short_puts_the_disk_back_and_says_so(
     backup = alice.create_backup(sid)
     fake_driver.write(sid, b"B" * 4096)
 
-    def cut_short(snapshot: str, filename: str, sink: IO[bytes]) -> None:
+    def cut_short(snapshot: str, disk: str, size_bytes: int, sink: IO[bytes]) -> None:
         with sink:
             sink.write(b"A" * 1024)
         raise BackupStoreError("the backup storage cannot be reached")
 
-    monkeypatch.setattr(fake_store, "load", cut_short)
+    monkeypatch.setattr(fake_store, "load_disk", cut_short)
     assert alice.post(f"/backups/{backup['id']}/restore/").status_code == 200
     alice.wait_server(sid, "stopped")  # it was running: the restore stopped it
     reason = alice.get(f"/servers/{sid}/").json()["status_reason"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import IO, Protocol
 
+from vpsd.core.disks import DiskSource
 from vpsd.core.errors import HostError
 
 
@@ -73,12 +74,19 @@ class StorageHealth:
 
 @dataclass(frozen=True, slots=True)
 class SavedDisk:
-    """One disk stored: the store's id for it, its length, and the bytes the repository grew
-    by to hold it (new data only, as stored: deduplicated and compressed)."""
+    """One disk stored: the store's id for it, its length, and the new data it added.
+
+    A disk saved from a ``DiskSource`` also says how it is laid out in the store
+    (``layout``, which ``load_disk`` reads back), whether only what changed since its
+    parent was read (``incremental``), and how many bytes of the disk were read.
+    """
 
     snapshot: str
     size_bytes: int
     added_bytes: int
+    layout: str = "raw"
+    incremental: bool = False
+    read_bytes: int | None = None
 
 
 Tags = Mapping[str, str]
@@ -95,6 +103,29 @@ class BackupStore(Protocol):
     ) -> SavedDisk:
         """Store the stream's bytes (read to its end, then closed) as ``filename``; call
         ``on_progress`` now and then with the bytes stored so far."""
+        ...
+
+    def save_disk(
+        self,
+        source: DiskSource,
+        tags: Tags,
+        *,
+        checkpoint: str,
+        parent: str | None,
+        on_progress: Progress | None = None,
+    ) -> SavedDisk:
+        """Store the disk ``source`` reads, at backup checkpoint ``checkpoint``.
+
+        ``parent`` is the stored disk of the backup whose checkpoint ``source.changes``
+        is relative to (``changes.since``): what did not change since then is taken from
+        it without being read. The stored disk is whole on its own: forgetting the parent
+        later takes nothing from it. Without a usable parent everything is read.
+        """
+        ...
+
+    def load_disk(self, snapshot: str, disk: str, size_bytes: int, sink: IO[bytes]) -> None:
+        """Write disk ``disk`` as ``save_disk`` stored it (layout ``chunks``) to ``sink``:
+        ``size_bytes`` raw bytes; then close ``sink``."""
         ...
 
     def load(self, snapshot: str, filename: str, sink: IO[bytes]) -> None:

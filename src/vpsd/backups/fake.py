@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 import zlib
 from typing import IO
 
+from vpsd.backups import chunks
 from vpsd.backups.base import (
     READ_ONLY,
     BackupStoreError,
@@ -17,6 +19,10 @@ from vpsd.backups.base import (
     StorageState,
     Tags,
 )
+from vpsd.core.disks import DiskSource
+
+CHUNK_BYTES = 4096
+"""Chunk size of the fake's chunked disks (the real store's is 1 MiB)."""
 
 
 class FakeBackupStore:
@@ -36,6 +42,8 @@ class FakeBackupStore:
         self.used = False
         """Whether the store ever had a repository (a real one's password file exists)."""
         self._aside: dict[str, tuple[bytes, dict[str, str]]] | None = None
+        self.chunk_times: dict[str, chunks.ChunkTimes] = {}
+        """Stored disk id -> the chunk times of a disk stored with ``save_disk``."""
         self._ids = itertools.count(1)
         self._faults: dict[str, list[str]] = {}
         self._lock = threading.Lock()
@@ -84,6 +92,64 @@ class FakeBackupStore:
             self.stored[snapshot] = (data, {**tags, "filename": filename})
         return SavedDisk(snapshot, len(data), 0 if known else len(zlib.compress(data)))
 
+    def save_disk(
+        self,
+        source: DiskSource,
+        tags: Tags,
+        *,
+        checkpoint: str,
+        parent: str | None,
+        on_progress: Progress | None = None,
+    ) -> SavedDisk:
+        """As the real store: chunks unchanged since the parent are copied from it unread
+        (``chunks.plan`` decides, with ``CHUNK_BYTES`` chunks); the rest is read."""
+        self._fault("save_disk")
+        with self._lock:
+            self._ready()
+            parent_times = self.chunk_times.get(parent) if parent else None
+            parent_data = self.stored[parent][0] if parent in self.stored else b""
+        plan = chunks.plan(source, parent_times, checkpoint, time.time_ns(), CHUNK_BYTES)
+        size = source.changes.size_bytes
+        data = bytearray(size)
+        reused = parent_times.times if plan.incremental and parent_times else {}
+        for offset, shown in plan.times.times.items():
+            length = min(CHUNK_BYTES, size - offset)
+            if reused.get(offset) == shown:
+                data[offset : offset + length] = parent_data[offset : offset + length]
+            else:
+                source.read_into(offset, memoryview(data)[offset : offset + length])
+        if on_progress is not None:
+            on_progress(size)
+        with self._lock:
+            self._ready()
+            self._writable()
+            known = any(stored == data for stored, _ in self.stored.values())
+            snapshot = f"{next(self._ids):08x}"
+            self.stored[snapshot] = (bytes(data), {**tags, "checkpoint": checkpoint})
+            self.chunk_times[snapshot] = plan.times
+        added = 0 if known else len(zlib.compress(bytes(data)))
+        return SavedDisk(
+            snapshot,
+            size,
+            added,
+            layout=chunks.FORMAT,
+            incremental=plan.incremental,
+            read_bytes=source.read_bytes,
+        )
+
+    def load_disk(self, snapshot: str, disk: str, size_bytes: int, sink: IO[bytes]) -> None:
+        """Write the stored bytes to ``sink``."""
+        self._fault("load_disk")
+        with self._lock:
+            self._ready()
+            if snapshot not in self.chunk_times:
+                raise BackupStoreError(f"stored disk {snapshot} not found")
+            data = self.stored[snapshot][0]
+        if len(data) != size_bytes:
+            raise BackupStoreError(f"stored disk {snapshot} is not {size_bytes} bytes")
+        with sink:
+            sink.write(data)
+
     def load(self, snapshot: str, filename: str, sink: IO[bytes]) -> None:
         """Write the stored bytes to ``sink``."""
         self._fault("load")
@@ -115,6 +181,7 @@ class FakeBackupStore:
             self._writable()
             for snapshot in snapshots:
                 self.stored.pop(snapshot, None)
+                self.chunk_times.pop(snapshot, None)
 
     def unlock_stale(self) -> None:
         """Nothing is ever locked in memory."""

@@ -30,6 +30,7 @@ from vpsd.backups.restic_repository import (
     storage_errors,
 )
 from vpsd.core import commands
+from vpsd.core.disks import DiskSource
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class ResticStore(RepositoryGate):
         sftp_command: str | None = None,
         stream_timeout: float = 6 * 3600.0,
         program: str = RESTIC,
+        work_dir: Path | None = None,
     ) -> None:
         self.repository = repository
         self.password_file = password_file
@@ -66,6 +68,8 @@ class ResticStore(RepositoryGate):
         self.sftp_command = sftp_command
         self.stream_timeout = stream_timeout
         self.program = program
+        self.work_dir = work_dir or cache_dir.parent / "backup-work"
+        """Disks' views while they are backed up, and the chunk times kept for the next."""
         self._ready = False
         self._ready_lock = threading.Lock()
         self._access = _SharedExclusiveLock()
@@ -116,6 +120,28 @@ class ResticStore(RepositoryGate):
             int(summary.get("data_size_in_repo", summary["data_added"])),
         )
 
+    def save_disk(
+        self,
+        source: DiskSource,
+        tags: Tags,
+        *,
+        checkpoint: str,
+        parent: str | None,
+        on_progress: Progress | None = None,
+    ) -> SavedDisk:
+        """The disk as chunk files through a FUSE view (``restic_chunks``)."""
+        from vpsd.backups import restic_chunks  # it builds on this module
+
+        return restic_chunks.save_disk(
+            self, source, tags, checkpoint=checkpoint, parent=parent, on_progress=on_progress
+        )
+
+    def load_disk(self, snapshot: str, disk: str, size_bytes: int, sink: IO[bytes]) -> None:
+        """``restic dump`` of the disk's chunk files, back into raw bytes (``restic_chunks``)."""
+        from vpsd.backups import restic_chunks
+
+        restic_chunks.load_disk(self, snapshot, disk, size_bytes, sink)
+
     def load(self, snapshot: str, filename: str, sink: IO[bytes]) -> None:
         """``restic dump`` into ``sink`` (closed here)."""
         self.ensure_ready()
@@ -150,6 +176,9 @@ class ResticStore(RepositoryGate):
         self.ensure_ready()
         self._run("unlock")  # a restic killed mid-command left a lock --prune would wait on
         self._run("forget", "--prune", *snapshots, exclusive=True)
+        from vpsd.backups import restic_chunks
+
+        restic_chunks.forget_times(self.work_dir, snapshots)
 
     def unlock_stale(self) -> None:
         """``restic unlock``: removes only locks whose process is gone (or 30 min old)."""

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -184,9 +185,10 @@ def streaming(
     stdout: int | IO[bytes] | None = None,
     env: Mapping[str, str] | None = None,
     kill_on: Callable[[str], bool] | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run a program that streams data through pipes (``subprocess.PIPE``) or file objects,
-    for the body of the ``with``; then wait for it to end.
+    for the body of the ``with``; then wait for it to end (in ``cwd``, else ``/``).
 
     Raises ``CommandError`` when it is missing, exits non-zero, or has not ended
     ``timeout`` seconds after it started (it is killed then). When the body raises, the
@@ -207,6 +209,7 @@ def streaming(
         stdin=subprocess.DEVNULL if stdin is None else stdin,
         stdout=subprocess.DEVNULL if stdout is None else stdout,
         stderr=subprocess.PIPE,
+        cwd=cwd,
         env=env,
     ) as (process, timed_out):
         if scope is not None:
@@ -246,7 +249,7 @@ def streaming(
 @contextmanager
 def _watched(
     args: list[str],
-    timeout: float,
+    timeout: float | None,
     *,
     stdin: int | IO[bytes] = subprocess.DEVNULL,
     stdout: int | IO[bytes] = subprocess.DEVNULL,
@@ -255,9 +258,9 @@ def _watched(
     env: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], threading.Event]]:
     """Start ``args`` (no shell, its own session, dying with vpsd) under a watchdog that
-    kills it and what it started after ``timeout`` seconds; yield it and the event set when
-    the watchdog fired. When the body raises, the program is killed likewise. The body waits
-    for the program."""
+    kills it and what it started after ``timeout`` seconds (None: no watchdog); yield it and
+    the event set when the watchdog fired. When the body raises, or leaves it running, the
+    program is killed likewise."""
     if not args:
         raise ValueError("a command is needed")
     try:
@@ -283,19 +286,46 @@ def _watched(
         timed_out.set()
         kill_group(process)
 
-    timer = threading.Timer(timeout, expire)
-    timer.daemon = True
-    timer.start()
+    timer = threading.Timer(timeout, expire) if timeout is not None else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
     try:
         yield process, timed_out
     except BaseException:
         kill_group(process)
         raise
     finally:
-        timer.cancel()
+        if timer is not None:
+            timer.cancel()
         if process.poll() is None:
             kill_group(process)
             process.wait()
+
+
+@contextmanager
+def serving(args: list[str], *, ready: Path, timeout: float = 30.0) -> Iterator[None]:
+    """Run a server (``qemu-nbd``...) for the body of the ``with``, once the unix socket
+    ``ready`` exists; then kill it (and what it started). Like ``streaming``'s programs, it
+    dies with vpsd. Raises ``CommandError`` when it is missing, or ends or has not made
+    ``ready`` within ``timeout`` seconds.
+    """
+    name = _name(args)
+    with _watched(args, None, stderr=subprocess.PIPE) as (process, _):
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                kill_group(process)
+                assert process.stderr is not None
+                stderr = process.stderr.read().decode(errors="replace")
+                detail = _one_line(stderr)[-2000:] or "no error output"
+                raise CommandError(args, process.returncode, stderr, f"{name} failed: {detail}")
+            time.sleep(0.005)
+        try:
+            yield
+        finally:
+            if process.stderr is not None:
+                process.stderr.close()
 
 
 def _drain(

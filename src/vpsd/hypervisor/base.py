@@ -14,6 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Literal, Protocol
 
+from vpsd.core.disks import DiskChanges, DiskSource
 from vpsd.core.errors import HostError
 
 
@@ -197,6 +198,16 @@ class DiskInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class BackupPoint:
+    """What ``backup_point_create`` took: a snapshot of every disk, its captured bytes and
+    consistency (as ``SnapshotResult``), and each disk's changes since the checkpoint asked."""
+
+    captured_bytes: int
+    consistency: Consistency
+    disks: tuple[DiskChanges, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class VmInfo:
     """A VM's live state, for reconciliation and for tests."""
 
@@ -350,6 +361,37 @@ class Driver(Protocol):
     def incomplete_disks(self, server_id: int) -> list[str]:
         """The server's disks a ``disk_writer`` rewrite left unfinished (``finish_rewrite``
         not called): their bytes may be a mix, and ``start`` refuses them."""
+        ...
+
+    def backup_point_create(
+        self, server_id: int, tag: str, checkpoint: str, since: str | None
+    ) -> BackupPoint:
+        """Take internal snapshot ``tag`` of every disk and start recording changes under
+        ``checkpoint``, at one point in time (one QMP transaction while the VM runs, with
+        the guest frozen as for ``snapshot_create``; ``qemu-img`` when it is stopped).
+
+        For each disk, the result says what was written between the point of checkpoint
+        ``since`` (an earlier backup of these disks) and this one, or why that is unknown:
+        every change of a disk outside the guest's own writes (a snapshot or backup restore,
+        a resize, a VM killed mid-write, a record removed by hand, a disk made anew) breaks
+        the chain, and then the whole disk must be read. Change records other than
+        ``since`` and ``checkpoint`` are dropped. A leftover ``tag`` or ``checkpoint`` of an
+        interrupted attempt is replaced.
+        """
+        ...
+
+    def backup_source(
+        self, server_id: int, tag: str, changes: DiskChanges
+    ) -> AbstractContextManager[DiskSource]:
+        """Random access to disk ``changes.name`` as of snapshot ``tag`` of a backup point
+        (running or stopped VM); leaving the context raises ``DriverError`` when a read
+        failed."""
+        ...
+
+    def backup_point_finish(self, server_id: int, tag: str, checkpoint: str, *, kept: bool) -> None:
+        """End a backup point: delete snapshot ``tag``; when the backup was ``kept``
+        (stored whole), ``checkpoint`` becomes each disk's only change record, else it is
+        dropped and the earlier record (``since``) stays the base of the next backup."""
         ...
 
     def snapshot_clone(self, source_server_id: int, tag: str, spec: VmSpec) -> None:

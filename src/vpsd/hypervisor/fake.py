@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from vpsd.core.disks import DiskChanges
 from vpsd.hypervisor.base import (
+    BackupPoint,
     Consistency,
     DiskInfo,
     DriverError,
@@ -62,6 +64,9 @@ _METHODS = frozenset(
         "finish_rewrite",
         "incomplete_disks",
         "snapshot_clone",
+        "backup_point_create",
+        "backup_source",
+        "backup_point_finish",
         "console_tail",
         "trim_console",
         "server_ids_on_disk",
@@ -71,11 +76,28 @@ _METHODS = frozenset(
 )
 
 
+GRANULE = 4096
+"""Bytes per bit of the fake change records (QEMU's bitmaps use the cluster size)."""
+
+
+@dataclass
+class _Record:
+    """A fake change record: the granules written since its checkpoint."""
+
+    size: int
+    dirty: set[int] = field(default_factory=set)
+    recording: bool = True
+    consistent: bool = True
+
+
 @dataclass
 class _FakeVm:
     spec: VmSpec
     disk: bytes = b""
     snapshots: dict[str, bytes] = field(default_factory=dict)
+    records: dict[str, _Record] = field(default_factory=dict)
+    """Checkpoint -> change record, as QEMU's persistent bitmaps."""
+    reset_reason: str | None = None
     pid: int | None = None
     console: bytes = b""
     shut_down_cleanly: bool = False
@@ -111,6 +133,53 @@ class _Sink(io.BytesIO):
         if not self.closed:
             self.data = self.getvalue()
         super().close()
+
+
+def _runs(granules: set[int], size: int) -> tuple[tuple[int, int], ...]:
+    """Sorted granule indexes as merged ``(offset, length)`` runs within ``size``."""
+    runs: list[tuple[int, int]] = []
+    for index in sorted(granules):
+        start = index * GRANULE
+        if start >= size:
+            break
+        length = min(GRANULE, size - start)
+        if runs and runs[-1][0] + runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], runs[-1][1] + length)
+        else:
+            runs.append((start, length))
+    return tuple(runs)
+
+
+class FakeDiskSource:
+    """A ``DiskSource`` over bytes in memory."""
+
+    def __init__(self, changes: DiskChanges, data: bytes) -> None:
+        self.changes = changes
+        self._data = data
+        self._read = 0
+        self._lock = threading.Lock()
+
+    @property
+    def read_bytes(self) -> int:
+        """Bytes read so far."""
+        return self._read
+
+    def data_extents(self) -> list[tuple[int, int]]:
+        """The granules that are not all zeros, as runs."""
+        nonzero = {
+            index
+            for index in range(-(-len(self._data) // GRANULE))
+            if self._data[index * GRANULE : (index + 1) * GRANULE].strip(b"\0")
+        }
+        return list(_runs(nonzero, len(self._data)))
+
+    def read_into(self, offset: int, view: memoryview) -> None:
+        """Copy the bytes; past the end is an error, as for a real disk."""
+        if offset + len(view) > len(self._data):
+            raise DriverError("read past the end of the disk")
+        view[:] = self._data[offset : offset + len(view)]
+        with self._lock:
+            self._read += len(view)
 
 
 class FakeDriver:
@@ -171,9 +240,44 @@ class FakeDriver:
             self._delays[method_name] = seconds
 
     def write(self, server_id: int, data: bytes) -> None:
-        """Replace the server's disk content, as a guest (or an admin) writing would."""
+        """Replace the server's disk content, as a guest (or an admin) writing would; the
+        granules that differ are marked in every recording change record."""
+        with self._lock:
+            vm = self._vm(server_id)
+            old, vm.disk = vm.disk, bytes(data)
+            written = {
+                index
+                for index in range(-(-max(len(old), len(data)) // GRANULE))
+                if old[index * GRANULE : (index + 1) * GRANULE]
+                != data[index * GRANULE : (index + 1) * GRANULE]
+            }
+            for record in vm.records.values():
+                if record.recording:
+                    record.dirty |= written
+
+    def write_untracked(self, server_id: int, data: bytes) -> None:
+        """Replace the disk content behind the change records' back (as a resize or a
+        file edited outside QEMU would): only a chain check can catch it."""
         with self._lock:
             self._vm(server_id).disk = bytes(data)
+
+    def spoil_change_records(self, server_id: int, how: str) -> None:
+        """Damage the server's change records as the real world can: ``inconsistent`` (QEMU
+        killed with the disk open), ``paused`` (disabled by hand) or ``removed``."""
+        with self._lock:
+            vm = self._vm(server_id)
+            for record in vm.records.values():
+                if how == "inconsistent":
+                    record.consistent = False
+                elif how == "paused":
+                    record.recording = False
+            if how == "removed":
+                vm.records.clear()
+
+    def change_records(self, server_id: int) -> set[str]:
+        """The checkpoints the server's disk holds change records of."""
+        with self._lock:
+            return set(self._vm(server_id).records)
 
     def read(self, server_id: int) -> bytes:
         """The server's current disk content."""
@@ -361,6 +465,8 @@ class FakeDriver:
             vm.disk = vm.snapshots[tag]
             vm.fallback = None  # whole again: the snapshot's state
             vm.shut_down_cleanly = False  # the disk holds the snapshot's state now
+            vm.records.clear()
+            vm.reset_reason = "the server was restored from a snapshot"
 
     def snapshot_resume(self, spec: VmSpec, tag: str, saved: SavedState) -> None:
         """Put the disk and memory of ``tag`` back and run the VM (no boot: the console
@@ -484,6 +590,9 @@ class FakeDriver:
             vm = self._vms.setdefault(spec.server_id, _FakeVm(spec))
             vm.disk = sink.data if sink.closed else sink.getvalue()
             vm.shut_down_cleanly = False
+            if vm.records:
+                vm.records.clear()
+                vm.reset_reason = "the server was restored from a backup"
 
     def finish_rewrite(self, server_id: int, *, keep: bool) -> None:
         """Drop the bytes kept to fall back to, after putting them back unless ``keep``."""
@@ -515,6 +624,66 @@ class FakeDriver:
             if tag not in snapshots:
                 raise DriverError(f"snapshot {tag!r} not found on disk0.qcow2")
             self._vms[spec.server_id] = _FakeVm(spec, disk=snapshots[tag])
+
+    def backup_point_create(
+        self, server_id: int, tag: str, checkpoint: str, since: str | None
+    ) -> BackupPoint:
+        """Snapshot ``tag`` and a new change record ``checkpoint``; the granules written
+        since ``since`` when its record holds (see ``Driver.backup_point_create``)."""
+        self._enter("backup_point_create", server_id)
+        with self._lock:
+            vm = self._vm(server_id)
+            size = len(vm.disk)
+            base = vm.records.get(since) if since is not None else None
+            why = None
+            if since is not None:
+                if base is None:
+                    why = vm.reset_reason or "it has no record of changes since the previous backup"
+                elif not base.consistent:
+                    why = "its record of changes was left incomplete (the VM was killed)"
+                elif not base.recording:
+                    why = "its record of changes was paused"
+                elif base.size != size:
+                    why = "the disk was resized"
+            if why is not None:
+                base = None
+            vm.records = {since: base} if base is not None and since is not None else {}
+            vm.records[checkpoint] = _Record(size)
+            vm.reset_reason = None
+            vm.snapshots[tag] = vm.disk
+            quiet = vm.spec.image is not None and (vm.pid is not None or vm.shut_down_cleanly)
+            consistency: Consistency = "filesystem" if quiet else "crash"
+            if base is None:
+                changes = DiskChanges("disk0", size, chain_break=why)
+            else:
+                changes = DiskChanges("disk0", size, since, _runs(base.dirty, size))
+            return BackupPoint(size, consistency, (changes,))
+
+    @contextmanager
+    def backup_source(
+        self, server_id: int, tag: str, changes: DiskChanges
+    ) -> Iterator[FakeDiskSource]:
+        """The bytes of snapshot ``tag``, counting what is read."""
+        self._enter("backup_source", server_id)
+        with self._lock:
+            snapshots = self._vm(server_id).snapshots
+            if changes.name != "disk0" or tag not in snapshots:
+                raise DriverError(f"snapshot {tag!r} not found on {changes.name}")
+            data = snapshots[tag]
+        yield FakeDiskSource(changes, data)
+
+    def backup_point_finish(self, server_id: int, tag: str, checkpoint: str, *, kept: bool) -> None:
+        """Drop snapshot ``tag``; keep only ``checkpoint``'s record, or drop it."""
+        self._enter("backup_point_finish", server_id)
+        with self._lock:
+            vm = self._vms.get(server_id)
+            if vm is None:
+                return
+            vm.snapshots.pop(tag, None)
+            if kept:
+                vm.records = {k: r for k, r in vm.records.items() if k == checkpoint}
+            else:
+                vm.records.pop(checkpoint, None)
 
     def console_tail(self, server_id: int, max_bytes: int) -> bytes:
         """The last ``max_bytes`` of the fake console (one line per boot)."""

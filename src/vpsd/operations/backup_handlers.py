@@ -23,10 +23,12 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 
+from vpsd.backups import chunks
 from vpsd.backups.base import BackupStoreError, SavedDisk
 from vpsd.core import cancellation
+from vpsd.core.disks import DiskChanges
 from vpsd.core.errors import HostError
 from vpsd.db.base import utcnow
 from vpsd.db.models import Backup, BackupStatus, OperationKind, ServerStatus
@@ -56,6 +58,11 @@ class _Backup:
     snapshot_tag: str
     disks: list[dict[str, Any]]
 
+    @property
+    def checkpoint(self) -> str:
+        """The name of the change record started at this backup's point in time."""
+        return self.uuid.replace("-", "")
+
 
 def _load(ctx: OperationContext, job: Job) -> _Backup | None:
     with ctx.db.read() as session:
@@ -71,6 +78,25 @@ def _filename(disk: str) -> str:
     return f"{disk}.raw"
 
 
+def _previous(ctx: OperationContext, job: Job, backup: _Backup) -> _Backup | None:
+    """The server's newest completed backup stored as chunks: the base the new one reads
+    changes since (the driver trusts its change record only if it is that backup's)."""
+    with ctx.db.read() as session:
+        found = session.scalars(
+            select(Backup)
+            .where(
+                Backup.server_id == job.server_id,
+                Backup.status == BackupStatus.COMPLETED,
+                Backup.id != backup.id,
+            )
+            .order_by(Backup.completed_at.desc(), Backup.id.desc())
+            .limit(1)
+        ).first()
+        if found is None or not all(d.get("layout") == chunks.FORMAT for d in found.disks):
+            return None
+        return _Backup(found.id, found.uuid, found.status, found.snapshot_tag, list(found.disks))
+
+
 def _forget_stored(ctx: OperationContext, uuid: str) -> None:
     ctx.backups.forget(ctx.backups.find({"backup": uuid}))
 
@@ -83,55 +109,89 @@ def _backup_create(ctx: OperationContext, job: Job) -> Result:
     if backup is None or backup.status != BackupStatus.IN_PROGRESS:
         return []  # deleted before it was taken: its delete operation forgets any data
     if job.attempts > 1:
-        # An interrupted attempt may have left a lock, stored disks and its snapshot.
+        # An interrupted attempt may have left a lock and stored disks; its snapshot and
+        # change record are replaced by the new backup point.
         ctx.backups.unlock_stale()
         _forget_stored(ctx, backup.uuid)
-        ctx.driver.snapshot_delete(job.server_id, backup.snapshot_tag)
-    taken = ctx.driver.snapshot_create(job.server_id, backup.snapshot_tag, fresh=True)
+    previous = _previous(ctx, job, backup)
+    point = ctx.driver.backup_point_create(
+        job.server_id,
+        backup.snapshot_tag,
+        backup.checkpoint,
+        previous.checkpoint if previous is not None else None,
+    )
+    kept = False
     try:
         with ctx.cancellations.scope(job.id):
-            saved = _store_disks(ctx, job, backup)
+            saved = _store_disks(ctx, job, backup, point.disks, previous)
+        kept = True
     except BaseException:
         with suppress(HostError):
             ctx.backups.unlock_stale()  # a restic killed (cancelled, say) left its lock
             _forget_stored(ctx, backup.uuid)
         raise
     finally:
-        ctx.driver.snapshot_delete(job.server_id, backup.snapshot_tag)
+        ctx.driver.backup_point_finish(
+            job.server_id, backup.snapshot_tag, backup.checkpoint, kept=kept
+        )
     return [
         update(Backup)
         .where(Backup.id == backup.id, Backup.status == BackupStatus.IN_PROGRESS)
         .values(
             status=BackupStatus.COMPLETED,
-            size_mb=math.ceil(taken.captured_bytes / MIB),
-            stored_mb=math.ceil(sum(disk.added_bytes for _, disk in saved) / MIB),
-            consistency=taken.consistency,
+            size_mb=math.ceil(point.captured_bytes / MIB),
+            stored_mb=math.ceil(sum(disk.added_bytes for _, disk, _ in saved) / MIB),
+            consistency=point.consistency,
             progress=100,
             disks=[
-                {"name": name, "size_bytes": disk.size_bytes, "snapshot": disk.snapshot}
-                for name, disk in saved
+                {
+                    "name": changes.name,
+                    "size_bytes": disk.size_bytes,
+                    "snapshot": disk.snapshot,
+                    "layout": disk.layout,
+                    "incremental": disk.incremental,
+                    "read_bytes": disk.read_bytes,
+                    "chain_break": changes.chain_break,
+                }
+                for _, disk, changes in saved
             ],
             completed_at=utcnow(),
         )
     ]
 
 
-def _store_disks(ctx: OperationContext, job: Job, backup: _Backup) -> list[tuple[str, SavedDisk]]:
-    saved: list[tuple[str, SavedDisk]] = []
-    disks = ctx.driver.disks(job.server_id)
-    progress = _ProgressWriter(ctx, backup.id, sum(disk.size_bytes for disk in disks))
-    for disk in disks:
-        tags = {"backup": backup.uuid, "disk": disk.name, "server": str(job.server_id)}
-        with ctx.driver.snapshot_reader(job.server_id, backup.snapshot_tag, disk.name) as stream:
-            stored = ctx.backups.save(stream, _filename(disk.name), tags, progress.update)
+def _store_disks(
+    ctx: OperationContext,
+    job: Job,
+    backup: _Backup,
+    points: tuple[DiskChanges, ...],
+    previous: _Backup | None,
+) -> list[tuple[str, SavedDisk, DiskChanges]]:
+    saved: list[tuple[str, SavedDisk, DiskChanges]] = []
+    parents = {str(d["name"]): str(d["snapshot"]) for d in previous.disks} if previous else {}
+    progress = _ProgressWriter(ctx, backup.id, sum(disk.size_bytes for disk in points))
+    for changes in points:
+        tags = {"backup": backup.uuid, "disk": changes.name, "server": str(job.server_id)}
+        with ctx.driver.backup_source(job.server_id, backup.snapshot_tag, changes) as source:
+            stored = ctx.backups.save_disk(
+                source,
+                tags,
+                checkpoint=backup.checkpoint,
+                parent=parents.get(changes.name),
+                on_progress=progress.update,
+            )
         cancellation.raise_if_cancelled()
-        progress.disk_done(disk.size_bytes)
-        if stored.size_bytes != disk.size_bytes:
+        progress.disk_done(changes.size_bytes)
+        if stored.size_bytes != changes.size_bytes:
             raise BackupStoreError(
                 "the disk could not be read whole (the operator's log has the details)",
-                f"{disk.name}: stored {stored.size_bytes} of {disk.size_bytes} bytes",
+                f"{changes.name}: stored {stored.size_bytes} of {changes.size_bytes} bytes",
             )
-        saved.append((disk.name, stored))
+        if changes.chain_break is not None:
+            log.info(
+                "backup %s of %s read whole: %s", backup.uuid, changes.name, changes.chain_break
+            )
+        saved.append((changes.name, stored, changes))
     return saved
 
 
@@ -169,9 +229,12 @@ class _ProgressWriter:
 def _backup_create_failed(ctx: OperationContext, job: Job, reason: str) -> Result:
     backup = _load(ctx, job)
     if backup is not None:
-        # Abandoned without a run, its temporary snapshot may still be on the disks.
+        # Abandoned without a run, its temporary snapshot and change record may still be
+        # on the disks; the previous record stays the base of the next backup.
         with suppress(HostError):
-            ctx.driver.snapshot_delete(job.server_id, backup.snapshot_tag)
+            ctx.driver.backup_point_finish(
+                job.server_id, backup.snapshot_tag, backup.checkpoint, kept=False
+            )
     return [
         update(Backup)
         .where(Backup.id == job.backup_id, Backup.status == BackupStatus.IN_PROGRESS)
@@ -203,7 +266,10 @@ def _write_disks(ctx: OperationContext, job: Job, backup: _Backup) -> None:
     for disk in backup.disks:
         name, size = str(disk["name"]), int(disk["size_bytes"])
         with ctx.driver.disk_writer(job.spec, name, size) as sink:
-            ctx.backups.load(str(disk["snapshot"]), _filename(name), sink)
+            if disk.get("layout") == chunks.FORMAT:
+                ctx.backups.load_disk(str(disk["snapshot"]), name, size, sink)
+            else:  # a backup from before chunks: one raw file
+                ctx.backups.load(str(disk["snapshot"]), _filename(name), sink)
 
 
 def _completed(ctx: OperationContext, job: Job) -> _Backup:

@@ -10,6 +10,7 @@ from typing import IO
 from vpsd.core import commands
 from vpsd.hypervisor.base import DiskInfo, DriverError, VmSpec
 from vpsd.hypervisor.qemu import disk_stream, img, process
+from vpsd.hypervisor.qemu.backup_points import drop_change_records
 from vpsd.hypervisor.qemu.driver_base import DriverBase
 
 GIB = 1024**3
@@ -60,6 +61,15 @@ class DiskCopies(DriverBase):
                 if FALLBACK_TAG not in self._stopped_tags(path):  # a rerun keeps the first
                     img.snapshot_create(path, FALLBACK_TAG, timeout=self.command_timeout)
         if path.exists():
+            if img.virtual_size(path) != size_bytes:
+                # The tail of a larger disk would keep what it holds now.
+                raise DriverError(f"{disk} is no longer the size it had ({size_bytes} bytes)")
+            drop_change_records(
+                paths.folder,
+                [path],
+                "the server was restored from a backup",
+                timeout=self.command_timeout,
+            )
             with (
                 _stream_errors("the disk could not be written"),
                 disk_stream.disk_writer(path, timeout=STREAM_TIMEOUT) as stream,

@@ -25,7 +25,8 @@ NBDCOPY = "nbdcopy"
 QEMU_NBD = "qemu-nbd"
 
 
-def _image_options(path: Path) -> str:
+def image_options(path: Path) -> str:
+    """``--image-opts`` reading a qcow2 read-only next to the VM that holds it."""
     # locking=off: the running VM holds the image's write lock; the snapshot is read-only.
     return f"driver=qcow2,file.driver=file,file.filename={path},file.locking=off"
 
@@ -45,7 +46,7 @@ def snapshot_reader(disk: Path, tag: str, *, timeout: float) -> Iterator[IO[byte
         "--read-only",
         f"--load-snapshot=snapshot.name={tag}",
         "--image-opts",
-        _image_options(disk),
+        image_options(disk),
         "]",
         "-",
     ]

@@ -33,6 +33,7 @@ from vpsd.hypervisor.base import (
     VmSpec,
 )
 from vpsd.hypervisor.qemu import console, guest_exec, img, process, vmstate
+from vpsd.hypervisor.qemu.backup_points import BackupPoints, drop_change_records
 from vpsd.hypervisor.qemu.copies import FALLBACK_TAG, DiskCopies
 from vpsd.hypervisor.qemu.qmp import QmpError, QmpSession
 from vpsd.hypervisor.qemu.quiesce import quiesced, thaw_left_frozen
@@ -51,7 +52,7 @@ RESUME_MIN_FREE = 64 * MIB
 less, and the guest's retried write would pause it again at once."""
 
 
-class QemuDriver(DiskCopies):
+class QemuDriver(DiskCopies, BackupPoints):
     """Runs each server as a daemonized qemu-system-x86_64 below ``servers_dir``."""
 
     # -- paths -------------------------------------------------------------------------------
@@ -268,6 +269,13 @@ class QemuDriver(DiskCopies):
                 raise DriverError(f"snapshot {tag!r} not found on {', '.join(missing)}")
             # The disks now hold the snapshot's state, whose consistency is not known here.
             paths.clean_shutdown_marker.unlink(missing_ok=True)
+            # A revert is no guest write: no change record would see it.
+            drop_change_records(
+                paths.folder,
+                disks,
+                "the server was restored from a snapshot",
+                timeout=self.command_timeout,
+            )
             for disk in disks:
                 # Not atomic across disks, but idempotent: a retry finishes the job.
                 img.snapshot_apply(disk, tag, timeout=self.command_timeout)

@@ -137,6 +137,16 @@ def snapshot_delete(path: Path, tag: str, *, timeout: float) -> None:
     _run([QEMU_IMG, "snapshot", "-d", check_tag(tag), str(path)], timeout=timeout)
 
 
+def bitmap_add(path: Path, name: str, *, timeout: float) -> None:
+    """``qemu-img bitmap --add``: a persistent, enabled dirty bitmap (image not in use)."""
+    _run([QEMU_IMG, "bitmap", "--add", "-f", "qcow2", str(path), name], timeout=timeout)
+
+
+def bitmap_remove(path: Path, name: str, *, timeout: float) -> None:
+    """``qemu-img bitmap --remove`` (image not in use); inconsistent bitmaps too."""
+    _run([QEMU_IMG, "bitmap", "--remove", "-f", "qcow2", str(path), name], timeout=timeout)
+
+
 def measure_required(
     path: Path | None, *, tag: str | None = None, size_bytes: int | None = None,
     force_share: bool = False, timeout: float,
