@@ -296,6 +296,14 @@ class QemuDriver(DiskCopies, BackupPoints):
                 self.kill(spec.server_id)
             # The disks now hold the snapshot's state, whose consistency is not known here.
             paths.clean_shutdown_marker.unlink(missing_ok=True)
+            # A revert is no guest write: no change record would see it (and QEMU reverts no
+            # disk that has an enabled bitmap).
+            drop_change_records(
+                paths.folder,
+                paths.disks(),
+                "the server was restored from a snapshot",
+                timeout=self.command_timeout,
+            )
             try:
                 vmstate.resume(spec, paths, tag, process.resolve_accel(self.accel), START_TIMEOUT)
                 self._wait_running(spec.server_id, paths)
